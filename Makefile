@@ -1,0 +1,66 @@
+# ktstr-ci: `make run` starts the service, `make test` sets up and runs the tests.
+# Both set up everything they need on a fresh Debian 12 machine (root):
+# Debian packages, a virtualenv in .venv, and the service state in var/.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Packages the pipeline, the tests and the real-kernel build need.
+APT_PKGS := git make gcc libc6-dev binutils flex bison bc libelf-dev libssl-dev dwarves \
+	xz-utils curl iproute2 postgresql linux-source-6.12 procps
+# pytest selection: FAST=1 skips the real-kernel build (minutes); CI runs everything.
+PYTEST_ARGS ?=
+ifeq ($(FAST),1)
+PYTEST_ARGS += -m "not realkernel"
+endif
+
+.PHONY: help deps venv setup test lint run stop status bench clean
+
+help:
+	@echo "make run    start master + one worker per LLC group (web UI on :8010)"
+	@echo "make stop   stop what make run started"
+	@echo "make test   set up and run the tests (FAST=1 skips the real-kernel build)"
+	@echo "make lint   ruff"
+	@echo "make bench  benchmarks under bench/"
+
+# Install missing Debian packages only; no apt-get when all are present.
+deps:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "ktstr-ci: installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+setup: deps venv
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -ra $(PYTEST_ARGS) tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+run: setup
+	$(PY) -m workers.service start
+
+stop: venv
+	$(PY) -m workers.service stop
+
+status: venv
+	$(PY) -m workers.service status
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,9 @@
+"""Host-resource subcommands: topology, plan, locks, holder (filled in by the host-resources work)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pass
