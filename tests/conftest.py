@@ -1,0 +1,39 @@
+"""Shared test setup: every test gets its own kernel cache and run directory.
+
+ktstr's environment variables are removed so a developer's shell cannot change
+what a test sees; tests that want one set it with ``monkeypatch``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+_SCRUB = (
+    "KTSTR_CACHE_DIR",
+    "KTSTR_CPU_CAP",
+    "KTSTR_BYPASS_LLC_LOCKS",
+    "KTSTR_SYSFS_ROOT",
+    "KTSTR_CI_RUN_DIR",
+    "KTSTR_CI_RELEASES_URL",
+    "KTSTR_CI_KERNEL_MIRROR",
+    "XDG_CACHE_HOME",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in _SCRUB:
+        monkeypatch.delenv(name, raising=False)
+    cache = tmp_path / "kcache"
+    monkeypatch.setenv("KTSTR_CACHE_DIR", str(cache))
+    monkeypatch.setenv("KTSTR_CI_RUN_DIR", str(tmp_path / "run"))
+    # The ktstr-ci console script of this venv first on PATH for subprocess tests.
+    monkeypatch.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return cache
