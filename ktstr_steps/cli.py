@@ -15,7 +15,7 @@ from ktstr_steps.util import LABEL, KtstrError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ktstr_steps import cli_host, cli_kernel
+    from ktstr_steps import cli_holder, cli_host, cli_kernel
 
     parser = argparse.ArgumentParser(
         prog=LABEL,
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli_kernel.register(sub)
     cli_host.register(sub)
+    cli_holder.register(sub)
     try:
         from master import cli_records
     except ImportError:  # a worker-only install has no master package
