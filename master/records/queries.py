@@ -1,0 +1,525 @@
+"""Synchronous reads and writes of the records DB (no Twisted): the CLI, the dashboard and
+the service (in its thread pool) all go through here.
+
+Rows come in and go out as plain dicts keyed by column name; datetimes go out
+as timezone-aware UTC ``datetime`` objects (see :func:`jsonable` for JSON).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ktstr_steps.util import format_cpulist
+from master.records.db import InvalidRecord
+from master.records.models import (
+    BUILD_COLUMNS,
+    OUTCOMES,
+    PHASES,
+    RESULTS,
+    KernelBuild,
+    MatrixRun,
+)
+
+_INT = {
+    "buildid", "builderid", "build_number", "llc_index", "make_jobs", "make_warnings",
+    "overrides_count", "dropped_count", "matrix_run_id",
+}  # fmt: skip
+_FLOAT = {f"{p}_s" for p in PHASES}
+_TIME = {"started_at", "finished_at"}
+_BOOL = {"dirty"}
+# String columns and their limits, read from the model so the two never drift apart.
+_STR = {
+    c.name: getattr(c.type, "length", None)
+    for c in KernelBuild.__table__.columns
+    if c.name in BUILD_COLUMNS and c.name not in _INT | _FLOAT | _TIME | _BOOL
+}
+# Convenience keys turned into columns by validate_build_row.
+_EXTRA_KEYS = ("phases",)
+
+# Outcomes that mean "a kernel was built" (as opposed to found in the cache or failed).
+BUILT_OUTCOMES = frozenset(
+    {"cached", "dirty-not-cached", "non-git-not-cached", "changed-during-build", "store-failed"}
+)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _to_time(key: str, value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, bool):
+        raise InvalidRecord(f"{key}: expected a datetime, epoch seconds or ISO 8601, got {value!r}")
+    if isinstance(value, int | float):
+        # Buildbot's own timestamps are epoch seconds.
+        return dt.datetime.fromtimestamp(value, dt.UTC)
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    raise InvalidRecord(f"{key}: expected a datetime, epoch seconds or ISO 8601, got {value!r}")
+
+
+def _check_value(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if key in _INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRecord(f"{key}: expected an integer, got {value!r}")
+        return value
+    if key in _FLOAT:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidRecord(f"{key}: expected seconds as a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise InvalidRecord(f"{key}: expected non-negative finite seconds, got {value!r}")
+        return float(value)
+    if key in _BOOL:
+        if not isinstance(value, bool):
+            raise InvalidRecord(f"{key}: expected true or false, got {value!r}")
+        return value
+    if key in _TIME:
+        return _to_time(key, value)
+    if key == "llc_cpus" and isinstance(value, list | tuple):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in value):
+            raise InvalidRecord(f"llc_cpus: expected CPU ids, got {value!r}")
+        value = format_cpulist(value)
+    if key == "result" and isinstance(value, int) and not isinstance(value, bool):
+        # Buildbot result integers (SUCCESS=0 ... CANCELLED=6) are accepted as names.
+        if not 0 <= value < len(RESULTS):
+            raise InvalidRecord(f"result: unknown Buildbot result {value!r}")
+        value = RESULTS[value]
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{key}: expected text, got {value!r}")
+    limit = _STR.get(key)
+    if limit is not None and len(value) > limit:
+        raise InvalidRecord(f"{key}: longer than {limit} characters ({len(value)})")
+    if key == "kernel_outcome" and value not in OUTCOMES:
+        raise InvalidRecord(
+            f"kernel_outcome: unknown outcome {value!r} (expected one of {', '.join(OUTCOMES)})"
+        )
+    if key == "result" and value not in RESULTS:
+        raise InvalidRecord(
+            f"result: unknown Buildbot result {value!r} (expected one of {', '.join(RESULTS)})"
+        )
+    return value
+
+
+def validate_build_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Check and normalise one ``kernel_builds`` row; raise :class:`InvalidRecord` with every
+    problem named, before anything touches the database.
+
+    Accepted keys: the columns in ``models.BUILD_COLUMNS`` plus ``phases``, the
+    ``{"make": 30.5, ...}`` map of the build result object, which fills the
+    ``<phase>_s`` columns. ``llc_cpus`` may be a list of CPU ids, ``result`` a
+    Buildbot result integer, times datetimes / epoch seconds / ISO strings.
+    """
+    if not isinstance(row, Mapping):
+        raise InvalidRecord(f"a build record must be a mapping, got {type(row).__name__}")
+    unknown = sorted(k for k in row if k not in BUILD_COLUMNS and k not in _EXTRA_KEYS)
+    if unknown:
+        raise InvalidRecord(
+            f"unknown build record key(s): {', '.join(map(str, unknown))} "
+            f"(accepted: {', '.join(BUILD_COLUMNS + _EXTRA_KEYS)})"
+        )
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    phases = row.get("phases")
+    if phases is not None:
+        if not isinstance(phases, Mapping):
+            problems.append(f"phases: expected a mapping of phase to seconds, got {phases!r}")
+        else:
+            for name, secs in phases.items():
+                if name not in PHASES:
+                    problems.append(f"phases: unknown phase {name!r} (known: {', '.join(PHASES)})")
+                    continue
+                try:
+                    out[f"{name}_s"] = _check_value(f"{name}_s", secs)
+                except InvalidRecord as exc:
+                    problems.append(str(exc))
+    for key, value in row.items():
+        if key in _EXTRA_KEYS:
+            continue
+        try:
+            out[key] = _check_value(key, value)
+        except InvalidRecord as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InvalidRecord("invalid build record: " + "; ".join(problems))
+    return out
+
+
+def row_from_result(result: Mapping[str, Any], **build: Any) -> dict[str, Any]:
+    """A ``kernel_builds`` row from the build result object (docs/contracts.md) plus the
+    Buildbot side of the build (``buildid``, ``branch``, ``worker``, ...) as keywords.
+
+    Keywords win over the result object, so the record step can override (for
+    example ``kernel_outcome="cancelled"`` for a stopped build).
+    """
+    row: dict[str, Any] = {}
+    for key in (
+        "cache_key", "entry_dir", "image_path", "config_hash", "kconfig_hash",
+        "extra_kconfig_hash", "dirty", "profile", "make_jobs", "make_warnings",
+    ):  # fmt: skip
+        if result.get(key) is not None:
+            row[key] = result[key]
+    if result.get("outcome") is not None:
+        row["kernel_outcome"] = result["outcome"]
+    if result.get("version") is not None:
+        row["kernel_version"] = result["version"]
+    if result.get("git_hash") is not None:
+        row["revision"] = result["git_hash"]
+    if result.get("llc_cpus") is not None:
+        row["llc_cpus"] = result["llc_cpus"]
+    llcs = result.get("llcs")
+    if isinstance(llcs, list) and len(llcs) == 1:
+        row["llc_index"] = llcs[0]
+    if isinstance(result.get("overrides"), list):
+        row["overrides_count"] = len(result["overrides"])
+    if isinstance(result.get("dropped"), list):
+        row["dropped_count"] = len(result["dropped"])
+    errors = result.get("errors")
+    if isinstance(errors, list) and errors:
+        row["error"] = "\n".join(
+            f"{e.get('kind', 'error')}: {e.get('message', '')}"
+            if isinstance(e, Mapping)
+            else str(e)
+            for e in errors
+        )
+    if isinstance(result.get("phases"), Mapping):
+        row["phases"] = dict(result["phases"])
+    row.update(build)
+    return row
+
+
+# ---------------------------------------------------------------- writes
+
+
+def insert_build(engine: Engine, row: Mapping[str, Any]) -> int:
+    """Insert one build row, or update the row with the same ``buildid``; return its id.
+
+    Update-by-buildid makes the record step idempotent: a retried or re-run
+    step overwrites the columns it sends instead of adding a second row.
+    """
+    clean = validate_build_row(row)
+    buildid = clean.get("buildid")
+    for _attempt in range(2):
+        try:
+            with Session(engine) as session, session.begin():
+                if buildid is not None:
+                    existing = session.scalar(
+                        select(KernelBuild.id).where(KernelBuild.buildid == buildid)
+                    )
+                    if existing is not None:
+                        fields = {k: v for k, v in clean.items() if k != "buildid"}
+                        if fields:
+                            session.execute(
+                                update(KernelBuild)
+                                .where(KernelBuild.id == existing)
+                                .values(**fields)
+                            )
+                        return existing
+                obj = KernelBuild(**clean)
+                session.add(obj)
+                session.flush()
+                return obj.id
+        except IntegrityError as exc:
+            # Two writers raced on the same buildid: the second attempt sees the row.
+            if buildid is None or "buildid" not in str(exc.orig).lower() or _attempt:
+                raise InvalidRecord(f"build record rejected by the database: {exc.orig}") from exc
+    raise AssertionError("unreachable")
+
+
+def _check_names(what: str, values: Any) -> list[str]:
+    if not isinstance(values, list | tuple) or not all(isinstance(v, str) and v for v in values):
+        raise InvalidRecord(f"{what}: expected a list of non-empty strings, got {values!r}")
+    if len(set(values)) != len(values):
+        raise InvalidRecord(f"{what}: duplicate entries in {list(values)!r}")
+    return list(values)
+
+
+def start_matrix_run(
+    engine: Engine,
+    *,
+    versions: list[str],
+    profiles: list[str],
+    spec: str | None = None,
+    buildid: int | None = None,
+    started_at: dt.datetime | float | str | None = None,
+) -> int:
+    """Create a matrix run row (cells = versions × profiles); returns its id for the cells."""
+    versions = _check_names("versions", versions)
+    profiles = _check_names("profiles", profiles)
+    if spec is not None and not isinstance(spec, str):
+        raise InvalidRecord(f"spec: expected text, got {spec!r}")
+    if buildid is not None and (isinstance(buildid, bool) or not isinstance(buildid, int)):
+        raise InvalidRecord(f"buildid: expected an integer, got {buildid!r}")
+    when = _to_time("started_at", started_at) if started_at is not None else dt.datetime.now(dt.UTC)
+    with Session(engine) as session, session.begin():
+        run = MatrixRun(
+            spec=spec,
+            versions=versions,
+            profiles=profiles,
+            buildid=buildid,
+            started_at=when,
+            cells=len(versions) * len(profiles),
+            built=0,
+            cache_hits=0,
+            failed=0,
+        )
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def matrix_totals(engine: Engine, run_id: int) -> dict[str, int]:
+    """built / cache_hits / failed counted from the run's recorded cells."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(KernelBuild.kernel_outcome, KernelBuild.result).where(
+                KernelBuild.matrix_run_id == run_id
+            )
+        ).all()
+    built = hits = failed = 0
+    for outcome, result in rows:
+        if outcome == "failed" or result in ("failure", "exception", "cancelled"):
+            failed += 1
+        elif outcome == "cache-hit":
+            hits += 1
+        elif outcome in BUILT_OUTCOMES:
+            built += 1
+    return {"built": built, "cache_hits": hits, "failed": failed}
+
+
+def finish_matrix_run(
+    engine: Engine,
+    run_id: int,
+    *,
+    finished_at: dt.datetime | float | str | None = None,
+    totals: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Close a matrix run; totals default to the counts of its recorded cells. Returns the run."""
+    if totals is None:
+        totals = matrix_totals(engine, run_id)
+    bad = sorted(set(totals) - {"cells", "built", "cache_hits", "failed"})
+    if bad:
+        raise InvalidRecord(f"unknown matrix total(s): {', '.join(bad)}")
+    for k, v in totals.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InvalidRecord(f"{k}: expected a non-negative integer, got {v!r}")
+    when = (
+        _to_time("finished_at", finished_at) if finished_at is not None else dt.datetime.now(dt.UTC)
+    )
+    with Session(engine) as session, session.begin():
+        run = session.get(MatrixRun, run_id)
+        if run is None:
+            raise InvalidRecord(f"no matrix run with id {run_id}")
+        run.finished_at = when
+        for k, v in totals.items():
+            setattr(run, k, v)
+        session.flush()
+        return _run_dict(run)
+
+
+# ---------------------------------------------------------------- reads
+
+
+def _build_dict(obj: KernelBuild) -> dict[str, Any]:
+    return {c: getattr(obj, c) for c in ("id", *BUILD_COLUMNS)}
+
+
+def _run_dict(run: MatrixRun) -> dict[str, Any]:
+    return {c.name: getattr(run, c.name) for c in MatrixRun.__table__.columns}
+
+
+def _recent_order() -> tuple[Any, ...]:
+    # Rows without a start time (never expected, but allowed) sort by insertion.
+    return (KernelBuild.started_at.desc().nulls_last(), KernelBuild.id.desc())
+
+
+def _limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidRecord(f"limit: expected a positive integer, got {limit!r}")
+    return limit
+
+
+def recent_builds(
+    engine: Engine, limit: int = 20, branch: str | None = None
+) -> list[dict[str, Any]]:
+    """The newest builds first, optionally of one branch."""
+    stmt = select(KernelBuild).order_by(*_recent_order()).limit(_limit(limit))
+    if branch is not None:
+        stmt = stmt.where(KernelBuild.branch == branch)
+    with Session(engine) as session:
+        return [_build_dict(b) for b in session.scalars(stmt)]
+
+
+def branch_history(engine: Engine, branch: str, limit: int = 50) -> list[dict[str, Any]]:
+    """One branch's builds, newest first (uses the (branch, started_at) index)."""
+    return recent_builds(engine, limit=limit, branch=branch)
+
+
+def get_build(
+    engine: Engine, *, id: int | None = None, buildid: int | None = None
+) -> dict[str, Any] | None:
+    """One row by our id or by Buildbot's build id."""
+    if (id is None) == (buildid is None):
+        raise ValueError("pass exactly one of id= or buildid=")
+    stmt = select(KernelBuild).where(
+        KernelBuild.id == id if id is not None else KernelBuild.buildid == buildid
+    )
+    with Session(engine) as session:
+        obj = session.scalar(stmt)
+        return _build_dict(obj) if obj is not None else None
+
+
+def branches(engine: Engine) -> list[dict[str, Any]]:
+    """Every branch with its build count and its newest build (outcome, result, when)."""
+    with Session(engine) as session:
+        counts = dict(
+            session.execute(
+                select(KernelBuild.branch, func.count())
+                .where(KernelBuild.branch.is_not(None))
+                .group_by(KernelBuild.branch)
+            ).all()
+        )
+        out = []
+        for name, n in sorted(counts.items()):
+            last = session.scalar(
+                select(KernelBuild)
+                .where(KernelBuild.branch == name)
+                .order_by(*_recent_order())
+                .limit(1)
+            )
+            out.append({"branch": name, "builds": n, "last": _build_dict(last) if last else None})
+    out.sort(
+        key=lambda b: b["last"]["started_at"] or dt.datetime.min.replace(tzinfo=dt.UTC),
+        reverse=True,
+    )
+    return out
+
+
+def outcome_counts(
+    engine: Engine, branch: str | None = None, since: dt.datetime | None = None
+) -> dict[str, int]:
+    """How many builds ended in each kernel outcome (rows without one count as "none")."""
+    stmt = select(KernelBuild.kernel_outcome, func.count()).group_by(KernelBuild.kernel_outcome)
+    if branch is not None:
+        stmt = stmt.where(KernelBuild.branch == branch)
+    if since is not None:
+        stmt = stmt.where(KernelBuild.started_at >= since)
+    with engine.connect() as conn:
+        return {(o or "none"): n for o, n in conn.execute(stmt).all()}
+
+
+def outcome_trend(
+    engine: Engine, days: int = 14, now: dt.datetime | None = None
+) -> list[dict[str, Any]]:
+    """Outcome counts per UTC day for the last ``days`` days, oldest first, every day present.
+
+    Bucketed in Python: date truncation differs between SQLite and PostgreSQL,
+    and a fortnight of builds is small.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    first = (now - dt.timedelta(days=days - 1)).date()
+    since = dt.datetime.combine(first, dt.time(), dt.UTC)
+    with Session(engine) as session:
+        rows = session.execute(
+            select(KernelBuild.started_at, KernelBuild.kernel_outcome).where(
+                KernelBuild.started_at >= since
+            )
+        ).all()
+    per_day: dict[dt.date, Counter[str]] = {first + dt.timedelta(d): Counter() for d in range(days)}
+    for started, outcome in rows:
+        day = started.astimezone(dt.UTC).date()
+        if day in per_day:
+            per_day[day][outcome or "none"] += 1
+    return [
+        {"day": day.isoformat(), "total": sum(c.values()), "outcomes": dict(c)}
+        for day, c in sorted(per_day.items())
+    ]
+
+
+def cache_entries(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
+    """Kernel cache entries as the records know them: per cache key, its newest build
+    that stored or found it, and how many builds used it."""
+    with Session(engine) as session:
+        stats = session.execute(
+            select(
+                KernelBuild.cache_key,
+                func.count(),
+                func.max(KernelBuild.id),
+            )
+            .where(
+                KernelBuild.cache_key.is_not(None),
+                KernelBuild.kernel_outcome.in_(("cached", "cache-hit")),
+            )
+            .group_by(KernelBuild.cache_key)
+            .order_by(func.max(KernelBuild.id).desc())
+            .limit(_limit(limit))
+        ).all()
+        ids = [s[2] for s in stats]
+        newest = {
+            b.id: b for b in session.scalars(select(KernelBuild).where(KernelBuild.id.in_(ids)))
+        }
+        out = []
+        for key, uses, last_id in stats:
+            b = newest[last_id]
+            out.append(
+                {
+                    "cache_key": key,
+                    "uses": uses,
+                    "last_build": _build_dict(b),
+                }
+            )
+    return out
+
+
+def matrix_runs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
+    stmt = select(MatrixRun).order_by(MatrixRun.started_at.desc(), MatrixRun.id.desc())
+    with Session(engine) as session:
+        return [_run_dict(r) for r in session.scalars(stmt.limit(_limit(limit)))]
+
+
+def matrix_grid(engine: Engine, run_id: int) -> dict[str, Any] | None:
+    """A run as a grid: ``cells[version][profile]`` is the newest build of that cell or None."""
+    with Session(engine) as session:
+        run = session.get(MatrixRun, run_id)
+        if run is None:
+            return None
+        builds = session.scalars(
+            select(KernelBuild).where(KernelBuild.matrix_run_id == run_id).order_by(KernelBuild.id)
+        ).all()
+        cells: dict[str, dict[str, dict[str, Any] | None]] = {
+            v: dict.fromkeys(run.profiles) for v in run.versions
+        }
+        stray = []
+        for b in builds:
+            row = _build_dict(b)
+            if b.kernel_version in cells and b.profile in cells[b.kernel_version]:
+                cells[b.kernel_version][b.profile] = row  # later rows (retries) win
+            else:
+                stray.append(row)
+        return {"run": _run_dict(run), "cells": cells, "other_builds": stray}
+
+
+def jsonable(value: Any) -> Any:
+    """Rows (or lists/dicts of them) with datetimes as ISO 8601 strings, for ``--json``."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        return [jsonable(v) for v in value]
+    return value
