@@ -1,0 +1,203 @@
+"""Record: one row per build in the records database, whatever happened to the build."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Protocol
+
+from buildbot.interfaces import IRenderable
+from buildbot.process.results import (
+    CANCELLED,
+    EXCEPTION,
+    FAILURE,
+    SUCCESS,
+    WARNINGS,
+    statusToString,
+)
+from twisted.python import log
+
+from ktstr_steps.buildsteps.base import (
+    PHASE_SECONDS,
+    KtstrCiStep,
+    check_renderable_or,
+    first_error,
+    one_line,
+    parse_json_object,
+    state_path,
+)
+from ktstr_steps.util import format_cpulist, parse_cpulist
+
+# Phase names of the build result object's "phases" map; each is a "<phase>_s" column.
+PHASES = ("reserve", "source_lock", "lookup", "configure", "make", "validate",
+          "compile_commands", "store")
+
+# Result-object fields copied to the row (and the build's properties) as they are.
+_SAME_NAME = ("cache_key", "config_hash", "kconfig_hash", "extra_kconfig_hash", "dirty",
+              "make_jobs", "make_warnings", "image_path", "entry_dir")
+
+
+class RecordsService(Protocol):
+    def record(self, row: dict[str, Any]) -> Any:  # Deferred[int]
+        ...
+
+
+def find_records_service(master: Any) -> tuple[RecordsService | None, str | None]:
+    """The master's records service, or ``(None, why)``: a missing one is a warning, not a crash."""
+    try:
+        from master.records.service import get_records_service
+    except ImportError as exc:
+        return None, f"records service not installed ({exc})"
+    try:
+        svc = get_records_service(master)
+    except Exception as exc:  # a half-configured service must not stop the release step
+        return None, f"records service unavailable: {exc}"
+    return (svc, None) if svc is not None else (None, "no records service configured")
+
+
+def _cpus_text(value: Any) -> str | None:
+    """``llc_cpus`` as the compact list form, whether it came as a list or as text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            return format_cpulist(parse_cpulist(value))
+        except ValueError:
+            return value
+    return format_cpulist(int(c) for c in value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+class Record(KtstrCiStep):
+    """``ktstr-ci phase summary`` on the worker, merged with the build's properties, written
+    through the records service. alwaysRun: failed and stopped builds are recorded too."""
+
+    name = "record"
+    description = ["recording"]
+    subcommand = ("phase", "summary")
+    phase = ""
+    renderables = ["state"]
+    alwaysRun = True
+    haltOnFailure = False
+    flunkOnFailure = False
+
+    def __init__(
+        self,
+        *,
+        state: str | IRenderable = state_path,
+        records: RecordsService | None = None,
+        **kwargs: Any,
+    ) -> None:
+        check_renderable_or(state, str, type(self), "state")
+        self.state = state
+        # Test seam and explicit wiring; None = look the service up on the master at run time.
+        self.records = records
+        super().__init__(**kwargs)
+
+    def arguments(self) -> list[str]:
+        return ["--state", self.state]
+
+    async def run(self) -> int:
+        summary: dict[str, Any] = {}
+        cmd = await self.makeRemoteShellCommand(
+            command=[self.ktstr_ci, *self.subcommand, *self.arguments(), "--json"],
+            collectStdout=True,
+        )
+        await self.runCommand(cmd)
+        if not self.stopped:
+            # Exit status is non-zero exactly when the outcome is "failed": the JSON still counts.
+            summary = parse_json_object(cmd.stdout)[0] or {}
+        row = await self.build_row(summary)
+        self.set_prop("kernel_outcome", row["kernel_outcome"])
+        for name in ("cache_key", "image_path", "config_hash", "entry_dir"):
+            self.set_prop(name, row.get(name))
+        await self.addCompleteLog("row", json.dumps(row, indent=2, sort_keys=True, default=str))
+        result = await self.write(row)
+        return CANCELLED if self.stopped else result
+
+    async def write(self, row: dict[str, Any]) -> int:
+        svc, why = (self.records, None) if self.records is not None else find_records_service(
+            self.master)
+        if svc is None:
+            self.descriptionDone = f"not recorded: {why}"
+            return WARNINGS
+        try:
+            rowid = await svc.record(row)
+        except Exception as exc:
+            log.err(exc, "records service failed to write the kernel_builds row")
+            self.descriptionDone = f"not recorded: {one_line(str(exc)) or type(exc).__name__}"
+            return WARNINGS
+        self.set_prop("record_id", rowid)
+        self.descriptionDone = f"recorded row {rowid} ({row['kernel_outcome']})"
+        return SUCCESS
+
+    def outcome(self, summary: dict[str, Any]) -> str:
+        """The kernel outcome: the pipeline's word, else what the build's state implies."""
+        outcome = summary.get("outcome") or self.getProperty("kernel_outcome")
+        results = getattr(self.build, "results", SUCCESS)
+        stopped = getattr(self.build, "stopped", False) or results == CANCELLED or self.stopped
+        if stopped and outcome in (None, "failed"):
+            return "cancelled"
+        return outcome or "failed"
+
+    def first_failure(self) -> str | None:
+        """The summary of the first failed step: what the UI shows as the reason."""
+        for step in getattr(self.build, "executedSteps", []) or []:
+            if step is not self and step.results in (FAILURE, EXCEPTION):
+                text = step.getResultSummary().get("step")
+                if text:
+                    return f"{step.name}: {one_line(text)}"
+        return None
+
+    async def build_info(self) -> dict[str, Any]:
+        try:
+            return await self.master.data.get(("builds", self.build.buildid)) or {}
+        except Exception as exc:  # the row is still worth writing without the times
+            log.msg(f"record: cannot read build {self.build.buildid}: {exc}")
+            return {}
+
+    async def build_row(self, summary: dict[str, Any]) -> dict[str, Any]:
+        prop = self.getProperty
+        info = await self.build_info()
+        revision = prop("got_revision") or prop("revision")
+        if isinstance(revision, dict):  # multi-codebase builds: ours has one
+            revision = next(iter(revision.values()), None)
+        llcs = summary.get("llcs") or prop("llcs") or []
+        llc_index = _int_or_none(llcs[0]) if llcs else _int_or_none(prop("llc_index"))
+        phases = {**(prop(PHASE_SECONDS) or {}), **(summary.get("phases") or {})}
+        overrides = summary.get("overrides")
+        dropped = summary.get("dropped")
+        row: dict[str, Any] = {
+            "buildid": self.build.buildid,
+            "builderid": info.get("builderid"),
+            "build_number": _int_or_none(prop("buildnumber")),
+            "builder": prop("buildername"),
+            "branch": prop("branch"),
+            "revision": revision,
+            "repository": prop("repository"),
+            "kernel_version": summary.get("version"),
+            "profile": summary.get("profile") or prop("kernel_profile"),
+            "worker": prop("workername"),
+            "host": prop("host"),
+            "llc_index": llc_index,
+            "llc_cpus": _cpus_text(summary.get("llc_cpus") or prop("llc_cpus")),
+            "kernel_outcome": self.outcome(summary),
+            "result": statusToString(getattr(self.build, "results", SUCCESS)),
+            "started_at": info.get("started_at"),
+            "finished_at": dt.datetime.fromtimestamp(self.master.reactor.seconds(), dt.UTC),
+            "overrides_count": len(overrides) if overrides is not None
+            else prop("config_overrides"),
+            "dropped_count": len(dropped) if dropped is not None else prop("config_dropped"),
+            "error": self.first_failure() or first_error(summary),
+        }
+        for name in _SAME_NAME:
+            row[name] = summary.get(name) if summary.get(name) is not None else prop(name)
+        for phase in PHASES:
+            row[f"{phase}_s"] = phases.get(phase)
+        return row

@@ -1,0 +1,52 @@
+"""CacheStore: the dirty gate, the post-build re-check and the atomic store into the cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot.interfaces import IRenderable
+from buildbot.process.results import SUCCESS, WARNINGS
+
+from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, first_error, state_path
+
+# Why a built kernel was not cached, in the words a kernel developer acts on.
+NOT_CACHED = {
+    "dirty-not-cached": "working tree has uncommitted changes",
+    "non-git-not-cached": "source tree is not a git repository",
+    "changed-during-build": "source tree changed during build",
+}
+
+
+class CacheStore(KtstrCiStep):
+    """``ktstr-ci phase store``; ``store-failed`` is WARNINGS (the kernel was built)."""
+
+    name = "cache-store"
+    description = ["storing in cache"]
+    subcommand = ("phase", "store")
+    phase = "store"
+    renderables = ["state"]
+    warnOnWarnings = True
+
+    def __init__(self, *, state: str | IRenderable = state_path, **kwargs: Any) -> None:
+        check_renderable_or(state, str, type(self), "state")
+        self.state = state
+        super().__init__(**kwargs)
+
+    def arguments(self) -> list[str]:
+        return ["--state", self.state]
+
+    def interpret(self, data: dict[str, Any]) -> int:
+        outcome = data.get("outcome")
+        key = data.get("cache_key")
+        for name in ("kernel_outcome", "cache_key", "image_path", "config_hash", "entry_dir"):
+            self.set_prop(name, outcome if name == "kernel_outcome" else data.get(name))
+        if outcome == "cached":
+            self.descriptionDone = f"cached {key}"
+            return SUCCESS
+        if outcome == "store-failed":
+            why = first_error(data) or next(iter(data.get("warnings") or []), None)
+            self.descriptionDone = "cache store failed" + (f": {why}" if why else "")
+            return WARNINGS
+        why = NOT_CACHED.get(str(outcome), str(outcome))
+        self.descriptionDone = f"not cached ({outcome}): {why}"
+        return SUCCESS
