@@ -1,0 +1,93 @@
+"""The web UI: views, login, who may do what, the change hook and the dashboard.
+
+Authorization (Buildbot allows everything no rule matches, so every control
+endpoint has a rule):
+
+* anonymous users read everything (builds, logs, dashboards) unless
+  ``web.anonymous_read = false``, and control nothing;
+* every user of the web users file has the role ``developers``: force, stop
+  and rebuild builds;
+* ``web.admins`` also have ``admins``: every other control action (pause
+  workers, cancel build requests, enable schedulers, ...).
+
+The change hook (``/change_hook/base``) sits behind HTTP Basic auth with the
+hook user and the generated hook password. A missing secret file (for example
+``buildbot checkconfig`` on a fresh clone) yields a random password nobody
+knows, so the hook is refused rather than open.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets as _secrets
+from typing import Any
+
+from buildbot.plugins import util
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+
+from master.settings import Settings, read_secret, read_users
+
+log = logging.getLogger(__name__)
+
+DEVELOPERS = "developers"
+ADMINS = "admins"
+
+
+def authz(settings: Settings, users: dict[str, str]) -> util.Authz:
+    rules: list[Any] = [
+        util.ForceBuildEndpointMatcher(role=DEVELOPERS),
+        util.StopBuildEndpointMatcher(role=DEVELOPERS),
+        util.RebuildBuildEndpointMatcher(role=DEVELOPERS),
+        util.AnyControlEndpointMatcher(role=ADMINS),
+    ]
+    if not settings.web.anonymous_read:
+        rules.append(util.AnyEndpointMatcher(role=DEVELOPERS))
+    admins = [u for u in settings.web.admins if u in users]
+    return util.Authz(
+        allowRules=rules,
+        roleMatchers=[
+            util.RolesFromUsername(roles=[DEVELOPERS], usernames=sorted(users)),
+            util.RolesFromUsername(roles=[ADMINS, DEVELOPERS], usernames=admins),
+        ],
+    )
+
+
+def hook_checker(settings: Settings) -> InMemoryUsernamePasswordDatabaseDontUse:
+    password = read_secret(settings.hook.password_file)
+    if password is None:
+        log.warning(
+            "ktstr-ci: hook password file %s is missing; the change hook refuses every request "
+            "until `make run` (workers.service start) generates it",
+            settings.hook.password_file,
+        )
+        password = _secrets.token_urlsafe(32)
+    return InMemoryUsernamePasswordDatabaseDontUse(**{settings.hook.user: password.encode()})
+
+
+def dashboards(records_url: str, cache_root: str) -> list[dict[str, Any]]:
+    """The records dashboard's wsgi_dashboards entries, or [] when it is not installed."""
+    try:
+        from master.dashboard import dashboard_config  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    dash = dashboard_config(records_url, cache_root=cache_root)
+    if not dash:
+        return []
+    return list(dash) if isinstance(dash, list | tuple) else [dash]
+
+
+def www_config(settings: Settings) -> dict[str, Any]:
+    """``c['www']`` for these settings."""
+    users = read_users(settings.web.users_file)
+    plugins: dict[str, Any] = {"waterfall_view": {}, "console_view": {}, "grid_view": {}}
+    dash = dashboards(settings.databases.records, str(settings.paths.kernel_cache))
+    if dash:
+        plugins["wsgi_dashboards"] = dash
+    return {
+        "port": f"tcp:{settings.web.port}:interface={settings.web.bind}",
+        "plugins": plugins,
+        "auth": util.UserPasswordAuth(users),
+        "authz": authz(settings, users),
+        "change_hook_dialects": {"base": {}},
+        "change_hook_auth": [hook_checker(settings)],
+    }
