@@ -182,7 +182,9 @@ class PgCluster:
             return "(no log)"
 
     def admin(self, sql: str) -> None:
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres"
+        )
         try:
             conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
             with conn.cursor() as cur:
