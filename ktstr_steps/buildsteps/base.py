@@ -221,6 +221,8 @@ class KtstrCiStep(buildstep.ShellMixin, buildstep.BuildStep):
             # A stop: CANCELLED is the only result Buildbot accepts after interrupt().
             self.descriptionDone = f"{self.name} interrupted"
             return CANCELLED
+        # A last stderr line without a newline reaches the observers only on a flush.
+        await self.getLog("stdio").flush()
         data, problem = parse_json_object(cmd.stdout)
         if data is None:
             tail = self.tail()

@@ -1,0 +1,195 @@
+"""Shared fixtures for the step tests, and the behaviour every ktstr-ci step shares."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+from buildbot import config
+from buildbot.process.properties import Properties
+from buildbot.process.results import FAILURE, SUCCESS
+from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.steps import ExpectShell, TestBuildStepMixin
+from buildbot.test.util.config import ConfigErrorsMixin
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from ktstr_steps.buildsteps import Validate
+from ktstr_steps.buildsteps.base import (
+    branch_dir,
+    holder_name,
+    parse_json_object,
+    safe_name,
+    tree_path,
+)
+from ktstr_steps.util import crc32_hex
+
+# Importing buildbot.test turned every warning into an error (buildbot.md §2.5);
+# third-party DeprecationWarnings must not fail these tests under trial or -p no:warnings.
+warnings.filterwarnings("default", category=DeprecationWarning)
+
+HOLDER = "ktstr-kernel-7"
+TREE = f"/srv/trees/{branch_dir('main')}"
+STATE = "ktstr-state.json"
+
+BUILD_PROPS: dict[str, Any] = {
+    "buildername": "kernel",
+    "buildnumber": 7,
+    "branch": "main",
+    "tree_store": "/srv/trees",
+}
+
+
+def ktstr(*argv: str, **kwargs: Any) -> ExpectShell:
+    """The ExpectShell of one ktstr-ci run: argv list, builder workdir, no environment dump."""
+    return ExpectShell(workdir="wkdir", command=["ktstr-ci", *argv], log_environ=False, **kwargs)
+
+
+def answer(obj: dict[str, Any]) -> str:
+    return json.dumps(obj) + "\n"
+
+
+class KtstrStepMixin(TestBuildStepMixin, TestReactorMixin, ConfigErrorsMixin):
+    """setUp for a trial TestCase that runs ktstr-ci steps against a scripted worker."""
+
+    def setUp(self) -> defer.Deferred:
+        self.setup_test_reactor()
+        return self.setup_test_build_step()
+
+    def setup_ktstr_step(self, step: Any, **props: Any) -> Any:
+        step = self.setup_step(step)
+        for name, value in {**BUILD_PROPS, **props}.items():
+            if value is not None:
+                self.build.setProperty(name, value, "Test")
+        return step
+
+
+class TestNames(unittest.TestCase):
+    def test_branch_dir_is_safe_and_unique(self) -> None:
+        self.assertEqual(branch_dir("main"), f"main-{crc32_hex(b'main')}")
+        self.assertEqual(branch_dir("feat/x y;rm"), f"feat_x_y_rm-{crc32_hex(b'feat/x y;rm')}")
+        # Same sanitised text, different branches: the CRC keeps them apart.
+        self.assertNotEqual(branch_dir("a/b"), branch_dir("a_b"))
+        self.assertNotIn(branch_dir(".."), ("..", "."))
+        self.assertNotIn("/", branch_dir("../../etc"))
+
+    def test_safe_name_keeps_clean_names(self) -> None:
+        self.assertEqual(safe_name("kernel-x86_64.1"), "kernel-x86_64.1")
+        self.assertEqual(safe_name("a b"), f"a_b-{crc32_hex(b'a b')}")
+
+    def _render(self, renderable: Any, **props: Any) -> Any:
+        p = Properties()
+        for k, v in props.items():
+            p.setProperty(k, v, "Test")
+        d = renderable.getRenderingFor(p)
+        return self.successResultOf(d) if isinstance(d, defer.Deferred) else d
+
+    def test_holder_name_from_builder_and_number(self) -> None:
+        self.assertEqual(self._render(holder_name, buildername="kernel", buildnumber=7), HOLDER)
+        name = self._render(holder_name, buildername="linux 6.12/tiny", buildnumber=3)
+        self.assertRegex(name, r"^[A-Za-z0-9_.-]{1,100}$")
+        self.assertTrue(name.endswith("-3"))
+
+    def test_tree_path_under_tree_store(self) -> None:
+        self.assertEqual(self._render(tree_path, tree_store="/srv/trees", branch="main"), TREE)
+        self.assertIsNone(self._render(tree_path, branch="main"))
+
+    def test_parse_json_object(self) -> None:
+        self.assertEqual(parse_json_object('{"a": 1}\n'), ({"a": 1}, None))
+        # Pretty-printed, after stray output: the last object wins.
+        self.assertEqual(parse_json_object('noise\n{"a": 1}\n{\n  "b": 2\n}\n'), ({"b": 2}, None))
+        self.assertEqual(parse_json_object(""), (None, "no JSON"))
+        self.assertEqual(parse_json_object("{not json"), (None, "malformed JSON"))
+        self.assertEqual(parse_json_object("[1, 2]"), (None, "malformed JSON"))
+
+
+class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
+    """What every KtstrCiStep does, shown on the smallest one (validate)."""
+
+    def test_missing_json_fails_with_stderr_tail(self) -> None:
+        self.setup_ktstr_step(Validate())
+        self.expect_commands(
+            ktstr("phase", "validate", "--state", STATE, "--json")
+            .stderr("Traceback (most recent call last):\nImportError: no module ktstr_steps")
+            .exit(1)
+        )
+        self.expect_outcome(
+            result=FAILURE,
+            state_string="ktstr-ci phase validate printed no JSON: "
+            "ImportError: no module ktstr_steps (failure)",
+        )
+        return self.run_step()
+
+    def test_malformed_json_fails(self) -> None:
+        self.setup_ktstr_step(Validate())
+        self.expect_commands(
+            ktstr("phase", "validate", "--state", STATE, "--json")
+            .stdout('{"missing": [')
+            .exit(0)
+        )
+        self.expect_outcome(
+            result=FAILURE, state_string="ktstr-ci phase validate printed malformed JSON (failure)"
+        )
+        return self.run_step()
+
+    def test_nonzero_exit_reports_json_error(self) -> None:
+        self.setup_ktstr_step(Validate())
+        self.expect_commands(
+            ktstr("phase", "validate", "--state", STATE, "--json")
+            .stderr("ktstr-ci: error: read /srv/trees/x/.config\n")
+            .stdout(answer({"ok": False, "errors": [{"kind": "io", "message": "read .config"}]}))
+            .exit(1)
+        )
+        self.expect_outcome(result=FAILURE, state_string="validate failed: read .config (failure)")
+        return self.run_step()
+
+    def test_ok_false_is_a_failure_even_with_exit_zero(self) -> None:
+        self.setup_ktstr_step(Validate())
+        self.expect_commands(
+            ktstr("phase", "validate", "--state", STATE, "--json")
+            .stdout(answer({"ok": False, "errors": [{"kind": "x", "message": "boom"}]}))
+            .exit(0)
+        )
+        self.expect_outcome(result=FAILURE, state_string="validate failed: boom (failure)")
+        return self.run_step()
+
+    def test_ktstr_ci_path_configurable(self) -> None:
+        self.setup_ktstr_step(Validate(ktstr_ci="/opt/ktstr-ci/bin/ktstr-ci"))
+        self.expect_commands(
+            ExpectShell(
+                workdir="wkdir",
+                command=["/opt/ktstr-ci/bin/ktstr-ci", "phase", "validate", "--state", STATE,
+                         "--json"],
+                log_environ=False,
+            )
+            .stdout(answer({"missing": []}))
+            .exit(0)
+        )
+        self.expect_outcome(result=SUCCESS, state_string="config valid")
+        return self.run_step()
+
+    def test_phase_seconds_property(self) -> None:
+        self.setup_ktstr_step(Validate())
+        self.build.setProperty("phase_seconds", {"reserve": 0.5}, "Reserve")
+        self.expect_commands(
+            ktstr("phase", "validate", "--state", STATE, "--json")
+            .stdout(answer({"missing": []}))
+            .exit(0)
+        )
+        self.expect_outcome(result=SUCCESS)
+        self.expect_property("phase_seconds", {"reserve": 0.5, "validate": 0.0})
+        return self.run_step()
+
+    def test_bad_ktstr_ci_is_config_error(self) -> None:
+        with self.assertRaisesConfigError("ktstr_ci must not be empty"):
+            Validate(ktstr_ci="")
+        with self.assertRaisesConfigError("ktstr_ci must be"):
+            Validate(ktstr_ci=["ktstr-ci"])
+
+    def test_command_argument_is_refused(self) -> None:
+        with self.assertRaisesConfigError("invalid Validate argument command"):
+            Validate(command=["sh", "-c", "true"])
+
+    def test_unknown_argument_is_refused(self) -> None:
+        self.assertRaises(config.ConfigErrors, Validate, bogus=1)
