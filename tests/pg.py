@@ -36,18 +36,21 @@ class PostgresUnavailable(RuntimeError):
 def find_bindir() -> Path:
     """The directory holding initdb and postgres: $KTSTR_CI_PG_BIN or Debian's newest version."""
     env = os.environ.get(ENV_BIN)
-    candidates = [env] if env else []
-    candidates += sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"),
-        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
-        reverse=True,
-    )
+    if env:
+        # An explicit choice is honoured exactly, never silently replaced by another version.
+        candidates = [env]
+    else:
+        candidates = sorted(
+            glob.glob("/usr/lib/postgresql/*/bin"),
+            key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+            reverse=True,
+        )
+        on_path = shutil.which("initdb")
+        if on_path:
+            candidates.append(str(Path(on_path).parent))
     for c in candidates:
         if (Path(c) / "initdb").is_file() and (Path(c) / "postgres").is_file():
             return Path(c)
-    on_path = shutil.which("initdb")
-    if on_path and shutil.which("postgres"):
-        return Path(on_path).parent
     raise PostgresUnavailable(
         "PostgreSQL server binaries (initdb, postgres) not found in "
         f"{env or '/usr/lib/postgresql/*/bin'} or on PATH: install the Debian package "
