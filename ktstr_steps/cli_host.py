@@ -1,9 +1,171 @@
-"""Host-resource subcommands: topology, plan, locks, holder (filled in by the host-resources work)."""
+"""Host-resource subcommands: ``topology``, ``plan``, ``locks``.
+
+Handlers import the host modules lazily so ``ktstr-ci --help`` and unrelated
+subcommands stay cheap. ``plan`` and ``locks`` have a hidden ``--lock-dir``
+(tests only: where the ``ktstr-llc-*``/``ktstr-cpu-*`` files live; ktstr and
+the default use /tmp).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from ktstr_steps.util import KtstrError
+
+BYPASS_CAP_CONFLICT = (
+    "--cpu-cap conflicts with KTSTR_BYPASS_LLC_LOCKS=1; unset one of them. "
+    "--cpu-cap is a resource contract; bypass disables the contract entirely."
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("topology", help="this host's CPUs, LLCs and NUMA nodes as ktstr sees them")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_topology)
+
+    p = sub.add_parser("plan", help="dry run of the LLC plan a build would reserve now (no locks)")
+    # A string, not type=int: 0, -1 and "abc" get ktstr's messages from resolve_cap.
+    p.add_argument("--cpu-cap", metavar="N", default=None, help="CPUs to reserve (default 30%%)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--lock-dir", type=Path, default=Path("/tmp"), help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("locks", help="every ktstr lock file with its holders and waiters")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--lock-dir", type=Path, default=Path("/tmp"), help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_locks)
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from ktstr_steps.topology import HostTopology
+
+    topo = HostTopology.from_sysfs(quiet=args.json)
+    if args.json:
+        print(json.dumps(topo.to_json()))
+    else:
+        print(topo.describe())
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ktstr_steps import planner
+    from ktstr_steps.topology import HostTopology
+    from ktstr_steps.util import bypass_llc_locks, say
+
+    if bypass_llc_locks():
+        # Checked before the cap's value, like ktstr (§1.1 step 2): `--cpu-cap 0`
+        # with bypass reports the conflict. A cap from the env conflicts too (§11 row 2).
+        if args.cpu_cap is not None or os.environ.get("KTSTR_CPU_CAP"):
+            raise KtstrError(BYPASS_CAP_CONFLICT, kind="bypass-cap-conflict")
+        say("KTSTR_BYPASS_LLC_LOCKS is set: builds reserve nothing and run make -j$(nproc)")
+        out = {"bypass": True, "llcs": None, "cpus": None, "mems": None,
+               "make_jobs": None, "cross_node": False}  # fmt: skip
+        print(json.dumps(out) if args.json else "bypass: no LLC plan")
+        return 0
+    cap = planner.resolve_cap(args.cpu_cap)
+    topo = HostTopology.from_sysfs(quiet=args.json)
+    plan = planner.dry_run_plan(topo, cap, lock_dir=args.lock_dir)
+    warning = planner.cross_node_warning(plan, topo)
+    if warning:
+        print(warning, file=sys.stderr)
+    if args.json:
+        print(json.dumps({"bypass": False, **plan.to_json(), "cap": cap}))
+    else:
+        from ktstr_steps.util import format_cpulist
+
+        print(f"llcs:      {', '.join(map(str, plan.llcs))}")
+        print(f"cpus:      {format_cpulist(plan.cpus)} ({len(plan.cpus)})")
+        print(f"mems:      {format_cpulist(plan.mems)}")
+        print(f"make -j:   {plan.make_jobs}")
+        print(f"cross-node: {'yes' if plan.cross_node else 'no'}")
+    return 0
+
+
+def cache_root() -> Path | None:
+    """The kernel cache root: ``ktstr_steps.cache.cache_root()`` when present, else ktstr's rules."""
+    try:
+        from ktstr_steps import cache  # type: ignore[attr-defined]
+    except ImportError:
+        cache = None
+    if cache is not None and hasattr(cache, "cache_root"):
+        return Path(cache.cache_root())
+    env = os.environ.get("KTSTR_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "ktstr" / "kernels"
+    home = os.environ.get("HOME")
+    if home and home != "/" and os.path.isabs(home):
+        return Path(home) / ".cache" / "ktstr" / "kernels"
+    return None
+
+
+_LLC_RE = re.compile(r"^ktstr-(llc|cpu)-(\d+)\.lock$")
+
+
+def collect_locks(lock_dir: Path, root: Path | None) -> list[dict]:
+    """Every ktstr lock file with holders (pid, mode, cmd) and waiters, one /proc/locks read."""
+    from ktstr_steps import flock
+
+    lines = flock.read_proc_locks()
+    found: list[tuple[tuple, dict]] = []
+    try:
+        names = os.listdir(lock_dir)
+    except OSError:
+        names = []
+    for name in names:
+        m = _LLC_RE.match(name)
+        if m:
+            kind, index = m.group(1), int(m.group(2))
+            found.append(((0 if kind == "llc" else 1, index), {"kind": kind, "index": index,
+                                                               "path": lock_dir / name}))  # fmt: skip
+    if root is not None:
+        try:
+            cache_names = os.listdir(root / ".locks")
+        except OSError:
+            cache_names = []
+        for name in cache_names:
+            if not name.endswith(".lock"):
+                continue
+            key = name[: -len(".lock")]
+            kind = "source" if key.startswith("source-") else "cache"
+            found.append(((2, key), {"kind": kind, "key": key, "path": root / ".locks" / name}))
+    out = []
+    for _, entry in sorted(found, key=lambda x: x[0]):
+        path = entry["path"]
+        entry["path"] = str(path)
+        entry["holders"] = [h.to_json() for h in flock.holders(path, lines)]
+        entry["waiters"] = flock.waiters(path, lines)
+        out.append(entry)
+    return out
+
+
+def cmd_locks(args: argparse.Namespace) -> int:
+    from ktstr_steps.util import warn
+
+    try:
+        root = cache_root()
+    except KtstrError as exc:
+        warn(f"cache root unavailable ({exc}); listing only {args.lock_dir} locks")
+        root = None
+    locks = collect_locks(args.lock_dir, root)
+    if args.json:
+        print(json.dumps({"cache_root": str(root) if root else None, "locks": locks}))
+        return 0
+    if not locks:
+        print("no ktstr lock files")
+        return 0
+    print(f"{'LOCK':<44} {'HOLDERS':<40}")
+    for e in locks:
+        name = f"{e['kind']} {e.get('index', e.get('key'))}"
+        held = ", ".join(f"{h['pid']} {h['mode']} {h['cmd']}" for h in e["holders"]) or "-"
+        waiting = f"  (waiting: {', '.join(map(str, e['waiters']))})" if e["waiters"] else ""
+        print(f"{name:<44} {held}{waiting}")
+        print(f"  {e['path']}")
+    return 0
