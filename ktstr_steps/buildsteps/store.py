@@ -45,7 +45,11 @@ class CacheStore(KtstrCiStep):
             return SUCCESS
         if outcome == "store-failed":
             why = first_error(data) or next(iter(data.get("warnings") or []), None)
-            self.descriptionDone = "cache store failed" + (f": {why}" if why else "")
+            if not why:
+                why = "cache store failed"
+            elif not why.startswith("cache store failed"):
+                why = f"cache store failed: {why}"
+            self.descriptionDone = why
             return WARNINGS
         why = NOT_CACHED.get(str(outcome), str(outcome))
         self.descriptionDone = f"not cached ({outcome}): {why}"
