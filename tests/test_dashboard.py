@@ -8,6 +8,12 @@ import sys
 import types
 
 import pytest
+import treq
+from twisted.internet import reactor
+from twisted.trial import unittest as trial
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.wsgi import WSGIResource
 
 from master import dashboard
 from master.records import db, queries
@@ -236,3 +242,30 @@ def test_dashboard_config_for_master_cfg(url):
     }  # fmt: skip
     assert "/index.html" in {r.rule for r in cfg["app"].url_map.iter_rules()}
     assert "no builds recorded yet" in get(cfg["app"].test_client(), "/index.html")
+
+
+class TestMountedLikeBuildbot(trial.TestCase):
+    """Served by twisted.web's WSGIResource at Buildbot's mount point, over loopback on the
+    real reactor: links must carry the mount path the way buildbot_wsgi_dashboards sets it."""
+
+    @pytest.fixture(autouse=True)
+    def _rows(self, url, filled):
+        self.url = url
+
+    async def test_links_carry_the_mount_path(self):
+        app = dashboard.dashboard_config(self.url)["app"]
+        root, plugins, wsgi = Resource(), Resource(), Resource()
+        root.putChild(b"plugins", plugins)
+        plugins.putChild(b"wsgi_dashboards", wsgi)
+        wsgi.putChild(b"ktstr", WSGIResource(reactor, reactor.getThreadPool(), app))
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        base = f"http://127.0.0.1:{port.getHost().port}/plugins/wsgi_dashboards/ktstr"
+        resp = await treq.get(f"{base}/index.html", persistent=False)
+        self.assertEqual(resp.code, 200)
+        html = await resp.text()
+        self.assertIn('href="/plugins/wsgi_dashboards/ktstr/branch.html?name=main"', html)
+        self.assertIn('href="/#/builders/3/builds/7"', html)
+        resp = await treq.get(f"{base}/branch.html?name=main", persistent=False)
+        self.assertEqual(resp.code, 200)
+        self.assertIn('<td class="num phase-make">5m42s</td>', await resp.text())
