@@ -1,0 +1,64 @@
+"""``ktstr-ci workers``: the LLC-pinned workers of this host.
+
+``ktstr-ci workers list [--json]`` shows the workers the settings define
+(name, LLC group, recorded CPUs, the CPUs the process is pinned to and why
+they differ); ``start``/``stop``/``status`` are ``make run``/``stop``/``status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ktstr_steps.util import KtstrError, format_cpulist
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("workers", help="the master and LLC-pinned workers of this host")
+    sub = p.add_subparsers(dest="workers_command", required=True, metavar="ACTION")
+    ls = sub.add_parser("list", help="workers of this host (one per LLC group)")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_list)
+    for action in ("start", "stop", "status"):
+        a = sub.add_parser(action, help=f"{action} the master and workers (make {action if action != 'start' else 'run'})")
+        if action == "status":
+            a.add_argument("--json", action="store_true")
+        a.set_defaults(func=_service, action=action)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from master.settings import SettingsError, load
+    from workers.spec import worker_specs
+
+    try:
+        specs = worker_specs(load())
+    except (SettingsError, RuntimeError) as exc:
+        raise KtstrError(str(exc), kind="settings") from None
+    rows = [
+        {
+            "name": s.name, "host": s.host, "llc_index": s.llc_index,
+            "cpus": format_cpulist(s.cpus),
+            "pin_cpus": format_cpulist(s.pin_cpus) if s.pin_cpus is not None else None,
+            "pin_note": s.pin_note, "basedir": str(s.basedir),
+        }
+        for s in specs
+    ]
+    if args.json:
+        print(json.dumps({"workers": rows}, indent=2))
+        return 0
+    for r in rows:
+        pin = r["pin_cpus"] if r["pin_cpus"] is not None else "(remote)"
+        print(f"{r['name']}\tLLC {r['llc_index']}\tCPUs {r['cpus']}\tpinned to {pin}")
+        if r["pin_note"]:
+            print(f"  note: {r['pin_note']}", file=sys.stderr)
+    return 0
+
+
+def _service(args: argparse.Namespace) -> int:
+    from workers import service
+
+    argv = [args.action]
+    if getattr(args, "json", False):
+        argv.append("--json")
+    return service.main(argv)
