@@ -100,14 +100,18 @@ def _live_cache(root: str | None) -> tuple[list[dict[str, Any]] | None, str | No
             d = dict(getattr(e, "__dict__", {})) or {"key": str(e)}
         meta = d.get("metadata") if isinstance(d.get("metadata"), Mapping) else {}
         flat = {**meta, **{k: v for k, v in d.items() if k != "metadata"}}
+        details = {
+            k: v
+            for k, v in flat.items()
+            if k not in ("key", "cache_key", "name") and not isinstance(v, Mapping | list)
+        }
+        if isinstance(flat.get("source"), Mapping):
+            # ktstr's KernelSource: {"type": "git", "git_hash": ..., "ref": ...} on one line.
+            details["source"] = " ".join(str(v) for v in flat["source"].values() if v is not None)
         out.append(
             {
                 "key": flat.get("key") or flat.get("cache_key") or flat.get("name") or "?",
-                "details": {
-                    k: v
-                    for k, v in flat.items()
-                    if k not in ("key", "cache_key", "name") and not isinstance(v, Mapping | list)
-                },
+                "details": details,
             }
         )
     return out, f"{len(out)} entries in {root}"

@@ -269,3 +269,27 @@ class TestMountedLikeBuildbot(trial.TestCase):
         resp = await treq.get(f"{base}/branch.html?name=main", persistent=False)
         self.assertEqual(resp.code, 200)
         self.assertIn('<td class="num phase-make">5m42s</td>', await resp.text())
+
+
+def test_cache_page_with_the_real_cache_module(client, filled, isolated_env):
+    from ktstr_steps import cache as kcache
+
+    good = isolated_env / "local-feed123-x86_64-kcbbbbbbbb"
+    good.mkdir(parents=True)
+    (good / "bzImage").write_bytes(b"kernel")
+    meta = kcache.KernelMetadata(
+        source=kcache.KernelSource.git("feed123", "main"),
+        arch="x86_64",
+        image_name="bzImage",
+        built_at="2025-06-01T12:00:00Z",
+        version="6.13.1",
+        config_hash="cfgcfgcf",
+    )
+    (good / "metadata.json").write_text(meta.dumps())
+    (isolated_env / "broken-entry").mkdir()  # no metadata.json: listed as corrupt
+    html = get(client, "/cache.html")
+    assert f"2 entries in {isolated_env}" in html
+    assert "local-feed123-x86_64-kcbbbbbbbb" in html and "version=<code>6.13.1</code>" in html
+    assert "config_hash=<code>cfgcfgcf</code>" in html
+    assert "source=<code>git feed123 main</code>" in html
+    assert "broken-entry" in html and "reason=" in html
