@@ -31,7 +31,12 @@ def llc_groups() -> list[LLCGroup]:
         from ktstr_steps.topology import HostTopology  # type: ignore[import-not-found]
     except ImportError:
         return read_sysfs_llcs()
-    topo = HostTopology.from_sysfs()
+    from ktstr_steps.util import KtstrError
+
+    try:
+        topo = HostTopology.from_sysfs()
+    except KtstrError as exc:
+        raise RuntimeError(f"cannot read this host's LLC topology: {exc}") from None
     return [
         LLCGroup(index=int(llc.index), cpus=tuple(sorted(llc.cpus)), node=int(llc.node or 0))
         for llc in topo.llcs
