@@ -21,16 +21,19 @@ class KernelCheckout(Git):
     """
 
     name = "checkout"
+    # Kept apart from workdir: an unset workdir silently falls back to the builder's.
+    renderables = ["tree"]
 
     def __init__(self, *, repourl: str | IRenderable, tree: str | IRenderable = tree_path,
                  **kwargs: Any) -> None:
         kwargs.setdefault("mode", "incremental")
         kwargs.setdefault("logEnviron", False)
         kwargs.setdefault("haltOnFailure", True)
+        self.tree = tree
         super().__init__(repourl=repourl, workdir=tree, **kwargs)
 
     def run(self) -> Any:
-        problem = check_tree(self.workdir)
+        problem = check_tree(self.tree)
         if problem:
             self.descriptionDone = [problem]
             return FAILURE
