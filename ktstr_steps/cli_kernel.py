@@ -3,7 +3,332 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from ktstr_steps.util import LABEL, KtstrError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    kernel = sub.add_parser("kernel", help="build, list and clean cached kernels (like ktstr)")
+    ksub = kernel.add_subparsers(dest="kernel_command", required=True, metavar="SUBCOMMAND")
+
+    b = ksub.add_parser(
+        "build",
+        help="build a kernel and store it in the cache",
+        description="Build a kernel from a version (6.12.3, 6.12, A..B, latest, mainline), "
+        "a local tree (--source) or a git ref (--git URL --ref REF).",
+    )
+    b.add_argument("version", nargs="?", metavar="VERSION")
+    b.add_argument("--source", type=Path, metavar="DIR")
+    b.add_argument("--git", metavar="URL")
+    b.add_argument("--ref", metavar="REF")
+    _config_args(b)
+    b.add_argument("--clean", action="store_true", help="make mrproper first (--source only)")
+    b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    b.add_argument("--cpu-cap", metavar="N", help="reserve exactly N CPUs (also KTSTR_CPU_CAP)")
+    b.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for busy LLCs or a locked source tree (ktstr fails at once)",
+    )
+    b.add_argument("--mirror", metavar="URL", help="kernel tarball mirror (KTSTR_CI_KERNEL_MIRROR)")
+    b.add_argument("--releases-url", metavar="URL", help="releases.json URL (KTSTR_CI_RELEASES_URL)")
+    b.add_argument("--json", action="store_true", help="one JSON result object on stdout")
+    b.set_defaults(func=cmd_build)
+
+    ls = ksub.add_parser("list", help="list cached kernels")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--releases-url", metavar="URL")
+    ls.add_argument(
+        "--offline", action="store_true", help="do not fetch releases.json (no EOL tags)"
+    )
+    ls.set_defaults(func=cmd_list)
+
+    cl = ksub.add_parser("clean", help="remove cached kernels")
+    cl.add_argument("--keep", type=_nonneg_int, metavar="N", help="keep the N newest valid entries")
+    cl.add_argument("--corrupt-only", action="store_true", help="remove only corrupt entries")
+    cl.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    cl.set_defaults(func=cmd_clean)
+
+    ph = sub.add_parser("phase", help="run one build phase against a state file (Buildbot steps)")
+    psub = ph.add_subparsers(dest="phase", required=True, metavar="PHASE")
+    lk = psub.add_parser("lookup", help="acquire the tree, compute the cache key, look it up")
+    _state_arg(lk)
+    lk.add_argument("--source", type=Path, required=True, metavar="DIR")
+    _config_args(lk)
+    lk.add_argument("--clean", action="store_true")
+    lk.add_argument("--force", action="store_true")
+    lk.set_defaults(func=cmd_phase)
+    for name, helptext in (
+        ("configure", "base config + ktstr.kconfig + extra, olddefconfig"),
+        ("make", "make -jN KCFLAGS=-Wno-error, streamed"),
+        ("validate", "check the critical CONFIG_ options"),
+        ("compile-commands", "compile_commands.json without rebuilding"),
+        ("store", "dirty gate, post-build re-check, atomic cache store"),
+        ("summary", "print the build result object"),
+    ):
+        p = psub.add_parser(name, help=helptext)
+        _state_arg(p)
+        if name in ("configure", "make"):
+            p.add_argument("--holder", metavar="NAME", help="run inside this holder's sandbox")
+        if name == "configure":
+            p.add_argument("--clean", action="store_true")
+        if name == "make":
+            p.add_argument("--jobs", type=_pos_int, metavar="N")
+        p.set_defaults(func=cmd_phase)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", metavar="NAME", help="config profile from kconfig/profiles.toml")
+    p.add_argument(
+        "--base-config",
+        metavar="NAME|FILE",
+        help="defconfig (default), tinyconfig, allnoconfig, or a config file",
+    )
+    p.add_argument("--extra-kconfig", type=Path, metavar="FILE", help="extra kconfig fragment")
+
+
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", type=Path, required=True, metavar="FILE")
+    p.add_argument("--json", action="store_true")
+
+
+def _pos_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {n}")
+    return n
+
+
+def _emit(args: argparse.Namespace, obj: dict) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, indent=2, sort_keys=True))
+        args.json_emitted = True
+
+
+# -- kernel build -------------------------------------------------------------------
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from ktstr_steps.build import BuildRequest, kernel_build
+
+    given = [x for x in (args.version, args.source, args.git) if x is not None]
+    if len(given) > 1:
+        raise KtstrError(
+            "give one of VERSION, --source DIR or --git URL --ref REF", kind="usage"
+        )
+    if args.ref and not args.git:
+        raise KtstrError("--ref needs --git URL", kind="usage")
+    if args.profile and args.base_config and args.extra_kconfig:
+        pass  # explicit flags refine the profile; documented in --help
+    req = BuildRequest(
+        version=args.version,
+        source=args.source,
+        git=args.git,
+        ref=args.ref,
+        extra_kconfig=args.extra_kconfig,
+        base_config=args.base_config,
+        profile=args.profile,
+        clean=args.clean,
+        force=args.force,
+        cpu_cap=args.cpu_cap,
+        wait=args.wait,
+        mirror=args.mirror,
+        releases_url=args.releases_url,
+    )
+    states = kernel_build(req)
+    failed = [s for s in states if not s.ok]
+    for s in failed:
+        for e in s.errors:
+            print(f"{LABEL}: error: {e['message']}", file=sys.stderr)
+    if len(states) == 1:
+        _emit(args, states[0].result())
+    else:
+        _emit(
+            args,
+            {
+                "ok": not failed,
+                "range": args.version,
+                "builds": [s.result() for s in states],
+            },
+        )
+        if failed:
+            names = ", ".join(s.version or "?" for s in failed)
+            print(
+                f"{LABEL}: error: kernel build range {args.version}: {len(failed)}/{len(states)} "
+                f"version(s) failed: {names}",
+                file=sys.stderr,
+            )
+    return 1 if failed else 0
+
+
+# -- kernel list / clean --------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ktstr_steps import cache, kconfig, releases
+
+    root = cache.cache_root()
+    active: set[str] | None = None
+    fetch_error: str | None = None
+    if not args.offline:
+        try:
+            active = releases.active_prefixes(releases.fetch_releases(args.releases_url))
+        except KtstrError as exc:
+            fetch_error = str(exc)
+    entries = cache.list_entries(root)
+    current = kconfig.kconfig_hash()
+    if args.json:
+        _emit(args, cache.list_json(entries, root, current, active, fetch_error))
+        return 0
+    out, err = cache.render_list_text(entries, root, current, active, fetch_error)
+    if err:
+        sys.stderr.write(err if err.endswith("\n") else err + "\n")
+    if out:
+        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from ktstr_steps import cache
+
+    if args.keep is not None and args.corrupt_only:
+        raise KtstrError("--keep and --corrupt-only cannot be used together", kind="usage")
+
+    def confirm(prompt: str) -> bool:
+        if not sys.stdin.isatty():
+            raise KtstrError("confirmation requires a terminal. Use --force to skip.", kind="usage")
+        sys.stderr.write(prompt)
+        sys.stderr.flush()
+        return sys.stdin.readline().strip() in ("y", "Y")
+
+    cache.clean(keep=args.keep, corrupt_only=args.corrupt_only, force=args.force, confirm=confirm)
+    return 0
+
+
+# -- phases -----------------------------------------------------------------------
+
+
+def cmd_phase(args: argparse.Namespace) -> int:
+    from ktstr_steps import pipeline
+
+    phase = args.phase
+    if phase == "lookup":
+        state = pipeline.BuildState()
+    else:
+        state = pipeline.BuildState.load(args.state)
+    out: dict = {}
+    try:
+        if getattr(args, "holder", None):
+            _join_holder(state, args.holder)
+        out = _run_phase(phase, state, args)
+    except KtstrError as exc:
+        state.fail(exc)
+        out = getattr(args, "_phase_out", {})
+        print(f"{LABEL}: error: {exc}", file=sys.stderr)
+    finally:
+        if phase != "summary" or args.state.exists():
+            state.save(args.state)
+    obj = {"phase": phase, "ok": state.ok, "errors": state.errors, **out}
+    if phase == "summary":
+        obj = state.result()
+    _emit(args, obj)
+    return 0 if state.ok else 1
+
+
+def _join_holder(state, name: str) -> None:
+    from ktstr_steps import holder
+
+    info = holder.join_holder(name)
+    plan = (info or {}).get("plan") or {}
+    state.holder = name
+    if plan:
+        state.make_jobs = plan.get("make_jobs") or state.make_jobs
+        state.llcs = list(plan.get("llcs") or [])
+        state.llc_cpus = list(plan.get("cpus") or [])
+
+
+def _missing_json(m) -> dict:
+    return {"option": getattr(m, "option", str(m)), "hint": getattr(m, "hint", "")}
+
+
+def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
+    from ktstr_steps import pipeline, source
+
+    if phase == "lookup":
+        new = pipeline.init_state(
+            profile=args.profile, base_config=args.base_config, extra_kconfig=args.extra_kconfig
+        )
+        state.__dict__.update(new.__dict__)
+        with pipeline.timed(state, "lookup"):
+            src = source.acquire_local(args.source)
+            pipeline.apply_source(state, src)
+            pipeline.compute_key(state, src, clean=args.clean)
+            entry = None if args.force else pipeline.lookup_cached(state)
+        if entry is not None:
+            pipeline.mark_hit(state, entry)
+        return {
+            "cache_key": state.cache_key,
+            "hit": entry is not None,
+            "entry_dir": state.entry_dir,
+            "dirty": state.is_dirty,
+            "is_git": state.is_git,
+            "git_hash": state.git_hash,
+            "outcome": state.outcome,
+        }
+    if phase == "configure":
+        changed = pipeline.phase_configure(state, clean=args.clean)
+        return {"configured": changed, "overrides": state.overrides, "dropped": state.dropped}
+    if phase == "make":
+        try:
+            pipeline.phase_make(state, jobs=args.jobs)
+        finally:
+            make_out = {
+                "jobs": state.make_jobs,
+                "warnings": state.make_warnings,
+                "errors_count": state.make_errors,
+                "failed_target": state.failed_target,
+                "log_path": state.make_log,
+                "seconds": state.phases.get("make"),
+            }
+            args._phase_out = make_out
+        return make_out
+    if phase == "validate":
+        from ktstr_steps import kconfig
+
+        missing = kconfig.validate_kernel_config(Path(state.source_dir))
+        args._phase_out = {"missing": [_missing_json(m) for m in missing]}
+        pipeline.phase_validate(state)
+        return args._phase_out
+    if phase == "compile-commands":
+        path = pipeline.phase_compile_commands(state)
+        return {"path": str(path) if path else None}
+    if phase == "store":
+        pipeline.phase_store(state)
+        return {
+            "outcome": state.outcome,
+            "cache_key": state.cache_key,
+            "entry_dir": state.entry_dir,
+            "image_path": state.image_path,
+            "config_hash": state.config_hash,
+        }
+    if phase == "summary":
+        return {}
+    raise KtstrError(f"unknown phase {phase!r}", kind="usage")

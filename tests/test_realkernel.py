@@ -1,0 +1,149 @@
+"""A real kernel: Debian's linux-source-6.12, tinyconfig + ktstr.kconfig, through `ktstr-ci kernel build`.
+
+One full build per run (minutes on 2 cores): the tree is built first while it
+is not under git (it must come out ``non-git-not-cached``), then committed and
+built again — an incremental make — which is stored; a third run is a cache
+hit. ``make test FAST=1`` deselects this module (marker ``realkernel``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fakekernel import GIT_ENV
+
+pytestmark = pytest.mark.realkernel
+
+TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
+# metadata.json fields ktstr reads (reference §7.4); all must be present.
+KTSTR_FIELDS = {
+    "version",
+    "source",
+    "arch",
+    "image_name",
+    "config_hash",
+    "built_at",
+    "ktstr_kconfig_hash",
+    "has_vmlinux",
+    "vmlinux_stripped",
+    "source_vmlinux_size",
+    "source_vmlinux_mtime_secs",
+    "extra_kconfig_hash",
+}
+
+
+def extract_linux_source(dest: Path) -> Path:
+    """Unpack Debian's tarball and drop Debian's top-level ignore-everything rule."""
+    if not TARBALL.is_file():
+        raise AssertionError(
+            f"{TARBALL} is missing: `make test` installs Debian's linux-source-6.12 package"
+        )
+    with tarfile.open(TARBALL) as tf:
+        tf.extractall(dest, filter="data")
+    tree = dest / "linux-source-6.12"
+    gi = tree / ".gitignore"
+    text = gi.read_text()
+    cut = text.find("#\n# Debian packaging")
+    if cut >= 0:
+        gi.write_text(text[:cut])
+    return tree
+
+
+def git_commit_all(tree: Path) -> None:
+    env = {**os.environ, **GIT_ENV}
+    for argv in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "linux 6.12"]):
+        subprocess.run(argv, cwd=tree, env=env, check=True)
+
+
+def build(tree: Path, cache: Path) -> tuple[int, dict, str, float]:
+    env = {**os.environ, "KTSTR_CACHE_DIR": str(cache)}
+    start = time.monotonic()
+    p = subprocess.run(
+        # All CPUs: without a cap ktstr reserves 30% of them (-j1 here).
+        ["ktstr-ci", "kernel", "build", "--source", str(tree), "--profile", "tiny",
+         "--cpu-cap", str(len(os.sched_getaffinity(0))), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+        stdin=subprocess.DEVNULL,
+    )
+    return p.returncode, json.loads(p.stdout or "{}"), p.stderr, time.monotonic() - start
+
+
+def sections(path: Path) -> dict[str, str]:
+    """section name → type, from readelf -SW."""
+    out = subprocess.run(["readelf", "-SW", str(path)], capture_output=True, text=True, check=True).stdout
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("[") and "]" in line:
+            fields = line.split("]", 1)[1].split()
+            if len(fields) >= 2:
+                found[fields[0]] = fields[1]
+    return found
+
+
+@pytest.fixture(scope="module")
+def real_builds(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("realkernel")
+    cache = base / "kcache"
+    tree = extract_linux_source(base)
+    results: dict = {"tree": tree, "cache": cache}
+    results["nongit"] = build(tree, cache)
+    git_commit_all(tree)
+    results["git"] = build(tree, cache)
+    results["hit"] = build(tree, cache)
+    timings = {k: round(results[k][3], 1) for k in ("nongit", "git", "hit")}
+    print(f"\nreal-kernel timings (s): {timings}")
+    (base / "timings.json").write_text(json.dumps(timings))
+    return results
+
+
+def test_untracked_real_tree_is_built_but_not_cached(real_builds):
+    rc, res, err, _ = real_builds["nongit"]
+    assert rc == 0, err[-4000:]
+    assert res["outcome"] == "non-git-not-cached"
+    assert Path(res["image_path"]).is_file()
+    assert not any(p for p in real_builds["cache"].glob("*") if not p.name.startswith("."))
+
+
+def test_committed_real_tree_is_cached_with_every_ktstr_field(real_builds):
+    rc, res, err, _ = real_builds["git"]
+    assert rc == 0, err[-4000:]
+    assert res["outcome"] == "cached"
+    entry = Path(res["entry_dir"])
+    meta = json.loads((entry / "metadata.json").read_text())
+    assert KTSTR_FIELDS <= set(meta)
+    assert meta["arch"] == "x86_64" and meta["image_name"] == "bzImage"
+    assert meta["source"]["type"] == "local" and len(meta["source"]["git_hash"]) == 7
+    assert meta["has_vmlinux"] is True and meta["vmlinux_stripped"] is True
+    assert (entry / "bzImage").stat().st_size > 100_000
+    config = (real_builds["tree"] / ".config").read_text().splitlines()
+    for opt in ("CONFIG_64BIT=y", "CONFIG_SCHED_CLASS_EXT=y", "CONFIG_DEBUG_INFO_BTF=y"):
+        assert opt in config
+
+
+def test_cached_vmlinux_is_stripped_but_keeps_btf_and_symtab(real_builds):
+    entry = Path(real_builds["git"][1]["entry_dir"])
+    stripped, raw = entry / "vmlinux", real_builds["tree"] / "vmlinux"
+    secs = sections(stripped)
+    assert ".BTF" in secs and ".symtab" in secs and ".strtab" in secs
+    assert secs[".text"] == "NOBITS"
+    assert not [s for s in secs if s.startswith(".debug_")]
+    assert stripped.stat().st_size < raw.stat().st_size / 2
+
+
+def test_third_run_is_a_cache_hit(real_builds):
+    rc, res, err, seconds = real_builds["hit"]
+    assert rc == 0, err[-2000:]
+    assert res["outcome"] == "cache-hit"
+    assert res["entry_dir"] == real_builds["git"][1]["entry_dir"]
+    assert "make" not in res["phases"]
