@@ -1,0 +1,170 @@
+"""Whole builds of the kernel factory on a real in-process master and LocalWorker.
+
+The worker command is a stand-in ``ktstr-ci`` script that answers each
+subcommand with the contract's JSON and logs its argv, so these tests show
+Buildbot's own flow control (doStepIf on a cache hit, halt on failure,
+alwaysRun after a stop) around our steps, with real processes and real git.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from buildbot.plugins import schedulers, util
+from buildbot.process.results import CANCELLED, SKIPPED, SUCCESS, WARNINGS
+from buildbot.test.util.integration import RunMasterBase
+from twisted.internet import defer, reactor, task
+
+from ktstr_steps.buildsteps import branch_dir, kernel_build_factory
+
+FAKE_KTSTR_CI = r'''
+import json, os, sys, time
+argv = sys.argv[1:]
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "calls.log"), "a") as f:
+    f.write(" ".join(argv) + "\n")
+scenario = open(os.path.join(here, "scenario")).read().strip()
+cmd = tuple(argv[:2])
+key = "local-1a2b3c4-x86_64-kc0123abcd"
+def out(obj, rc=0):
+    print(json.dumps(obj)); sys.exit(rc)
+if cmd == ("holder", "acquire"):
+    out({"name": argv[3], "pid": os.getpid(), "bypass": False,
+         "plan": {"llcs": [0], "cpus": [0, 1], "mems": [0], "make_jobs": 2, "cross_node": False},
+         "sandbox": {"kind": "none", "path": None}})
+if cmd == ("holder", "lock-source"):
+    out({"name": argv[3], "lockfile": "/tmp/x.lock", "waited_seconds": 0, "holders_seen": []})
+if cmd == ("phase", "lookup"):
+    src = argv[argv.index("--source") + 1]
+    assert os.path.isfile(os.path.join(src, "Makefile")), "checkout did not run first"
+    out({"cache_key": key, "hit": scenario == "hit", "entry_dir": "/cache/" + key,
+         "dirty": False, "is_git": True, "git_hash": "1a2b3c4",
+         "outcome": "cache-hit" if scenario == "hit" else None})
+if cmd == ("phase", "configure"):
+    out({"configured": True, "overrides": [], "dropped": []})
+if cmd == ("phase", "make"):
+    if scenario == "stop":
+        print("ktstr-ci: progress: make: CC kernel/fork.o", file=sys.stderr, flush=True)
+        open(os.path.join(here, "make-started"), "w").close()
+        time.sleep(60)
+    out({"jobs": 2, "warnings": 0, "errors": 0, "failed_target": None, "seconds": 0.1})
+if cmd == ("phase", "validate"):
+    out({"missing": []})
+if cmd == ("phase", "compile-commands"):
+    out({"path": "compile_commands.json", "entries": 3})
+if cmd == ("phase", "store"):
+    out({"outcome": "cached", "cache_key": key, "entry_dir": "/cache/" + key,
+         "image_path": "/cache/" + key + "/bzImage", "config_hash": "deadbeef"})
+if cmd == ("phase", "summary"):
+    outcome = {"hit": "cache-hit", "build": "cached"}.get(scenario, "failed")
+    out({"ok": outcome != "failed", "outcome": outcome, "cache_key": key,
+         "image_path": "/cache/" + key + "/bzImage", "phases": {}},
+        0 if outcome != "failed" else 1)
+if cmd == ("holder", "release"):
+    out({"name": argv[3], "released": ["source-lock", "sandbox", "llc-locks"]})
+out({"ok": False, "errors": [{"kind": "usage", "message": "unknown " + " ".join(argv)}]}, 2)
+'''
+
+
+class TestKernelBuild(RunMasterBase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        base = Path(self.mktemp()).resolve()
+        self.tools = base / "tools"
+        self.tools.mkdir(parents=True)
+        script = self.tools / "ktstr-ci"
+        script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_KTSTR_CI))
+        script.chmod(0o755)
+        self.repo = base / "linux.git"
+        self.repo.mkdir()
+        git = ["git", "-C", str(self.repo), "-c", "user.name=t", "-c", "user.email=t@e"]
+        subprocess.run(["git", "init", "-q", "-b", "main", str(self.repo)], check=True)
+        (self.repo / "Makefile").write_text("all:\n")
+        subprocess.run([*git, "add", "Makefile"], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", "kernel"], check=True)
+        self.trees = base / "trees"
+        config = {
+            "builders": [util.BuilderConfig(
+                name="kernel", workernames=["local1"],
+                factory=kernel_build_factory(repourl=str(self.repo), profile="tiny",
+                                             ktstr_ci=str(script)),
+            )],
+            "schedulers": [schedulers.ForceScheduler(
+                name="force", builderNames=["kernel"],
+                # Worker property in production; a build property works the same way.
+                properties=[util.FixedParameter(name="tree_store", default=str(self.trees))],
+            )],
+        }
+        yield self.setup_master(config)
+
+    def scenario(self, name: str) -> None:
+        (self.tools / "scenario").write_text(name)
+
+    def calls(self) -> list[str]:
+        return (self.tools / "calls.log").read_text().splitlines()
+
+    def results(self, build: dict[str, Any]) -> dict[str, int]:
+        return {s["name"]: s["results"] for s in build["steps"]}
+
+    @defer.inlineCallbacks
+    def test_full_build(self) -> Any:
+        self.scenario("build")
+        build = yield self.doForceBuild(wantSteps=True, wantProperties=True)
+        steps = self.results(build)
+        # record has no records service here: a warning on the step, not on the build.
+        self.assertEqual(steps.pop("record"), WARNINGS)
+        self.assertEqual(set(steps.values()), {SUCCESS}, steps)
+        self.assertEqual(build["results"], SUCCESS)
+        self.assertEqual(build["properties"]["kernel_outcome"][0], "cached")
+        self.assertEqual(build["properties"]["llc_cpus"][0], [0, 1])
+        self.assertTrue((self.trees / branch_dir("") / "Makefile").is_file())
+        self.assertEqual([c.split(" --")[0] for c in self.calls()], [
+            "holder acquire", "holder lock-source", "phase lookup", "phase configure",
+            "phase make", "phase validate", "phase compile-commands", "phase store",
+            "phase summary", "holder release",
+        ])
+
+    @defer.inlineCallbacks
+    def test_cache_hit_skips_kernel_phases(self) -> Any:
+        self.scenario("hit")
+        build = yield self.doForceBuild(wantSteps=True, wantProperties=True)
+        steps = self.results(build)
+        self.assertEqual(build["results"], SUCCESS)
+        for name in ("configure", "make", "validate", "compile-commands", "cache-store"):
+            self.assertEqual(steps[name], SKIPPED, name)
+        self.assertEqual(steps["release"], SUCCESS)
+        self.assertEqual(build["properties"]["kernel_outcome"][0], "cache-hit")
+        self.assertNotIn("phase make", " ".join(self.calls()))
+        self.assertEqual(self.calls()[-1].split(" --")[0], "holder release")
+
+    @defer.inlineCallbacks
+    def test_stop_during_make_still_records_and_releases(self) -> Any:
+        self.scenario("stop")
+        done = self.doForceBuild(wantSteps=True, wantProperties=True)
+        marker = self.tools / "make-started"
+        for _ in range(600):
+            if marker.exists():
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertTrue(marker.exists(), "make never started")
+        [running] = yield self.master.data.get(("builds",))
+        yield self.master.data.control("stop", {"reason": "test"},
+                                       ("builds", running["buildid"]))
+        build = yield done
+        steps = self.results(build)
+        self.assertEqual(build["results"], CANCELLED)
+        self.assertEqual(steps["make"], CANCELLED)
+        self.assertNotIn("validate", steps)  # never started after the stop
+        self.assertEqual(steps["release"], SUCCESS)
+        self.assertEqual(build["properties"]["kernel_outcome"][0], "cancelled")
+        self.assertEqual(self.calls()[-1].split(" --")[0], "holder release")
+        # The worker's TERM went to the fake make's process group: nothing sleeps on.
+        self.assertNotIn(str(self.tools), subprocess.run(
+            ["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+
