@@ -219,3 +219,11 @@ def test_dry_run_on_recorded_machine_reads_holders_but_creates_nothing(tmp_path)
     p = planner.dry_run_plan(topo, 4, allowed=set(range(16)), lock_dir=lock_dir)
     assert p.llcs == [0] and p.locks == [] and not p.held
     assert list(lock_dir.iterdir()) == []
+
+
+def test_exclusive_llc_not_taken_by_the_node_walk_while_others_suffice(tmp_path):
+    # 28 CPUs = every LLC but the exclusively held one. Walking nodes from the
+    # anchor would reach LLC 1 (node 0) before the far nodes; it must not.
+    topo = machine(tmp_path, "epyc")
+    p = plan(topo, 28, set(range(32)), holders={1: 1}, exclusive={1})
+    assert p.llcs == [0, 2, 3, 4, 5, 6, 7] and len(p.cpus) == 28
