@@ -419,6 +419,8 @@ def acquire_llc_plan(
         who = _holder_text(snap, selected)
         elapsed = time.monotonic() - start
         if wait <= 0 or elapsed >= wait:
+            if announced and progress is not None:
+                progress.done()  # clear a rewritten terminal line before the error
             waited = f" (waited {elapsed:.1f}s of --wait {wait:g}s)" if wait > 0 else ""
             raise ResourceContention(
                 f"acquire_llc_plan: could not reserve {target} CPU(s) after 2 TOCTOU retry{waited}; "
