@@ -137,6 +137,7 @@ class TestStopDuringMake(KtstrStepMixin, unittest.TestCase):
         make_step = self.setup_ktstr_step(KernelMake())
         self.setup_step(Record(records=records))
         self.setup_step(Release())
+        self.build.setProperty("phase_seconds", {"lookup": 0.1}, "CacheLookup")
 
         def stop(_cmd: object) -> Any:
             # The user presses Stop while make is compiling. (interrupt_nth_remote_command

@@ -29,6 +29,8 @@ RESULT = {
 
 WORKER_PROPS = {"workername": "host1-llc0", "host": "host1", "llc_index": 0,
                 "llc_cpus": "0-1", "got_revision": "1a2b3c4d5e", "repository": "/var/linux.git"}
+# What CacheLookup leaves behind: the build has its own state file to summarise.
+REACHED_LOOKUP = {"phase_seconds": {"lookup": 0.1}}
 
 
 class FakeRecords:
@@ -45,6 +47,18 @@ class FakeRecords:
         return defer.succeed(len(self.rows))
 
 
+class FailedStep:
+    """An executed step of the build that failed, as Build.executedSteps holds it."""
+
+    def __init__(self, name: str, summary: str) -> None:
+        self.name = name
+        self.results = FAILURE
+        self.summary = summary
+
+    def getResultSummary(self) -> dict[str, str]:
+        return {"step": f"{self.summary} (failure)"}
+
+
 def summary():
     return ktstr("phase", "summary", "--state", STATE, "--json")
 
@@ -52,9 +66,9 @@ def summary():
 class TestRecord(KtstrStepMixin, unittest.TestCase):
     def test_row_from_summary_and_properties(self) -> None:
         records = FakeRecords()
-        self.setup_ktstr_step(Record(records=records), **WORKER_PROPS)
+        self.setup_ktstr_step(Record(records=records), **WORKER_PROPS, **REACHED_LOOKUP)
         self.build.setProperty("phase_seconds", {"reserve": 0.2, "source_lock": 0.0,
-                                                 "make": 99.0}, "Reserve")
+                                                 "lookup": 0.3, "make": 99.0}, "Reserve")
         self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="recorded row 1 (cached)")
         self.expect_property("record_id", 1, "Record")
@@ -88,6 +102,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
             self.assertIsNone(row["error"])
             # The pipeline's own timings win; the steps' fill the phases it did not see.
             self.assertEqual(row["make_s"], 30.5)
+            self.assertEqual(row["lookup_s"], 0.1)
             self.assertEqual(row["reserve_s"], 0.2)
             self.assertIsNone(row["validate_s"])
             self.assertIsInstance(row["finished_at"], dt.datetime)
@@ -99,7 +114,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         from master.records.queries import validate_build_row
 
         records = FakeRecords()
-        self.setup_ktstr_step(Record(records=records), **WORKER_PROPS)
+        self.setup_ktstr_step(Record(records=records), **WORKER_PROPS, **REACHED_LOOKUP)
         self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
         self.expect_outcome(result=SUCCESS)
         d = self.run_step()
@@ -107,11 +122,12 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         return d
 
     def test_failed_before_kernel_phases_still_records(self) -> None:
+        # Reserve failed: no lookup ran, so no summary is asked for (a state file in the
+        # workdir would be a previous build's); the row comes from what the build knows.
         records = FakeRecords()
         self.setup_ktstr_step(Record(records=records), **WORKER_PROPS)
+        self.build.executedSteps = [FailedStep("reserve", "reserve failed: no free LLC")]
         self.build.results = FAILURE
-        self.expect_commands(summary().stdout(answer({"ok": False, "errors": [
-            {"kind": "state", "message": "no state file ktstr-state.json"}]})).exit(1))
         self.expect_outcome(result=SUCCESS, state_string="recorded row 1 (failed)")
         self.expect_property("kernel_outcome", "failed")
         d = self.run_step()
@@ -121,7 +137,9 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
             row = records.rows[0]
             self.assertEqual(row["kernel_outcome"], "failed")
             self.assertEqual(row["result"], "failure")
-            self.assertEqual(row["error"], "no state file ktstr-state.json")
+            self.assertEqual(
+                row["error"], "reserve: reserve failed: no free LLC (failure)"
+            )
             # Known from the worker even without a summary.
             self.assertEqual(row["llc_cpus"], "0-1")
             self.assertIsNone(row["cache_key"])
@@ -130,7 +148,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
 
     def test_stopped_build_records_cancelled(self) -> None:
         records = FakeRecords()
-        self.setup_ktstr_step(Record(records=records), **WORKER_PROPS)
+        self.setup_ktstr_step(Record(records=records), **WORKER_PROPS, **REACHED_LOOKUP)
         self.build.setProperty("cache_key", KEY, "CacheLookup")
         self.build.stopped = True
         self.build.results = CANCELLED
@@ -150,7 +168,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
 
     def test_cache_hit_recorded(self) -> None:
         records = FakeRecords()
-        self.setup_ktstr_step(Record(records=records), **WORKER_PROPS)
+        self.setup_ktstr_step(Record(records=records), **WORKER_PROPS, **REACHED_LOOKUP)
         self.build.setProperty("kernel_outcome", "cache-hit", "CacheLookup")
         hit = dict(RESULT, outcome="cache-hit", phases={"lookup": 0.1})
         self.expect_commands(summary().stdout(answer(hit)).exit(0))
@@ -161,7 +179,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
 
     def test_missing_records_service_is_a_warning(self) -> None:
         # The fake master has no records service registered.
-        self.setup_ktstr_step(Record(), **WORKER_PROPS)
+        self.setup_ktstr_step(Record(), **WORKER_PROPS, **REACHED_LOOKUP)
         self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
         self.expect_outcome(
             result=WARNINGS,
@@ -181,7 +199,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         # The fake master has no service manager; a real one keeps c['services'] here.
         self.master.service_manager = type("Services", (), {})()
         self.master.service_manager.namedServices = {SERVICE_NAME: svc}
-        self.setup_ktstr_step(Record(), **WORKER_PROPS)
+        self.setup_ktstr_step(Record(), **WORKER_PROPS, **REACHED_LOOKUP)
         self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="recorded row 1 (cached)")
         d = self.run_step()
@@ -189,7 +207,8 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         return d
 
     def test_service_error_is_a_warning(self) -> None:
-        self.setup_ktstr_step(Record(records=FakeRecords(fail=RuntimeError("db locked"))))
+        self.setup_ktstr_step(Record(records=FakeRecords(fail=RuntimeError("db locked"))),
+                              **REACHED_LOOKUP)
         self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
         self.expect_outcome(result=WARNINGS, state_string="not recorded: db locked (warnings)")
         d = self.run_step()

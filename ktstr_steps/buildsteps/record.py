@@ -105,14 +105,17 @@ class Record(KtstrCiStep):
 
     async def run(self) -> int:
         summary: dict[str, Any] = {}
-        cmd = await self.makeRemoteShellCommand(
-            command=[self.ktstr_ci, *self.subcommand, *self.arguments(), "--json"],
-            collectStdout=True,
-        )
-        await self.runCommand(cmd)
-        if not self.stopped:
-            # Exit status is non-zero exactly when the outcome is "failed": the JSON still counts.
-            summary = parse_json_object(cmd.stdout)[0] or {}
+        if "lookup" in (self.getProperty(PHASE_SECONDS) or {}):
+            cmd = await self.makeRemoteShellCommand(
+                command=[self.ktstr_ci, *self.subcommand, *self.arguments(), "--json"],
+                collectStdout=True,
+            )
+            await self.runCommand(cmd)
+            if not self.stopped:
+                # Exit status is non-zero exactly when the outcome is "failed": the JSON counts.
+                summary = parse_json_object(cmd.stdout)[0] or {}
+        # else: this build never reached lookup, which starts the state file; one in the
+        # workdir is a previous build's and must not be recorded as this one.
         row = await self.build_row(summary)
         self.set_prop("kernel_outcome", row["kernel_outcome"])
         for name in ("cache_key", "image_path", "config_hash", "entry_dir"):
