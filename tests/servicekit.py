@@ -218,6 +218,10 @@ profiles = {json.dumps(list(profiles))}
         self.settings_file = r / "settings.toml"
         self.settings_file.write_text(toml)
         self.env = dict(os.environ)
+        # A developer's ktstr variables must not leak into the service under test.
+        for name in ("KTSTR_SYSFS_ROOT", "KTSTR_CPU_CAP", "KTSTR_BYPASS_LLC_LOCKS",
+                     "KTSTR_CI_SETTINGS", "VIRTUAL_ENV"):
+            self.env.pop(name, None)
         self.env.update(env or {})
         self.env["KTSTR_CACHE_DIR"] = str(self.cache_dir)
         self.env["KTSTR_CI_RUN_DIR"] = str(r / "run")
