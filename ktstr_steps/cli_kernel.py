@@ -196,7 +196,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     entries = cache.list_entries(root)
     current = kconfig.kconfig_hash()
     if args.json:
-        _emit(args, cache.list_json(entries, root, current, active, fetch_error))
+        _emit(args, cache.list_json(entries, current, active, fetch_error))
         return 0
     out, err = cache.render_list_text(entries, root, current, active, fetch_error)
     if err:
@@ -207,19 +207,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from ktstr_steps import cache
+    from ktstr_steps import cache, kconfig
 
-    if args.keep is not None and args.corrupt_only:
-        raise KtstrError("--keep and --corrupt-only cannot be used together", kind="usage")
-
-    def confirm(prompt: str) -> bool:
-        if not sys.stdin.isatty():
-            raise KtstrError("confirmation requires a terminal. Use --force to skip.", kind="usage")
-        sys.stderr.write(prompt)
-        sys.stderr.flush()
-        return sys.stdin.readline().strip() in ("y", "Y")
-
-    cache.clean(keep=args.keep, corrupt_only=args.corrupt_only, force=args.force, confirm=confirm)
+    # cache.clean asks on the terminal itself, and refuses without one unless --force.
+    cache.clean(
+        keep=args.keep,
+        corrupt_only=args.corrupt_only,
+        force=args.force,
+        current_kconfig_hash=kconfig.kconfig_hash(),
+    )
     return 0
 
 

@@ -63,6 +63,9 @@ def key_problem(key: str) -> str | None:
         return "cache key must not contain path traversal ('..')"
     if key.startswith(".tmp-"):
         return "cache key must not start with the reserved '.tmp-' prefix"
+    if key.startswith("."):
+        # Dot-names are never listed as entries (§7.2): such a store would be invisible.
+        return "cache key must not start with '.'"
     return None
 
 

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures shared across modules, without per-module imports (ruff F811).
+pytest_plugins = ["tests.kernelorg"]
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -24,6 +27,8 @@ _SCRUB = (
     "KTSTR_CI_RELEASES_URL",
     "KTSTR_CI_KERNEL_MIRROR",
     "XDG_CACHE_HOME",
+    "KTSTR_CI_ALLOWED_CPUS",
+    "KTSTR_CI_RC_MIRROR",
 )
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.fakekernel import git, make_fake_kernel
-from tests.kernelorg import kernel_org  # noqa: F401  (fixture)
 
 ALL_OUTCOMES = {
     "cached",
@@ -39,7 +38,7 @@ def ktstr(*args: str, env: dict | None = None, timeout: float = 300) -> tuple[in
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
-    obj = json.loads(p.stdout) if p.stdout.strip() else {}
+    obj = json.loads(p.stdout) if "--json" in args and p.stdout.strip() else {}
     return p.returncode, obj, p.stderr
 
 
@@ -284,7 +283,7 @@ def test_bad_cpu_cap_is_refused_before_building(tree: Path, cap: str):
 # -- versions from a (loopback) kernel.org ------------------------------------------
 
 
-def test_version_build_downloads_builds_and_caches(kernel_org, isolated_env: Path):  # noqa: F811
+def test_version_build_downloads_builds_and_caches(kernel_org, isolated_env: Path):
     kernel_org.set_releases([("stable", "6.14.9"), ("longterm", "6.12.8")])
     kernel_org.add_fake_kernel("6.12.8")
     rc, res, err = ktstr("kernel", "build", "6.12", "--json")
@@ -298,13 +297,13 @@ def test_version_build_downloads_builds_and_caches(kernel_org, isolated_env: Pat
     assert kernel_org.count(kernel_org.tarball_path("6.12.8")) == 1, "a hit never downloads"
 
 
-def test_unknown_version_is_a_clear_error(kernel_org):  # noqa: F811
+def test_unknown_version_is_a_clear_error(kernel_org):
     kernel_org.set_releases([("stable", "6.14.9")])
     rc, res, err = ktstr("kernel", "build", "6.14.99", "--json")
     assert rc == 1 and "6.14.99 not found" in res["errors"][0]["message"]
 
 
-def test_html_error_page_instead_of_tarball(kernel_org):  # noqa: F811
+def test_html_error_page_instead_of_tarball(kernel_org):
     kernel_org.set_route(kernel_org.tarball_path("6.13.2"), b"<html>oops</html>", content_type="text/html")
     rc, res, _ = ktstr("kernel", "build", "6.13.2", "--json")
     assert rc == 1 and "HTML instead of tarball" in res["errors"][0]["message"]
