@@ -18,6 +18,11 @@ pytest_plugins = ["tests.kernelorg"]
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
+# This venv's console scripts (ktstr-ci, buildbot, buildbot-worker) first on PATH
+# for every subprocess, including those of module- and session-scoped fixtures.
+if not os.environ.get("PATH", "").startswith(str(VENV_BIN)):
+    os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
 _SCRUB = (
     "KTSTR_CACHE_DIR",
     "KTSTR_CPU_CAP",
@@ -39,6 +44,4 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "kcache"
     monkeypatch.setenv("KTSTR_CACHE_DIR", str(cache))
     monkeypatch.setenv("KTSTR_CI_RUN_DIR", str(tmp_path / "run"))
-    # The ktstr-ci console script of this venv first on PATH for subprocess tests.
-    monkeypatch.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     return cache
