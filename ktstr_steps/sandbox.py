@@ -235,14 +235,22 @@ def _pid_of(name: str) -> int | None:
 
 
 def _pid_alive(pid: int) -> bool:
-    """kill(pid, 0): only ESRCH means gone; EPERM (another user's pid) counts as alive."""
+    """kill(pid, 0): only ESRCH means gone; EPERM (another user's pid) counts as alive.
+
+    A zombie also counts as gone (our addition): it holds no cgroup membership
+    and no flocks, and a killed holder stays one until someone reaps it.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
 
 
 def _procs(cgdir: Path) -> list[int]:
