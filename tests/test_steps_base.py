@@ -30,7 +30,7 @@ from ktstr_steps.util import crc32_hex
 warnings.filterwarnings("default", category=DeprecationWarning)
 
 HOLDER = "ktstr-kernel-7"
-TREE = f"/srv/trees/{branch_dir('main')}"
+TREE = f"/srv/trees/kernel/{branch_dir('main')}"
 STATE = "ktstr-state.json"
 
 BUILD_PROPS: dict[str, Any] = {
@@ -92,7 +92,15 @@ class TestNames(unittest.TestCase):
         self.assertTrue(name.endswith("-3"))
 
     def test_tree_path_under_tree_store(self) -> None:
-        self.assertEqual(self._render(tree_path, tree_store="/srv/trees", branch="main"), TREE)
+        self.assertEqual(
+            self._render(tree_path, tree_store="/srv/trees", branch="main", buildername="kernel"),
+            TREE,
+        )
+        # Two builders (profiles) never share a tree, whatever the branch.
+        self.assertNotEqual(
+            self._render(tree_path, tree_store="/srv/trees", branch="main", buildername="tiny"),
+            TREE,
+        )
         self.assertIsNone(self._render(tree_path, branch="main"))
 
     def test_parse_json_object(self) -> None:

@@ -123,7 +123,7 @@ class TestKernelBuild(RunMasterBase):
         self.assertEqual(build["results"], SUCCESS)
         self.assertEqual(build["properties"]["kernel_outcome"][0], "cached")
         self.assertEqual(build["properties"]["llc_cpus"][0], [0, 1])
-        self.assertTrue((self.trees / branch_dir("") / "Makefile").is_file())
+        self.assertTrue((self.trees / "kernel" / branch_dir("") / "Makefile").is_file())
         self.assertEqual([c.split(" --")[0] for c in self.calls()], [
             "holder acquire", "holder lock-source", "phase lookup", "phase configure",
             "phase make", "phase validate", "phase compile-commands", "phase store",

@@ -63,11 +63,17 @@ def holder_name(props: Any) -> str:
 
 @renderer
 def tree_path(props: Any) -> str | None:
-    """``<tree_store>/<branch dir>``, or None when the worker has no ``tree_store``."""
+    """``<tree_store>/<builder>/<branch dir>``, or None when the worker has no ``tree_store``.
+
+    Per builder, not only per branch: builders differ by config profile, and a
+    tree's ``.config`` is an input of its next build — a tiny build must never
+    inherit the defconfig tree's ``.config`` (or the other way round).
+    """
     store = props.getProperty("tree_store")
     if not store:
         return None
-    return posixpath.join(str(store), branch_dir(props.getProperty("branch")))
+    builder = safe_name(str(props.getProperty("buildername") or "builder"))
+    return posixpath.join(str(store), builder, branch_dir(props.getProperty("branch")))
 
 
 # Relative to the step's workdir, which for every phase step is the builder's
