@@ -134,19 +134,21 @@ def _pid_alive(pidfile: Path) -> int | None:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
-        return pid
+        return True
     try:
         with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return None
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
-        return None
-    return pid
+        return False
 
 
 class Service:
@@ -215,6 +217,9 @@ class Service:
             self._setup_worker(spec)
 
     def _setup_master(self) -> None:
+        if self.master_state().running:
+            # upgrade-master refuses to touch a running master; it is set up already.
+            return
         env = {settings_mod.ENV_VAR: str(self.settings.source)}
         if self.env.get("KTSTR_SYSFS_ROOT"):
             # The master computes the worker list from the same topology.
@@ -366,10 +371,11 @@ class Service:
         if pid is None:
             return False
         # The same as `buildbot stop`: SIGTERM, wait, then SIGKILL as a last resort.
+        # Wait for the process itself: twistd removes its pid file before it exits.
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _pid_alive(pidfile) is None:
+            if not _alive(pid):
                 return True
             time.sleep(0.1)
         try:
