@@ -11,10 +11,6 @@ import argparse
 import json
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from master.records import db, queries
-
 # (header, row key, width): the columns a person scanning recent builds needs first.
 _COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("ID", "id", 5),
@@ -43,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--db",
         metavar="URL",
         default=None,
-        help=f"SQLAlchemy URL (default: ${db.ENV_URL}, else sqlite under <checkout>/var/records.sqlite)",
+        help="SQLAlchemy URL (default: $KTSTR_CI_RECORDS_URL, else sqlite under "
+        "<checkout>/var/records.sqlite)",
     )
     p.add_argument("--branch", metavar="B", help="only builds of this branch")
     p.add_argument("--limit", metavar="N", type=_positive_int, default=20, help="rows (default 20)")
@@ -99,6 +96,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: SQLAlchemy and alembic cost ~0.4 s, and every ktstr-ci
+    # command on a worker builds this parser.
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from master.records import db, queries
+
     url = args.db or db.default_url()
     engine = db.make_engine(url, must_exist=not args.upgrade)
     try:
