@@ -7,6 +7,7 @@ they test scheduling, hooks, workers and the web - not the kernel build.
 from __future__ import annotations
 
 import base64
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -16,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.conftest import VENV_BIN
 from tests.servicekit import CANCELLED, SKIPPED, SUCCESS, ServiceKit
 
 pytestmark = pytest.mark.integration
@@ -242,3 +244,11 @@ def test_real_master_cfg_starts(tmp_path: Path) -> None:
         assert all(w["connected_to"] for w in kit.api("workers")["workers"]
                    if w["name"] in kit.worker_names)
         assert (kit.root / "records.sqlite").exists()
+        # `buildbot reconfig` re-runs master.cfg (which drops and re-imports master.*)
+        proc = subprocess.run(
+            [str(VENV_BIN / "buildbot"), "reconfig", str(kit.service.master_dir)],
+            env=kit.service.child_env(), capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Reconfiguration appears to have completed successfully" in proc.stdout
+        assert "linux-tiny" in {b["name"] for b in kit.api("builders")["builders"]}
