@@ -133,4 +133,9 @@ def build_config(
         RecordsService = None
     if RecordsService is not None:
         c["services"].append(RecordsService(db_url=settings.databases.records))
+    # Feature modules add their builders, schedulers, services and web pieces.
+    from master import artifacts, external, matrix, tryjobs
+
+    for feature in (matrix, tryjobs, external, artifacts):
+        feature.configure(c, settings, specs)
     return c

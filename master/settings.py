@@ -139,6 +139,9 @@ class Settings:
     repos: tuple[Repo, ...]
     profiles: dict[str, Profile] = field(default_factory=dict)
     janitor: Janitor = Janitor(60, 180, 3)
+    # Raw tables of the feature modules (matrix, try, external, artifacts); each
+    # module validates its own table (see EXTENSION_SECTIONS).
+    extensions: dict[str, dict] = field(default_factory=dict)
 
     @property
     def web_url(self) -> str:
@@ -152,6 +155,11 @@ class Settings:
 
     def worker_password_file(self, name: str) -> Path:
         return self.paths.secrets / "workers" / f"{name}.pass"
+
+
+# Settings tables owned by feature modules of master/: each module parses and
+# validates its own table, so adding a feature does not grow this file.
+EXTENSION_SECTIONS = ("matrix", "try", "external", "artifacts")
 
 
 def is_safe_branch(name: str) -> bool:
@@ -434,6 +442,7 @@ def _build(data: dict, src: Path, root: Path) -> Settings:
         repos=repos,
         profiles=profiles,
         janitor=janitor,
+        extensions={k: copy.deepcopy(data.get(k) or {}) for k in EXTENSION_SECTIONS},
     )
 
 
