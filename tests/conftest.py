@@ -34,6 +34,7 @@ _SCRUB = (
     "XDG_CACHE_HOME",
     "KTSTR_CI_ALLOWED_CPUS",
     "KTSTR_CI_RC_MIRROR",
+    "KTSTR_CI_SETTINGS",
 )
 
 
