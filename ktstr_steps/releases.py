@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import lzma
 import os
 import re
 import shutil
@@ -27,8 +28,9 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ktstr_steps.util import LABEL, KtstrError, Progress, say, warn
 
@@ -488,6 +490,55 @@ class _HashingReader:
         return f"{mb:.1f} MB"
 
 
+class _Decompressor:
+    """Streaming xz/gzip decoder whose ``eof`` says the compressed stream really ended.
+
+    Output per read is bounded by the requested size, so a small, highly
+    compressible input cannot expand into a large buffer.
+    """
+
+    def __init__(self, raw: _HashingReader, compression: str) -> None:
+        self.raw = raw
+        self.xz = compression == "xz"
+        self.dec = lzma.LZMADecompressor(lzma.FORMAT_XZ) if self.xz else zlib.decompressobj(31)
+
+    @property
+    def eof(self) -> bool:
+        return self.dec.eof
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = _CHUNK
+        while not self.dec.eof:
+            if self.xz:
+                data = self.raw.read(_CHUNK) if self.dec.needs_input else b""
+                if self.dec.needs_input and not data:
+                    return b""  # input ended early; the caller checks eof
+                out = self.dec.decompress(data, max_length=n)
+            else:
+                data = self.dec.unconsumed_tail or self.raw.read(_CHUNK)
+                if not data:
+                    return b""
+                out = self.dec.decompress(data, n)
+            if out:
+                return out
+        return b""
+
+
+def _member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, plus: absolute and ``..`` names are refused, not rewritten.
+
+    "data" alone strips a leading ``/`` and extracts the member inside the
+    tree; a kernel tarball never contains such names, so one means the file
+    is not what it claims to be.
+    """
+    if member.name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    if ".." in PurePosixPath(member.name).parts:
+        raise tarfile.OutsideDestinationError(member, os.path.join(dest, member.name))
+    return tarfile.data_filter(member, dest)
+
+
 def _not_found(version: str, url: str, releases: list[Release] | None) -> KtstrError:
     if is_rc(version):
         return KtstrError(
@@ -541,7 +592,7 @@ def download_tarball(
             kind="download-failed",
         )
     url = tarball_url(version, mirror=mirror, rc_mirror=rc_mirror)
-    compression = "gz" if is_rc(version) else "xz"
+    compression = "gzip" if is_rc(version) else "xz"
     progress = progress or Progress("download")
 
     try:
@@ -569,25 +620,43 @@ def download_tarball(
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             say(f"downloading {url} ({total / 1e6:.1f} MB)" if total else f"downloading {url}")
-            say(f"extracting tarball ({'gzip' if compression == 'gz' else 'xz'})")
+            say(f"extracting tarball ({compression})")
             dest_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".linux-{version}.partial-", dir=dest_dir))
             reader = _HashingReader(resp, total, progress)
+            stream = _Decompressor(reader, compression)
             try:
-                with tarfile.open(fileobj=reader, mode=f"r|{compression}") as tf:
-                    # "data" rejects absolute names, "..", links leaving the
-                    # tree and device nodes: the tarball is untrusted input.
-                    tf.extractall(staging, filter="data")
-                # Drain what tarfile did not need (zero padding) so the hash
+                # Our own decompressor (not tarfile's "r|xz") so a download cut
+                # off between two members is noticed: tarfile alone takes the
+                # early EOF for the end of the archive and extracts half a tree.
+                with tarfile.open(fileobj=stream, mode="r|") as tf:
+                    tf.extractall(staging, filter=_member_filter)
+                while stream.read(_CHUNK):  # tar's zero padding
+                    pass
+                # Trailing bytes after the compressed stream: read so the hash
                 # covers the file exactly as published.
                 while reader.read(_CHUNK):
                     pass
-            except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            except (
+                tarfile.TarError,
+                EOFError,
+                OSError,
+                ValueError,
+                lzma.LZMAError,
+                zlib.error,
+            ) as e:
                 raise KtstrError(
                     f"extract tarball {url}: {e}; the download is corrupt or not a "
                     f"{compression} tarball",
                     kind="extract-failed",
                 ) from None
+            if not stream.eof or (total is not None and reader.done != total):
+                got = f"{reader.done} of {total} bytes" if total else f"{reader.done} bytes"
+                raise KtstrError(
+                    f"download {url}: truncated ({got}, the {compression} stream did not end); "
+                    "the connection was cut — retry the download",
+                    kind="download-truncated",
+                )
             progress.update(reader.describe(), force=True)
             progress.done()
             if sha256 is not None and reader.sha256.hexdigest() != sha256.lower():

@@ -37,8 +37,10 @@ API (all on the object the fixture yields, a :class:`KernelOrg`):
   ``tests/fakekernel.py`` as that version's tarball.
 * ``add_tarball_bytes(version, data) -> sha256`` — serve prepared bytes at the
   version's tarball path (corrupt or hostile archives).
-* ``set_route(path, body, *, status=200, content_type=...)`` — anything else,
-  e.g. an HTML page with status 200 where a tarball should be.
+* ``set_route(path, body, *, status=200, content_type=..., declared_length=None)``
+  — anything else, e.g. an HTML page with status 200 where a tarball should
+  be; ``declared_length`` announces more bytes than are sent (cut download).
+* ``make_tarball(files, compression="xz")`` (module function) — archive bytes.
 * ``tarball_path(version)`` / ``tarball_url(version)`` — where a version lives.
 * ``requests`` — ``[(method, path), ...]`` in arrival order; ``count(path)``.
 
@@ -83,11 +85,19 @@ MINIMAL_TREE: dict[str, str] = {
 }
 
 
+class _Server(ThreadingHTTPServer):
+    # The CDN probe opens 16+ connections at once; the default backlog of 5
+    # drops SYNs and costs a 1 s retransmit each time.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass
 class _Route:
     status: int
     content_type: str
     body: bytes
+    declared_length: int | None = None
 
 
 def _row(entry: tuple[str, str] | Mapping[str, object]) -> dict[str, object]:
@@ -108,10 +118,15 @@ def _row(entry: tuple[str, str] | Mapping[str, object]) -> dict[str, object]:
     }
 
 
-def make_tarball(files: Mapping[str, str | bytes], compression: str = "xz") -> bytes:
-    """A tar archive of ``files`` (archive path → content), ``xz`` or ``gz`` compressed."""
+def make_tarball(
+    files: Mapping[str, str | bytes], compression: str = "xz", *, preset: int | None = None
+) -> bytes:
+    """A tar archive of ``files`` (archive path → content), ``xz`` or ``gz`` compressed.
+
+    ``preset`` is the xz preset (its dictionary size is what the decoder allocates)."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tar:
+    kwargs = {"preset": preset} if preset is not None and compression == "xz" else {}
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}", **kwargs) as tar:
         for name, content in files.items():
             data = content.encode() if isinstance(content, str) else content
             info = tarfile.TarInfo(name)
@@ -130,13 +145,12 @@ class KernelOrg:
         self._sums: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.releases_url = f"{self.base}/releases.json"
         self.mirror = f"{self.base}/pub/linux/kernel"
         self.rc_mirror = f"{self.base}/torvalds/t"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         self.set_releases(DEFAULT_RELEASES)
 
@@ -149,14 +163,17 @@ class KernelOrg:
         *,
         status: int = 200,
         content_type: str = "application/octet-stream",
+        declared_length: int | None = None,
     ) -> None:
+        """Serve ``body`` at ``path``. ``declared_length`` sends that Content-Length
+        instead of the real one and closes the connection: a download cut short."""
         data = body.encode() if isinstance(body, str) else body
         with self._lock:
-            self._routes[path] = _Route(status, content_type, data)
+            self._routes[path] = _Route(status, content_type, data, declared_length)
 
     def set_releases(self, rows: list[tuple[str, str] | Mapping[str, object]]) -> None:
         full = [_row(r) for r in rows]
-        stable = next((r for r in full if r.get("moniker") == "stable"), None)
+        stable = next((r for r in full if r.get("moniker") == "stable" and "version" in r), None)
         doc = {
             "latest_stable": {"version": stable["version"]} if stable else None,
             "releases": full,
@@ -238,7 +255,12 @@ class KernelOrg:
                     )
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
-                self.send_header("Content-Length", str(len(route.body)))
+                if route.declared_length is not None:
+                    self.send_header("Content-Length", str(route.declared_length))
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()
                 if not head:
                     self.wfile.write(route.body)
