@@ -98,6 +98,9 @@ def real_builds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tree = extract_linux_source(base)
     results: dict = {"tree": tree, "cache": cache}
     results["nongit"] = build(tree, cache)
+    results["entries_after_nongit"] = sorted(
+        p.name for p in cache.glob("*") if not p.name.startswith(".")
+    )
     git_commit_all(tree)
     results["git"] = build(tree, cache)
     results["hit"] = build(tree, cache)
@@ -112,7 +115,7 @@ def test_untracked_real_tree_is_built_but_not_cached(real_builds):
     assert rc == 0, err[-4000:]
     assert res["outcome"] == "non-git-not-cached"
     assert Path(res["image_path"]).is_file()
-    assert not any(p for p in real_builds["cache"].glob("*") if not p.name.startswith("."))
+    assert real_builds["entries_after_nongit"] == []
 
 
 def test_committed_real_tree_is_cached_with_every_ktstr_field(real_builds):
