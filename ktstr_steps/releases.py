@@ -206,7 +206,7 @@ def fetch_releases(url: str | None = None) -> list[Release]:
 
 
 def _parse_exact(version: str) -> re.Match[str]:
-    m = _VERSION_RE.match(version or "")
+    m = _VERSION_RE.fullmatch(version or "")
     if not m:
         raise KtstrError(
             f"invalid kernel version {version!r}: expected MAJOR.MINOR[.PATCH] or "
@@ -226,7 +226,7 @@ def version_tuple(version: str) -> tuple[int, int, int, float]:
 
 def is_prefix(spec: str) -> bool:
     """ktstr's "major.minor prefix" (§1.1 step 5): fewer than two dots, no -rc, numeric."""
-    return bool(_PREFIX_RE.match(spec or ""))
+    return bool(_PREFIX_RE.fullmatch(spec or ""))
 
 
 def is_range(spec: str) -> bool:
@@ -234,7 +234,7 @@ def is_range(spec: str) -> bool:
 
 
 def _numeric(version: str) -> tuple[int, int, int] | None:
-    m = _NUMERIC_RE.match(version)
+    m = _NUMERIC_RE.fullmatch(version)
     if not m:
         return None
     return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
@@ -375,7 +375,7 @@ def parse_range(spec: str) -> tuple[str, str]:
             kind="bad-version",
         )
     for v in (start, end):
-        if not _VERSION_RE.match(v):
+        if not _VERSION_RE.fullmatch(v):
             raise KtstrError(
                 f"invalid kernel range {spec!r}: endpoint {v!r} is not MAJOR.MINOR[.PATCH][-rcN]",
                 kind="bad-version",
@@ -396,7 +396,7 @@ def expand_range(spec: str, releases: list[Release]) -> list[str]:
     lo, hi = version_tuple(start), version_tuple(end)
     found: set[str] = set()
     for r in releases:
-        if r.moniker not in ("stable", "longterm") or not _VERSION_RE.match(r.version):
+        if r.moniker not in ("stable", "longterm") or not _VERSION_RE.fullmatch(r.version):
             continue
         if lo <= version_tuple(r.version) <= hi:
             found.add(r.version)

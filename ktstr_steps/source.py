@@ -185,13 +185,13 @@ def inspect_git(path: str | os.PathLike[str]) -> GitState:
 
 def validate_ref(ref: str) -> str:
     """Reject refs that could be read as options or are not git ref names; return ``ref``."""
-    if not isinstance(ref, str) or not _REF_CHARS.match(ref):
+    if not isinstance(ref, str) or not _REF_CHARS.fullmatch(ref):
         raise KtstrError(
             f"invalid git ref {ref!r}: use a branch name, tag or full commit sha made of "
             "letters, digits and . _ / + @ , = - (not starting with '-' or '.')",
             kind="bad-ref",
         )
-    if _SHA_RE.match(ref):
+    if _SHA_RE.fullmatch(ref):
         return ref
     chk = _git(["check-ref-format", "--allow-onelevel", ref])
     if chk.returncode != 0:
@@ -313,7 +313,7 @@ def acquire_git(
     progress = Progress("clone")
     progress.update(f"cloning {url} {ref}", force=True)
     try:
-        if _SHA_RE.match(ref):
+        if _SHA_RE.fullmatch(ref):
             steps = [
                 (["init", "--quiet", "--", str(dest)], None, "prepare clone"),
                 (["fetch", "--quiet", "--depth=1", "--", url, ref], dest, "clone fetch"),

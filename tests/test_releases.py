@@ -200,7 +200,18 @@ def test_exact_version_needs_no_network(kernel_org: KernelOrg) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["6.14.2; rm -rf /", "../6.12", "6.12.x", "v6.12", "6.12.1.2", "", "6..", "latest2"]
+    "bad",
+    [
+        "6.14.2; rm -rf /",
+        "../6.12",
+        "6.12.x",
+        "v6.12",
+        "6.12.1.2",
+        "",
+        "6..",
+        "latest2",
+        "6.12.3\n",
+    ],
 )
 def test_malformed_versions_rejected_before_io(kernel_org: KernelOrg, bad: str) -> None:
     with pytest.raises(KtstrError) as ei:
@@ -246,7 +257,7 @@ def test_version_order() -> None:
 
 def test_is_prefix() -> None:
     assert releases.is_prefix("6") and releases.is_prefix("6.12")
-    for spec in ("6.12.3", "6.15-rc1", "6.1..6.2", "latest", "", "6.x"):
+    for spec in ("6.12.3", "6.15-rc1", "6.1..6.2", "latest", "", "6.x", "6.12\n"):
         assert not releases.is_prefix(spec), spec
 
 
