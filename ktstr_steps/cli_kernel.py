@@ -58,7 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     psub = ph.add_subparsers(dest="phase", required=True, metavar="PHASE")
     lk = psub.add_parser("lookup", help="acquire the tree, compute the cache key, look it up")
     _state_arg(lk)
-    lk.add_argument("--source", type=Path, required=True, metavar="DIR")
+    lk_src = lk.add_mutually_exclusive_group(required=True)
+    lk_src.add_argument("--source", type=Path, metavar="DIR")
+    # A release (matrix cells): keyed without I/O; a miss fetches through the download cache.
+    lk_src.add_argument("--version", metavar="V", help="an exact release, e.g. 6.12.3")
+    lk.add_argument("--download-cache", type=Path, metavar="DIR", help="with --version")
+    lk.add_argument("--tree-store", type=Path, metavar="DIR", help="with --version")
+    lk.add_argument("--mirror", metavar="URL", help="with --version (KTSTR_CI_KERNEL_MIRROR)")
+    lk.add_argument("--rc-mirror", metavar="URL", help="with --version (KTSTR_CI_RC_MIRROR)")
     _config_args(lk)
     lk.add_argument("--clean", action="store_true")
     lk.add_argument("--force", action="store_true")
@@ -273,6 +280,14 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
             profile=args.profile, base_config=args.base_config, extra_kconfig=args.extra_kconfig
         )
         state.__dict__.update(new.__dict__)
+        if args.version is not None:
+            from ktstr_steps import downloads
+
+            return downloads.lookup_version(
+                state, args.version, download_cache=args.download_cache,
+                tree_store=args.tree_store, mirror=args.mirror, rc_mirror=args.rc_mirror,
+                force=args.force,
+            )  # fmt: skip
         with pipeline.timed(state, "lookup"):
             src = source.acquire_local(args.source)
             pipeline.apply_source(state, src)
@@ -287,6 +302,7 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
             "dirty": state.is_dirty,
             "is_git": state.is_git,
             "git_hash": state.git_hash,
+            "diff_hash": state.diff_hash,
             "outcome": state.outcome,
         }
     if phase == "configure":

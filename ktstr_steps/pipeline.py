@@ -21,9 +21,11 @@ Deliberate changes from ktstr (each fixes a defect of reference §14):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +71,8 @@ class BuildState:
     is_dirty: bool = False
     is_git: bool = False
     config_crc: str | None = None
+    # sha256 of `git diff HEAD` when a git tree is dirty (try builds): which change was built.
+    diff_hash: str | None = None
     source_meta: dict = field(default_factory=dict)
     # identity
     arch: str = ""
@@ -148,6 +152,7 @@ class BuildState:
             "dirty": self.is_dirty,
             "is_git": self.is_git,
             "git_hash": self.git_hash,
+            "diff_hash": self.diff_hash,
             "source": self.source_meta,
             "source_dir": self.source_dir,
             "version": self.version,
@@ -219,6 +224,39 @@ def apply_source(state: BuildState, src) -> None:
     state.is_git = src.is_git
     state.config_crc = src.config_crc
     state.source_meta = src.source_meta()
+    dirty_git = src.kind == "local" and src.is_git and src.is_dirty
+    state.diff_hash = tree_diff_hash(Path(src.src_dir)) if dirty_git else None
+
+
+# Fixed diff options so a user's git config (prefixes, renames, colour, external diff
+# drivers) cannot change the bytes, hence the hash, of the same change.
+_DIFF_ARGS = [
+    "-c", "core.fsmonitor=false", "-c", "core.quotePath=true",
+    "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--binary",
+    "--full-index", "--ignore-submodules=all", "--src-prefix=a/", "--dst-prefix=b/", "HEAD",
+]  # fmt: skip
+
+
+def tree_diff_hash(tree: Path) -> str | None:
+    """sha256 (hex) of ``git diff HEAD`` of ``tree``: staged and unstaged changes of tracked
+    files, untracked files ignored like the dirty check. None (with a warning) if git fails:
+    the hash only labels a dirty build, it must never fail one."""
+    from ktstr_steps import source
+
+    try:
+        # Raw bytes, not text: a patch may hold any encoding and the hash is of what git wrote.
+        proc = subprocess.run(
+            ["git", *_DIFF_ARGS], cwd=tree, env=source._git_env(), capture_output=True,
+            stdin=subprocess.DEVNULL, timeout=600, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        warn(f"cannot hash the uncommitted changes of {tree}: {exc}")
+        return None
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        warn(f"cannot hash the uncommitted changes of {tree}: git diff: {err[-1] if err else proc.returncode}")
+        return None
+    return hashlib.sha256(proc.stdout).hexdigest()
 
 
 def compute_key(state: BuildState, src, *, clean: bool = False) -> str:
