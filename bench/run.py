@@ -180,7 +180,7 @@ def main() -> int:
         print(f"  {k:38s} {v:9.2f}")
     for k, v in ratios.items():
         t = targets.get(k)
-        verdict = "" if t is None else ("  (target <= %.2f: %s)" % (t, "met" if v <= t else "MISSED"))
+        verdict = "" if t is None else f"  (target <= {t:.2f}: {'met' if v <= t else 'MISSED'})"
         print(f"  {k:46s} {v:6.3f}{verdict}")
     print(f"  cache-hit push → complete: {fig['cache_hit_push_to_complete_s']:.2f}s (target <= 3 s)")
     print(f"  push → build started:      {fig['push_to_started_s']:.2f}s (target <= 1 s)")
