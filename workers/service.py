@@ -19,6 +19,10 @@
 ``stop`` stops the workers, then the master (only processes whose pid files
 we wrote and that are still alive); ``status`` shows what runs.
 
+``start --workers-only`` / ``stop --workers-only`` is for a worker host of a
+``workers.mode = "list"`` master: only this host's listed workers, pinned,
+connecting to ``master.pb_bind`` (see docs/scale-out.md).
+
 The :class:`Service` class does all of this for any settings, so the test
 harness (``tests/servicekit.py``) runs the same code in a temp directory.
 """
@@ -356,15 +360,83 @@ class Service:
             f"{self.settings.paths.workers}/<name>/twistd.log"
         )
 
-    def stop(self, *, timeout: float = 30.0) -> list[str]:
-        """Stop local workers, then the master; returns what was stopped."""
+    def stop(self, *, timeout: float = 30.0, workers_only: bool = False) -> list[str]:
+        """Stop local workers, then the master (unless ``workers_only``); returns what was stopped."""
         stopped = []
         for spec in self.local_specs:
             if self._stop_pidfile(spec.basedir / "twistd.pid", timeout):
                 stopped.append(spec.name)
-        if self._stop_pidfile(self.master_dir / "twistd.pid", timeout):
+        if not workers_only and self._stop_pidfile(self.master_dir / "twistd.pid", timeout):
             stopped.append("master")
         return stopped
+
+    # -- a worker host (no master here) -----------------------------------
+
+    def start_workers(self, *, timeout: float = 90.0) -> None:
+        """``start --workers-only``: this host's listed workers, started pinned; no master.
+
+        For a worker host of a ``workers.mode = "list"`` master: the entries whose
+        ``host`` is this host (``master.host``, default the short host name) are
+        set up and started, and connect to ``master.pb_bind``:``master.pb_port``,
+        which in a worker host's settings is the master's address. Passwords are
+        never generated here: a new one would not match the master's copy.
+        """
+        s = self.settings
+        specs = self.local_specs
+        if not specs:
+            raise ServiceError(
+                f"no entry of workers.list in {s.source} has host = {s.master.host!r} "
+                "(this host; set master.host or the entries' host)"
+            )
+        missing = [str(sp.password_file) for sp in specs if settings_mod.read_secret(sp.password_file) is None]
+        if missing:
+            raise ServiceError(
+                "worker password files missing: " + ", ".join(missing) + "; copy them from "
+                "the master host's paths.secrets/workers/ (the master generated them)"
+            )
+        for d in (s.paths.workers, s.paths.tree_store, s.paths.kernel_cache):
+            d.mkdir(parents=True, exist_ok=True)
+        started: dict[str, int] = {}
+        for spec in specs:
+            self._setup_worker(spec)
+            st = self.worker_state(spec)
+            if st.running:
+                self.out(f"ktstr-ci: worker {spec.name} already running (pid {st.pid})")
+                continue
+            log = spec.basedir / "twistd.log"
+            # Only log lines written after this start count as "connected".
+            started[spec.name] = log.stat().st_size if log.exists() else 0
+            self._start_worker(spec)
+        self._wait_logged_in(started, timeout)
+
+    def _wait_logged_in(self, offsets: dict[str, int], timeout: float) -> None:
+        # The master's web server may be out of reach from a worker host, so the
+        # worker's own log says when it got in.
+        deadline = time.monotonic() + timeout
+        pending = dict(offsets)
+        while pending:
+            for spec in self.local_specs:
+                if spec.name not in pending:
+                    continue
+                try:
+                    with open(spec.basedir / "twistd.log", "rb") as f:
+                        f.seek(pending[spec.name])
+                        text = f.read().decode(errors="replace")
+                except OSError:
+                    text = ""
+                if "Connected to buildmaster; worker is ready" in text:
+                    del pending[spec.name]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                s = self.settings.master
+                raise ServiceError(
+                    f"workers not connected after {timeout:.0f}s to {s.pb_bind}:{s.pb_port}: "
+                    + ", ".join(sorted(pending))
+                    + f"; see {self.settings.paths.workers}/<name>/twistd.log (firewall, "
+                    "master.pb_bind, password)"
+                )
+            time.sleep(0.2)
 
     def _stop_pidfile(self, pidfile: Path, timeout: float) -> bool:
         pid = _pid_alive(pidfile)
@@ -478,19 +550,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--json", action="store_true", help="status as JSON")
     parser.add_argument("--timeout", type=float, default=90.0)
+    parser.add_argument(
+        "--workers-only", action="store_true",
+        help="a worker host: start/stop only this host's workers of workers.list (no master)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("git") is None:
         print("ktstr-ci: error: git is not installed (make deps installs it)", file=sys.stderr)
         return 1
     try:
-        if args.action == "start":
+        if args.action == "start" and not args.workers_only:
             ensure_local_settings()
         svc = Service(settings_mod.load())
-        if args.action == "start":
+        if args.action == "start" and args.workers_only:
+            svc.start_workers(timeout=args.timeout)
+            print("ktstr-ci: workers connected to "
+                  f"{svc.settings.master.pb_bind}:{svc.settings.master.pb_port}: "
+                  + ", ".join(sp.name for sp in svc.local_specs))
+        elif args.action == "start":
             svc.start(timeout=args.timeout)
             print(svc.banner())
         elif args.action == "stop":
-            stopped = svc.stop()
+            stopped = svc.stop(workers_only=args.workers_only)
             print("ktstr-ci: stopped " + (", ".join(stopped) if stopped else "nothing (not running)"))
         else:
             st = svc.status()
