@@ -34,7 +34,7 @@ PHASES = ("reserve", "source_lock", "lookup", "configure", "make", "validate",
 
 # Result-object fields copied to the row (and the build's properties) as they are.
 _SAME_NAME = ("cache_key", "config_hash", "kconfig_hash", "extra_kconfig_hash", "dirty",
-              "make_jobs", "make_warnings", "image_path", "entry_dir")
+              "make_jobs", "make_warnings", "image_path", "entry_dir", "diff_hash")
 
 
 class RecordsService(Protocol):
@@ -118,7 +118,7 @@ class Record(KtstrCiStep):
         # workdir is a previous build's and must not be recorded as this one.
         row = await self.build_row(summary)
         self.set_prop("kernel_outcome", row["kernel_outcome"])
-        for name in ("cache_key", "image_path", "config_hash", "entry_dir"):
+        for name in ("cache_key", "image_path", "config_hash", "entry_dir", "diff_hash"):
             self.set_prop(name, row.get(name))
         await self.addCompleteLog("row", json.dumps(row, indent=2, sort_keys=True, default=str))
         result = await self.write(row)
