@@ -14,9 +14,7 @@ import pytest
 
 from ktstr_steps import releases
 from ktstr_steps.util import KtstrError, Progress
-from tests.kernelorg import KernelOrg, make_tarball
-
-pytest_plugins = ["tests.kernelorg"]  # the kernel_org fixture
+from tests.kernelorg import KernelOrg, make_tarball  # kernel_org: registered in conftest.py
 
 # ---------------------------------------------------------------- locations
 

@@ -12,9 +12,7 @@ import pytest
 
 from ktstr_steps import keys, source
 from ktstr_steps.util import KtstrError, crc32_hex
-from tests.kernelorg import KernelOrg
-
-pytest_plugins = ["tests.kernelorg"]  # the kernel_org fixture
+from tests.kernelorg import KernelOrg  # kernel_org fixture: registered in conftest.py
 
 KC = keys.kconfig_suffix("c0bd848c")
 
