@@ -38,7 +38,13 @@ in the test module), which yields a started kit with the default options.
 * ``profiles`` / ``branches``: the hosted repository's push profiles and
   branch patterns (defaults ``("tiny",)`` and ``(".*",)``);
 * ``host``: the host part of worker names (default ``"kit"`` → ``kit-llc0``);
-* ``env``: extra environment for master and workers.
+* ``env``: extra environment for master and workers;
+* ``pb_bind``: the master's PB address (default ``127.0.0.1``; the local
+  workers connect to it too);
+* ``databases``: ``{"buildbot": url, "records": url}`` instead of the SQLite files;
+* ``workers_toml``: extra lines for the ``[workers]`` table, e.g.
+  ``mode = "list"`` and ``[[workers.list]]`` entries (only those whose ``host``
+  is ``host`` are started here; the others are another host's).
 
 Attributes: ``root`` (the temp dir), ``settings`` (:class:`master.settings.Settings`),
 ``service`` (:class:`workers.service.Service`), ``web_url``, ``repo_path``,
@@ -175,6 +181,9 @@ class ServiceKit:
         host: str = "kit",
         env: dict[str, str] | None = None,
         timeout: float = 90.0,
+        pb_bind: str = "127.0.0.1",
+        databases: dict[str, str] | None = None,
+        workers_toml: str = "",
     ) -> None:
         self.root = Path(tmp_path) / "svc"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -187,20 +196,23 @@ class ServiceKit:
         self.cache_dir = self.root / "cache"
         self.tree_store = self.root / "trees"
         r = self.root
+        dbs = {"buildbot": f"sqlite:///{r / 'master' / 'state.sqlite'}",
+               "records": f"sqlite:///{r / 'records.sqlite'}", **(databases or {})}
         toml = f"""
 [master]
 title = "ktstr-ci (servicekit)"
 host = {json.dumps(host)}
 basedir = {json.dumps(str(r / "master"))}
 pb_port = {self.pb_port}
+pb_bind = {json.dumps(pb_bind)}
 [web]
 port = {self.web_port}
 users_file = {json.dumps(str(r / "secrets" / "web-users.json"))}
 [hook]
 password_file = {json.dumps(str(r / "secrets" / "hook-password"))}
 [databases]
-buildbot = "sqlite:///{r / "master" / "state.sqlite"}"
-records = "sqlite:///{r / "records.sqlite"}"
+buildbot = {json.dumps(dbs["buildbot"])}
+records = {json.dumps(dbs["records"])}
 [paths]
 secrets = {json.dumps(str(r / "secrets"))}
 workers = {json.dumps(str(r / "workers"))}
@@ -208,6 +220,7 @@ tree_store = {json.dumps(str(self.tree_store))}
 kernel_cache = {json.dumps(str(self.cache_dir))}
 [workers]
 keepalive = 30
+{workers_toml}
 [[repos]]
 name = "linux"
 url = {json.dumps(str(self.repo_path))}
