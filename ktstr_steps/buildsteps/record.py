@@ -184,7 +184,8 @@ class Record(KtstrCiStep):
             "branch": prop("branch"),
             "revision": revision,
             "repository": prop("repository"),
-            "kernel_version": summary.get("version"),
+            # A matrix cell of a branch has no release version: its cell label names it.
+            "kernel_version": summary.get("version") or prop("kernel_version"),
             "profile": summary.get("profile") or prop("kernel_profile"),
             "worker": prop("workername"),
             "host": prop("host"),
@@ -198,6 +199,8 @@ class Record(KtstrCiStep):
             else prop("config_overrides"),
             "dropped_count": len(dropped) if dropped is not None else prop("config_dropped"),
             "error": self.first_failure() or first_error(summary),
+            # Set by the matrix fan-out on each cell it triggers (master/matrix.py).
+            "matrix_run_id": _int_or_none(prop("matrix_run_id")),
         }
         for name in _SAME_NAME:
             row[name] = summary.get(name) if summary.get(name) is not None else prop(name)
