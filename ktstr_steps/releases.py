@@ -390,7 +390,11 @@ def parse_range(spec: str) -> tuple[str, str]:
 
 
 def expand_range(spec: str, releases: list[Release]) -> list[str]:
-    """Stable/longterm versions inside [A, B], ascending (§9.2)."""
+    """Stable/longterm versions inside [A, B], ascending (§9.2).
+
+    As in ktstr, an endpoint without a patch level means ``.0``: ``6.1..6.12``
+    stops before 6.12.1; write ``6.1..6.13`` to include the 6.12 series.
+    """
     start, end = parse_range(spec)
     say(f"expanding kernel range {spec}")
     lo, hi = version_tuple(start), version_tuple(end)
@@ -480,7 +484,8 @@ class _HashingReader:
         if data:
             self.sha256.update(data)
             self.done += len(data)
-            self.progress.update(self.describe())
+            if self.total is None or self.done < self.total:  # 100% is forced at the end
+                self.progress.update(self.describe())
         return data
 
     def describe(self) -> str:
