@@ -1,0 +1,656 @@
+"""The nightly matrix's steps: the parent run (resolve, fan out, finish) and the cell's lookup.
+
+A matrix run is one build of the ``matrix`` builder (master/matrix.py) whose
+steps run on the master only (its worker is an in-process LocalWorker, so a
+waiting parent never occupies an LLC group):
+
+* :class:`MatrixResolve` turns the settings' version specs into exact versions
+  *now* (releases.json over treq, off the reactor; an EOL prefix's mirror probe
+  in a thread) and branch tips (``git ls-remote``), and creates the
+  ``matrix_runs`` row;
+* :class:`MatrixFanOut` triggers one build request per cell (version ×
+  profile) and waits for all of them; each cell is its own buildset, so the
+  cells are never collapsed and spread over the LLC-group workers;
+* :class:`MatrixFinish` (always runs) closes the run row with the totals and
+  sets the build's summary ``N cells: B built, H cache hits, F failed``.
+
+A version cell runs :func:`matrix_cell_factory`: :class:`MatrixLookup`
+(``phase lookup --version``: a cache hit ends the cell in seconds, before any
+reservation or download) and then the kernel build factory's own phases.
+Branch cells run the repository's push builder (same tree, same steps).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from buildbot.interfaces import IRenderable
+from buildbot.process import buildstep
+from buildbot.process.factory import BuildFactory
+from buildbot.process.properties import Properties, Property
+from buildbot.process.results import (
+    CANCELLED,
+    FAILURE,
+    SUCCESS,
+    WARNINGS,
+    statusToString,
+)
+from buildbot.reporters.utils import getURLForBuild
+from twisted.internet import defer, threads
+from twisted.internet.utils import getProcessOutputAndValue
+
+from ktstr_steps import releases
+from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, one_line
+from ktstr_steps.buildsteps.checkout import KernelCheckout
+from ktstr_steps.buildsteps.lookup import CACHE_HIT, CacheLookup, not_cache_hit
+from ktstr_steps.buildsteps.release import Release
+from ktstr_steps.buildsteps.reserve import Reserve
+from ktstr_steps.buildsteps.sourcelock import SourceLock
+from ktstr_steps.util import KtstrError
+
+# Build properties of the parent run, read by the later steps of the same build.
+CELLS_PROP = "matrix_cells"
+RUN_ID_PROP = "matrix_run_id"
+TOTALS_PROP = "matrix_totals"
+BRANCH_PREFIX = "branch:"
+# Outcomes that mean "a kernel was built" (master/records/queries.py BUILT_OUTCOMES).
+BUILT_OUTCOMES = frozenset(
+    {"cached", "dirty-not-cached", "non-git-not-cached", "changed-during-build", "store-failed"}
+)
+_REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_BRANCH = re.compile(r"^(?!.*\.\.)(?![-/.])[A-Za-z0-9._/-]+(?<![/.])$")
+RELEASES_TIMEOUT = 30.0
+# What a cell build knows: the fan-out sets the first two, the worker has tree_store.
+VERSION_PROP = Property("kernel_version")
+PROFILE_PROP = Property("profile")
+TREE_STORE_PROP = Property("tree_store")
+
+
+# ---------------------------------------------------------------- version specs
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One entry of ``matrix.versions``."""
+
+    text: str
+    kind: str  # exact | prefix | latest-stable | mainline | range | branch
+    repo: str | None = None
+    branch: str | None = None
+
+    @property
+    def needs_releases(self) -> bool:
+        return self.kind in ("prefix", "latest-stable", "mainline", "range")
+
+
+SPEC_FORMS = (
+    "an exact version (6.12.3, 6.15-rc3), a prefix (6.12), latest-stable, mainline, "
+    "a range (6.6..6.12) or branch:<repo>/<branch>"
+)
+
+
+def parse_spec(text: str) -> Spec:
+    """Classify a version spec without any I/O; ValueError says what is accepted."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"must be {SPEC_FORMS}, not {text!r}")
+    if text in ("latest-stable", "mainline"):
+        return Spec(text, text)
+    if text.startswith(BRANCH_PREFIX):
+        repo, sep, branch = text[len(BRANCH_PREFIX):].partition("/")
+        if not sep or not _REPO_NAME.match(repo) or not _BRANCH.match(branch):
+            raise ValueError(
+                f"{text!r} is not branch:<repo>/<branch> with a repository name from "
+                "[[repos]] and a branch name of letters, digits, '.', '_', '/' and '-'"
+            )
+        return Spec(text, "branch", repo=repo, branch=branch)
+    if releases.is_range(text):
+        try:
+            releases.parse_range(text)
+        except KtstrError as exc:
+            raise ValueError(str(exc)) from None
+        return Spec(text, "range")
+    if releases.is_prefix(text):
+        return Spec(text, "prefix")
+    try:
+        releases.version_tuple(text)
+    except KtstrError:
+        raise ValueError(f"{text!r} is not a kernel version spec; use {SPEC_FORMS}") from None
+    return Spec(text, "exact")
+
+
+def resolve_versions(
+    specs: list[Spec], rows: list[releases.Release] | None, *, mirror: str | None = None
+) -> list[tuple[Spec, list[str]]]:
+    """Each spec with the cell labels it resolves to (versions, or ``branch:repo/branch``).
+
+    Blocking for a prefix of an EOL series (ktstr probes the mirror): run it in a thread.
+    """
+    out: list[tuple[Spec, list[str]]] = []
+    for spec in specs:
+        if spec.needs_releases and rows is None:
+            raise KtstrError(f"{spec.text}: releases.json is needed", kind="releases-fetch")
+        if spec.kind == "exact":
+            labels = [spec.text]
+        elif spec.kind == "branch":
+            labels = [spec.text]
+        elif spec.kind == "latest-stable":
+            labels = [releases.latest_stable(rows or [])]
+        elif spec.kind == "mainline":
+            labels = [releases.mainline(rows or [])]
+        elif spec.kind == "range":
+            labels = releases.expand_range(spec.text, rows or [])
+        else:
+            labels = [releases.resolve_prefix(spec.text, rows or [], mirror=mirror)]
+        out.append((spec, labels))
+    return out
+
+
+def unique_labels(resolved: list[tuple[Spec, list[str]]]) -> list[str]:
+    """The run's versions in settings order, each once (6.12 and 6.12.44 may be one)."""
+    seen: dict[str, None] = {}
+    for _, labels in resolved:
+        for label in labels:
+            seen.setdefault(label, None)
+    return list(seen)
+
+
+def summary_text(cells: int, built: int, hits: int, failed: int) -> str:
+    return f"{cells} cells: {built} built, {hits} cache hits, {failed} failed"
+
+
+def classify_cell(results: int | None, outcome: str | None) -> str:
+    """built | cache_hits | failed, the way the run row counts a finished cell."""
+    if results not in (SUCCESS, WARNINGS) or outcome in (None, "failed", "cancelled"):
+        return "failed"
+    if outcome == CACHE_HIT:
+        return "cache_hits"
+    return "built" if outcome in BUILT_OUTCOMES else "failed"
+
+
+# ---------------------------------------------------------------- parent steps
+
+
+class _MasterStep(buildstep.BuildStep):
+    """A step that runs on the master only (no remote commands)."""
+
+    def records(self) -> tuple[Any, str | None]:
+        from ktstr_steps.buildsteps.record import find_records_service
+
+        return find_records_service(self.master)
+
+
+async def _fetch_releases(url: str) -> list[releases.Release]:
+    """releases.json over treq: the reactor keeps serving while kernel.org answers."""
+    import treq
+
+    try:
+        resp = await treq.get(url, timeout=RELEASES_TIMEOUT, headers={"User-Agent": ["ktstr-ci"]})
+        body = await treq.content(resp)
+    except Exception as exc:  # DNS, refused, timeout: one message for all of them
+        raise KtstrError(
+            f"fetch releases.json {url}: {exc}; check the network or matrix.releases_url",
+            kind="releases-fetch",
+        ) from None
+    if resp.code != 200:
+        raise KtstrError(
+            f"fetch releases.json {url}: HTTP {resp.code}; check matrix.releases_url",
+            kind="releases-fetch",
+        )
+    ctype = b",".join(resp.headers.getRawHeaders(b"content-type", [])).decode(errors="replace")
+    if "text/html" in ctype.lower():
+        raise KtstrError(
+            f"fetch releases.json {url}: the server returned HTML; check matrix.releases_url",
+            kind="releases-invalid",
+        )
+    return releases.parse_releases(body, url=url)
+
+
+async def _branch_tip(url: str, branch: str) -> str:
+    """The commit ``branch`` points at now (git ls-remote, a child process: no blocking)."""
+    out, err, code = await getProcessOutputAndValue(
+        "git", ["ls-remote", "--heads", "--", url, f"refs/heads/{branch}"],
+        env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"},
+    )  # fmt: skip
+    if code != 0:
+        why = err.decode(errors="replace").strip().splitlines()
+        raise KtstrError(f"git ls-remote {url}: {why[-1] if why else code}", kind="git-failed")
+    for line in out.decode(errors="replace").splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref == f"refs/heads/{branch}":
+            return sha
+    raise KtstrError(f"branch {branch!r} does not exist in {url}", kind="git-ref-not-found")
+
+
+class MatrixResolve(_MasterStep):
+    """Resolve the version specs now, list the cells, open the ``matrix_runs`` row."""
+
+    name = "resolve"
+    description = ["resolving versions"]
+    haltOnFailure = True
+
+    def __init__(
+        self,
+        *,
+        specs: list[str],
+        profiles: list[str],
+        repos: dict[str, str],
+        releases_url: str | None = None,
+        mirror: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.specs = list(specs)
+        self.profiles = list(profiles)
+        self.repos = dict(repos)
+        self.releases_url = releases_url
+        self.mirror = mirror
+        super().__init__(**kwargs)
+
+    async def run(self) -> int:
+        lines: list[str] = []
+        try:
+            parsed = [parse_spec(s) for s in self.specs]
+            rows = None
+            if any(p.needs_releases for p in parsed):
+                url = releases.releases_url(self.releases_url)
+                lines.append(f"releases.json: {url}")
+                rows = await _fetch_releases(url)
+            # A prefix of an EOL series probes the mirror with blocking HEADs.
+            resolved = await threads.deferToThread(
+                resolve_versions, parsed, rows, mirror=self.mirror
+            )
+            tips: dict[str, str] = {}
+            for spec, _ in resolved:
+                if spec.kind == "branch":
+                    url = self.repos.get(spec.repo or "")
+                    if url is None:
+                        raise KtstrError(f"no repository {spec.repo!r} in [[repos]]", kind="usage")
+                    tips[spec.text] = await _branch_tip(url, spec.branch or "")
+        except (KtstrError, ValueError) as exc:
+            await self.addCompleteLog("resolve", "\n".join([*lines, f"error: {exc}"]) + "\n")
+            self.descriptionDone = f"matrix.versions: {one_line(str(exc))}"
+            return FAILURE
+        labels = unique_labels(resolved)
+        for spec, got in resolved:
+            extra = f" @ {tips[spec.text][:12]}" if spec.text in tips else ""
+            lines.append(f"{spec.text} -> {', '.join(got)}{extra}")
+        cells = []
+        for label in labels:
+            spec = next(s for s, got in resolved if label in got)
+            for profile in self.profiles:
+                cell: dict[str, Any] = {"label": label, "profile": profile, "kind": spec.kind}
+                if spec.kind == "branch":
+                    cell.update(repo=spec.repo, repository=self.repos[spec.repo or ""],
+                                branch=spec.branch, revision=tips[spec.text])
+                else:
+                    cell["version"] = label
+                cells.append(cell)
+        lines.append(f"{len(labels)} version(s) x {len(self.profiles)} profile(s) = "
+                     f"{len(cells)} cells")
+        await self.addCompleteLog("resolve", "\n".join(lines) + "\n")
+        self.setProperty(CELLS_PROP, cells, "MatrixResolve")
+        self.setProperty("matrix_versions", labels, "MatrixResolve")
+        result = SUCCESS
+        svc, why = self.records()
+        run_id = None
+        why_text = ""
+        if svc is None:
+            why_text = why or "no records service"
+            result = WARNINGS
+        else:
+            try:
+                run_id = await svc.start_matrix_run(
+                    versions=labels, profiles=self.profiles, spec=" ".join(self.specs),
+                    buildid=self.build.buildid,
+                )
+            except Exception as exc:  # the cells still build; only the run row is missing
+                why_text = one_line(str(exc)) or type(exc).__name__
+                result = WARNINGS
+        if run_id is not None:
+            self.setProperty(RUN_ID_PROP, run_id, "MatrixResolve")
+        shown = ", ".join(labels) if len(labels) <= 6 else f"{', '.join(labels[:6])}, ..."
+        self.descriptionDone = f"{len(cells)} cells: {shown} x {', '.join(self.profiles)}"
+        if result == WARNINGS:
+            self.descriptionDone += f" (no run row: {why_text})"
+        return result
+
+
+class MatrixFanOut(_MasterStep):
+    """One build request per cell, all at once; waits for every cell, links each cell build."""
+
+    name = "cells"
+    description = ["building cells"]
+    haltOnFailure = False
+    flunkOnFailure = True
+    # The build's summary is MatrixFinish's totals line, not "cells failed".
+    updateBuildSummaryPolicy = False
+
+    def __init__(
+        self,
+        *,
+        cell_scheduler: str,
+        branch_scheduler: str,
+        **kwargs: Any,
+    ) -> None:
+        self.cell_scheduler = cell_scheduler
+        # A format string with {repo} and {profile}: the Triggerable of that push builder.
+        self.branch_scheduler = branch_scheduler
+        super().__init__(**kwargs)
+        self.brids: list[int] = []
+        self.finished = 0
+        self.total = 0
+        self._waiting: defer.Deferred | None = None
+
+    def getCurrentSummary(self) -> dict[str, str]:
+        if not self.total:
+            return {"step": "triggering cells"}
+        return {"step": f"{self.finished}/{self.total} cells finished"}
+
+    def scheduler(self, name: str) -> Any:
+        sched = self.master.scheduler_manager.namedServices.get(name)
+        if sched is None:
+            raise KtstrError(f"no triggerable scheduler {name!r}: reconfigure the master",
+                             kind="usage")
+        return sched
+
+    def cell_request(self, cell: dict[str, Any], run_id: int | None) -> tuple[Any, list, Properties]:
+        props = Properties()
+        label, profile = cell["label"], cell["profile"]
+        values = {
+            "kernel_version": label,
+            "profile": profile,
+            "matrix_cell": f"{label} x {profile}",
+            "reason": f"matrix run {run_id if run_id is not None else '?'}: {label} x {profile}",
+        }
+        if run_id is not None:
+            values[RUN_ID_PROP] = run_id
+        for k, v in values.items():
+            props.setProperty(k, v, "MatrixFanOut")
+        if cell["kind"] == "branch":
+            sched = self.scheduler(self.branch_scheduler.format(repo=cell["repo"], profile=profile))
+            stamps = [{"codebase": "", "repository": cell["repository"], "branch": cell["branch"],
+                       "revision": cell["revision"], "project": ""}]  # fmt: skip
+        else:
+            sched = self.scheduler(self.cell_scheduler)
+            stamps = [{"codebase": "", "repository": "", "branch": None, "revision": None,
+                       "project": ""}]  # fmt: skip
+        return sched, stamps, props
+
+    async def _one(self, cell: dict[str, Any], run_id: int | None) -> dict[str, Any]:
+        sched, stamps, props = self.cell_request(cell, run_id)
+        ids_d, results_d = sched.trigger(
+            waited_for=True, sourcestamps=stamps, set_props=props,
+            parent_buildid=self.build.buildid, parent_relationship="matrix cell",
+        )  # fmt: skip
+        _, brids = await ids_d
+        brid = next(iter(brids.values()))
+        self.brids.append(brid)
+        try:
+            await results_d
+        finally:
+            self.finished += 1
+            self.updateSummary()
+        return {"brid": brid, **cell}
+
+    async def run(self) -> int:
+        cells = self.getProperty(CELLS_PROP) or []
+        run_id = self.getProperty(RUN_ID_PROP)
+        self.total = len(cells)
+        self.updateSummary()
+        tasks = [defer.ensureDeferred(self._one(c, run_id)) for c in cells]
+        self._waiting = defer.DeferredList(tasks, consumeErrors=True)
+        try:
+            done = await self._waiting
+        except defer.CancelledError:
+            done = []
+        if self.stopped:
+            self.descriptionDone = "interrupted: cells cancelled"
+            return CANCELLED
+        totals = {"cells": len(cells), "built": 0, "cache_hits": 0, "failed": 0}
+        report = []
+        for (ok, value), cell in zip(done, cells, strict=True):
+            if not ok:
+                totals["failed"] += 1
+                report.append(f"{cell['label']} x {cell['profile']}: not started: "
+                              f"{value.getErrorMessage()}")
+                continue
+            kind, line = await self._cell_result(value)
+            totals[kind] += 1
+            report.append(line)
+        self.setProperty(TOTALS_PROP, totals, "MatrixFanOut")
+        await self.addCompleteLog("cells", "\n".join(report) + "\n")
+        self.descriptionDone = summary_text(
+            totals["cells"], totals["built"], totals["cache_hits"], totals["failed"]
+        )
+        return FAILURE if totals["failed"] else SUCCESS
+
+    async def _cell_result(self, cell: dict[str, Any]) -> tuple[str, str]:
+        """(total it counts towards, report line); adds the link to the cell's build."""
+        name = f"{cell['label']} x {cell['profile']}"
+        builds = await self.master.db.builds.getBuilds(buildrequestid=cell["brid"])
+        if not builds:
+            return "failed", f"{name}: no build (request cancelled)"
+        build = builds[-1]  # a retried request has several builds: the last one counts
+        props = await self.master.db.builds.getBuildProperties(build.id)
+        outcome = (props.get("kernel_outcome") or (None, None))[0]
+        kind = classify_cell(build.results, outcome)
+        word = outcome or statusToString(build.results)
+        url = getURLForBuild(self.master, build.builderid, build.number)
+        await self.addURL(f"{name}: {word}", url)
+        return kind, f"{name}: {word} ({statusToString(build.results)}) {url}"
+
+    def interrupt(self, reason: Any) -> None:
+        # Cancel the cells: queued requests are dropped, running cell builds stopped.
+        for brid in self.brids:
+            self.master.data.control(
+                "cancel", {"reason": "matrix run was stopped"}, ("buildrequests", brid)
+            )
+        super().interrupt(reason)
+        if self._waiting is not None and not self._waiting.called:
+            self._waiting.cancel()
+
+
+class MatrixFinish(_MasterStep):
+    """Close the ``matrix_runs`` row; the build summary is the totals line. Always runs."""
+
+    name = "finish"
+    description = ["closing the run"]
+    alwaysRun = True
+    haltOnFailure = False
+    flunkOnFailure = False
+
+    def __init__(self, *, dashboard_url: str | None = None, **kwargs: Any) -> None:
+        self.dashboard_url = dashboard_url
+        super().__init__(**kwargs)
+        self.text: str | None = None
+
+    async def run(self) -> int:
+        run_id = self.getProperty(RUN_ID_PROP)
+        totals = self.getProperty(TOTALS_PROP)
+        if totals is not None:
+            self.text = summary_text(
+                totals["cells"], totals["built"], totals["cache_hits"], totals["failed"]
+            )
+        if run_id is None:
+            self.descriptionDone = self.text or "no matrix run was started"
+            return SUCCESS if self.text else FAILURE
+        svc, why = self.records()
+        if svc is None:
+            self.descriptionDone = f"{self.text or 'run not closed'} (records: {why})"
+            return WARNINGS
+        try:
+            # No totals (the fan-out was stopped): the row counts the cells recorded so far.
+            run = await svc.finish_matrix_run(int(run_id), totals=totals)
+        except Exception as exc:
+            self.descriptionDone = f"run {run_id} not closed: {one_line(str(exc))}"
+            return WARNINGS
+        self.text = summary_text(run["cells"], run["built"], run["cache_hits"], run["failed"])
+        if self.dashboard_url:
+            await self.addURL(f"matrix run {run_id}", f"{self.dashboard_url}?id={run_id}")
+        self.descriptionDone = self.text
+        return SUCCESS
+
+    def getResultSummary(self) -> dict[str, str]:
+        summary = super().getResultSummary()
+        if self.text:
+            summary = {"step": self.text, "build": self.text}
+        return summary
+
+
+# ---------------------------------------------------------------- cell steps
+
+
+class MatrixLookup(KtstrCiStep):
+    """``ktstr-ci phase lookup --version V``: a hit ends the cell; a miss fetches the tree."""
+
+    name = "cache-lookup"
+    description = ["looking up cache"]
+    subcommand = ("phase", "lookup")
+    phase = "lookup"
+    renderables = ["version", "profile", "tree_store", "download_cache", "force"]
+
+    def __init__(
+        self,
+        *,
+        version: str | IRenderable = VERSION_PROP,
+        profile: str | IRenderable = PROFILE_PROP,
+        tree_store: str | IRenderable = TREE_STORE_PROP,
+        download_cache: str | IRenderable,
+        mirror: str | None = None,
+        rc_mirror: str | None = None,
+        force: bool | IRenderable = False,
+        state: str = "ktstr-state.json",
+        **kwargs: Any,
+    ) -> None:
+        for name, value in (("version", version), ("profile", profile),
+                            ("tree_store", tree_store), ("download_cache", download_cache)):
+            check_renderable_or(value, str, type(self), name)
+        check_renderable_or(force, bool, type(self), "force")
+        self.version = version
+        self.profile = profile
+        self.tree_store = tree_store
+        self.download_cache = download_cache
+        self.mirror = mirror
+        self.rc_mirror = rc_mirror
+        self.force = force
+        self.state = state
+        # A download prints a progress line a second; extraction of a real tree is quiet
+        # for a minute or two.
+        kwargs.setdefault("timeout", 3600)
+        super().__init__(**kwargs)
+
+    def check_rendered(self) -> str | None:
+        if not self.version:
+            return "no kernel_version property: this builder is started by the matrix run"
+        if not self.profile:
+            return "no profile property: this builder is started by the matrix run"
+        if not self.tree_store:
+            return "worker property tree_store is not set: no place for the extracted tree"
+        return None
+
+    def arguments(self) -> list[str]:
+        argv = ["--state", self.state, "--version", str(self.version),
+                "--profile", str(self.profile), "--download-cache", str(self.download_cache),
+                "--tree-store", str(self.tree_store)]  # fmt: skip
+        if self.mirror:
+            argv += ["--mirror", self.mirror]
+        if self.rc_mirror:
+            argv += ["--rc-mirror", self.rc_mirror]
+        return argv + (["--force"] if self.force else [])
+
+    def interpret(self, data: dict[str, Any]) -> int:
+        key = data.get("cache_key")
+        self.set_prop("cache_key", key)
+        self.set_prop("kernel_profile", self.profile)
+        if data.get("hit"):
+            self.set_prop("kernel_outcome", CACHE_HIT)
+            self.set_prop("entry_dir", data.get("entry_dir"))
+            self.descriptionDone = f"cache hit {key}"
+            return SUCCESS
+        self.set_prop("source_tree", data.get("source_dir"))
+        if data.get("downloaded"):
+            how = "downloaded"
+        elif data.get("tarball"):
+            how = "tarball from the download cache"
+        else:
+            how = "extracted tree reused"
+        self.descriptionDone = f"cache miss {key} ({how})"
+        return SUCCESS
+
+
+def matrix_cell_factory(
+    *,
+    download_cache: str,
+    mirror: str | None = None,
+    rc_mirror: str | None = None,
+    cpu_cap: int | None = None,
+    ktstr_ci: str = "ktstr-ci",
+    base: Callable[..., BuildFactory] | None = None,
+) -> BuildFactory:
+    """cache-lookup (``--version``) first, then the kernel build factory's steps.
+
+    The steps come from ``kernel_build_factory`` itself, so a step added there
+    (e.g. downloadable artifacts) runs for matrix cells too. Changes: no git
+    checkout (the tree is the extracted tarball), the lookup runs before the
+    reservation so a hit costs one command and no CPUs, and reserve, the source
+    lock and release are skipped on a hit.
+    """
+    if base is None:
+        from ktstr_steps.buildsteps.factory import kernel_build_factory
+
+        base = kernel_build_factory
+    template = base(repourl="(matrix cells build release tarballs)", profile=Property("profile"),
+                    cpu_cap=cpu_cap, ktstr_ci=ktstr_ci)
+    factory = BuildFactory()
+    factory.addStep(MatrixLookup(download_cache=download_cache, mirror=mirror,
+                                 rc_mirror=rc_mirror, ktstr_ci=ktstr_ci))
+    for step in template.steps:
+        cls, kwargs = step.step_class, dict(step.kwargs)
+        if issubclass(cls, (KernelCheckout, CacheLookup)):
+            continue
+        if issubclass(cls, (Reserve, SourceLock, Release)):
+            kwargs["doStepIf"] = not_cache_hit
+        if issubclass(cls, SourceLock):
+            kwargs["tree"] = Property("source_tree")
+        factory.addStep(buildstep._BuildStepFactory(cls, *step.args, **kwargs))
+    return factory
+
+
+def matrix_run_factory(
+    *,
+    specs: list[str],
+    profiles: list[str],
+    repos: dict[str, str],
+    cell_scheduler: str,
+    branch_scheduler: str,
+    releases_url: str | None = None,
+    mirror: str | None = None,
+    dashboard_url: str | None = None,
+) -> BuildFactory:
+    """The parent build: resolve → cells → finish."""
+    factory = BuildFactory()
+    factory.addSteps([
+        MatrixResolve(specs=specs, profiles=profiles, repos=repos, releases_url=releases_url,
+                      mirror=mirror),
+        MatrixFanOut(cell_scheduler=cell_scheduler, branch_scheduler=branch_scheduler),
+        MatrixFinish(dashboard_url=dashboard_url),
+    ])
+    return factory
+
+
+__all__ = [
+    "MatrixFanOut",
+    "MatrixFinish",
+    "MatrixLookup",
+    "MatrixResolve",
+    "Spec",
+    "classify_cell",
+    "matrix_cell_factory",
+    "matrix_run_factory",
+    "parse_spec",
+    "resolve_versions",
+    "summary_text",
+]
+
