@@ -1,0 +1,226 @@
+"""``[matrix]`` settings: parsing, validation errors that name the key, and what the
+master configuration gets from them; version specs and their resolution (pure parts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from buildbot.config.errors import ConfigErrors
+
+from ktstr_steps import releases
+from ktstr_steps.buildsteps.matrix import (
+    MatrixLookup,
+    classify_cell,
+    matrix_cell_factory,
+    parse_spec,
+    resolve_versions,
+    summary_text,
+    unique_labels,
+)
+from ktstr_steps.buildsteps.record import Record
+from ktstr_steps.buildsteps.release import Release
+from ktstr_steps.buildsteps.reserve import Reserve
+from ktstr_steps.buildsteps.sourcelock import SourceLock
+from ktstr_steps.util import KtstrError
+from master import builders, matrix, settings
+from workers.spec import WorkerSpec
+
+ROWS = releases.parse_releases(
+    b'{"releases": ['
+    b'{"moniker": "mainline", "version": "6.17-rc4"},'
+    b'{"moniker": "stable", "version": "6.16.3"},'
+    b'{"moniker": "stable", "version": "6.15.11"},'
+    b'{"moniker": "longterm", "version": "6.12.44"},'
+    b'{"moniker": "longterm", "version": "6.6.103"},'
+    b'{"moniker": "linux-next", "version": "next-20250905"}]}'
+)
+
+
+def load(tmp_path: Path, body: str) -> settings.Settings:
+    p = tmp_path / "s.toml"
+    p.write_text(body)
+    return settings.load(p, root=tmp_path)
+
+
+def specs(tmp_path: Path) -> list[WorkerSpec]:
+    return [
+        WorkerSpec(name=f"h-llc{i}", host="h", llc_index=i, cpus=(2 * i, 2 * i + 1), node=0,
+                   basedir=tmp_path / f"w{i}", password_file=tmp_path / f"w{i}.pass",
+                   pin_cpus=(2 * i, 2 * i + 1), pin_note=None)
+        for i in range(2)
+    ]
+
+
+def test_defaults_are_disabled_and_valid(tmp_path: Path) -> None:
+    s = settings.load(settings.DEFAULT_FILE, root=tmp_path)
+    m = matrix.load_matrix(s)
+    assert m.enabled is False
+    assert m.versions == ("latest-stable",) and m.profiles == ("tiny",)
+    assert (m.hour, m.minute) == (3, 0)
+    assert m.releases_url is None and m.mirror is None and m.cpu_cap is None
+    assert m.download_cache == tmp_path / "var" / "downloads"
+
+
+def test_disabled_matrix_adds_nothing(tmp_path: Path) -> None:
+    s = settings.load(settings.DEFAULT_FILE, root=tmp_path)
+    c: dict = {"workers": [], "builders": [], "schedulers": []}
+    matrix.configure(c, s, specs(tmp_path))
+    assert c == {"workers": [], "builders": [], "schedulers": []}
+
+
+ENABLED = """
+[matrix]
+enabled = true
+versions = ["6.12", "6.6..6.12", "latest-stable", "mainline", "6.15-rc3", "branch:linux/for-next"]
+profiles = ["tiny", "tiny-preempt"]
+time = "21:45"
+releases_url = "http://127.0.0.1:1/releases.json"
+mirror = "http://127.0.0.1:1/pub/linux/kernel/"
+download_cache = "/srv/dl"
+cpu_cap = 2
+"""
+
+
+def test_enabled_matrix_configures_builders_and_schedulers(tmp_path: Path) -> None:
+    s = load(tmp_path, ENABLED)
+    m = matrix.load_matrix(s)
+    assert (m.hour, m.minute, m.cpu_cap) == (21, 45, 2)
+    assert m.mirror == "http://127.0.0.1:1/pub/linux/kernel"  # trailing "/" dropped
+    settings.ensure_secret(s.worker_password_file("h-llc0"))
+    c = builders.build_config(s, specs=specs(tmp_path))
+    workers = {w.name: w for w in c["workers"]}
+    assert set(workers) >= {"h-llc0", "h-llc1", "__matrix"}
+    assert type(workers["__matrix"]).__name__ == "LocalWorker"
+    by_name = {b.name: b for b in c["builders"]}
+    parent, cell = by_name["matrix"], by_name["matrix-cell"]
+    assert parent.workernames == ["__matrix"]  # never an LLC group
+    assert cell.workernames == ["h-llc0", "h-llc1"]
+    assert parent.collapseRequests is False and cell.collapseRequests is False
+    sched = {x.name: x for x in c["schedulers"]}
+    nightly = sched["nightly-matrix"]
+    assert type(nightly).__name__ == "Nightly"
+    assert nightly._config_kwargs["hour"] == 21 and nightly._config_kwargs["minute"] == 45
+    assert nightly._config_kwargs["builderNames"] == ["matrix"]
+    assert type(sched["force-matrix"]).__name__ == "ForceScheduler"
+    assert sched["matrix-cells"]._config_kwargs["builderNames"] == ["matrix-cell"]
+    # branch: entries build on the repository's push builders, one Triggerable per profile.
+    assert sched["matrix-linux-tiny"]._config_kwargs["builderNames"] == ["linux-tiny"]
+    assert sched["matrix-linux-tiny-preempt"]._config_kwargs["builderNames"] == [
+        "linux-tiny-preempt"]
+    # The cell factory: lookup first, no checkout, reserve/lock/release skipped on a hit.
+    steps = cell.factory.steps
+    assert steps[0].step_class is MatrixLookup
+    assert steps[0].kwargs["download_cache"] == "/srv/dl"
+    assert steps[0].kwargs["mirror"] == "http://127.0.0.1:1/pub/linux/kernel"
+    names = [st.step_class.__name__ for st in steps]
+    assert "KernelCheckout" not in names and "CacheLookup" not in names
+    assert names.index("MatrixLookup") < names.index("Reserve") < names.index("KernelMake")
+    for st in steps:
+        if st.step_class in (Reserve, SourceLock, Release):
+            assert "doStepIf" in st.kwargs
+        if st.step_class is Reserve:
+            assert st.kwargs["cpu_cap"] == 2
+        if st.step_class is Record:
+            assert "doStepIf" not in st.kwargs  # every cell is recorded
+
+
+@pytest.mark.parametrize(
+    "table, key, words",
+    [
+        ('versions = ["6.x"]', "matrix.versions[0]", "is not a kernel version spec"),
+        ('versions = ["6.12", "latest"]', "matrix.versions[1]", "latest-stable"),
+        ('versions = ["6.12..6.6"]', "matrix.versions[0]", "inverted kernel range"),
+        ('versions = ["branch:nope/main"]', "matrix.versions[0]", "unknown repository 'nope'"),
+        ('versions = ["branch:linux"]', "matrix.versions[0]", "branch:<repo>/<branch>"),
+        ('versions = ["branch:linux/a..b"]', "matrix.versions[0]", "branch:<repo>/<branch>"),
+        ("versions = []", "matrix.versions", "at least one"),
+        ('versions = ["6.12", "6.12"]', "matrix.versions", "twice"),
+        ('versions = "6.12"', "matrix.versions", "a list of strings"),
+        ('profiles = ["tiny", "huge"]', "matrix.profiles[1]", "unknown profile 'huge'"),
+        ("profiles = []", "matrix.profiles", "at least one profile"),
+        ('time = "3am"', "matrix.time", '"HH:MM"'),
+        ('time = "24:00"', "matrix.time", '"HH:MM"'),
+        ('time = "03:60"', "matrix.time", '"HH:MM"'),
+        ("time = 3", "matrix.time", "a string"),
+        ('releases_url = "ftp://x/releases.json"', "matrix.releases_url", "http(s):// URL"),
+        ('mirror = "cdn.kernel.org"', "matrix.mirror", "http(s):// URL"),
+        ("cpu_cap = -1", "matrix.cpu_cap", "from 0 to 4096"),
+        ('enabled = "yes"', "matrix.enabled", "true or false"),
+        ('download_cache = ""', "matrix.download_cache", "must name a directory"),
+    ],
+)
+def test_bad_matrix_settings_name_the_key(tmp_path: Path, table: str, key: str,
+                                          words: str) -> None:
+    enabled = "" if table.startswith("enabled") else "enabled = true\n"
+    s = load(tmp_path, f"[matrix]\n{enabled}{table}\n")
+    with pytest.raises(settings.SettingsError) as err:
+        matrix.load_matrix(s)
+    msg = str(err.value)
+    assert f"{key} " in msg and words in msg
+    assert str(tmp_path / "s.toml") in msg
+    # The master configuration says the same in one line, without a traceback.
+    with pytest.raises(ConfigErrors) as cfg_err:
+        matrix.configure({"workers": [], "builders": [], "schedulers": []}, s, specs(tmp_path))
+    assert cfg_err.value.errors == [msg]
+
+
+def test_unknown_matrix_key_is_refused_by_the_settings_loader(tmp_path: Path) -> None:
+    with pytest.raises(settings.SettingsError, match="unknown key 'matrix.hour'"):
+        load(tmp_path, "[matrix]\nhour = 3\n")
+
+
+def test_spec_kinds() -> None:
+    kinds = {t: parse_spec(t).kind for t in (
+        "6.12.3", "6.15-rc3", "6.12", "6", "latest-stable", "mainline", "6.6..6.12",
+        "branch:linux/sched_ext/for-next")}  # fmt: skip
+    assert kinds == {
+        "6.12.3": "exact", "6.15-rc3": "exact", "6.12": "prefix", "6": "prefix",
+        "latest-stable": "latest-stable", "mainline": "mainline", "6.6..6.12": "range",
+        "branch:linux/sched_ext/for-next": "branch",
+    }
+    b = parse_spec("branch:linux/sched_ext/for-next")
+    assert (b.repo, b.branch) == ("linux", "sched_ext/for-next")
+
+
+def test_resolution_against_releases_json() -> None:
+    specs_ = [parse_spec(t) for t in
+              ("6.12", "latest-stable", "mainline", "6.6..6.12", "6.1.5", "branch:linux/main")]
+    resolved = resolve_versions(specs_, ROWS)
+    assert [labels for _, labels in resolved] == [
+        # A range ends at its end version as ktstr reads it: 6.12 is 6.12.0, so
+        # 6.12.44 is outside 6.6..6.12 (`ktstr kernel build 6.6..6.12` agrees).
+        ["6.12.44"], ["6.15.11"], ["6.17-rc4"], ["6.6.103"], ["6.1.5"], ["branch:linux/main"],
+    ]
+    assert unique_labels(resolved) == [
+        "6.12.44", "6.15.11", "6.17-rc4", "6.6.103", "6.1.5", "branch:linux/main"]
+    # A prefix and an exact version naming the same release are one version of the run.
+    twice = resolve_versions([parse_spec("6.12"), parse_spec("6.12.44")], ROWS)
+    assert unique_labels(twice) == ["6.12.44"]
+    with pytest.raises(KtstrError, match="expanded to 0 stable releases"):
+        resolve_versions([parse_spec("5.1..5.4")], ROWS)
+
+
+def test_totals_and_summary_words() -> None:
+    assert summary_text(4, 3, 0, 1) == "4 cells: 3 built, 0 cache hits, 1 failed"
+    assert classify_cell(0, "cached") == "built"
+    assert classify_cell(1, "store-failed") == "built"  # built, stored nowhere: WARNINGS
+    assert classify_cell(0, "cache-hit") == "cache_hits"
+    assert classify_cell(2, "failed") == "failed"
+    assert classify_cell(6, "cancelled") == "failed"
+    assert classify_cell(0, None) == "failed"  # succeeded without recording: not trusted
+
+
+def test_cell_factory_follows_the_kernel_build_factory() -> None:
+    """A step added to kernel_build_factory runs for matrix cells too."""
+    from buildbot.plugins import steps as bsteps
+
+    from ktstr_steps.buildsteps.factory import kernel_build_factory
+
+    def extended(**kw):
+        f = kernel_build_factory(**kw)
+        f.addStep(bsteps.ShellCommand(name="publish", command=["true"]))
+        return f
+
+    f = matrix_cell_factory(download_cache="/dl", base=extended)
+    assert f.steps[-1].kwargs["name"] == "publish"
