@@ -493,3 +493,36 @@ def test_poller_builds_a_new_upstream_commit_without_a_hook(
     sha2 = upstream_commit(work, upstream, "for-next", "sched_ext: second fix")
     build2 = kit.wait_build("for-next", after_buildid=build["buildid"], timeout=60)
     assert kit.build_properties(build2["buildid"])["revision"] == sha2
+
+
+def test_github_form_encoded_delivery_builds(kit: ExternalKit) -> None:
+    """GitHub's other content type: payload=<json>, signed over the form body."""
+    import urllib.parse
+
+    sha, branch = new_sha(), "sched-form"
+    body = urllib.parse.urlencode({"payload": github_payload(branch, sha).decode()}).encode()
+    headers = github_headers(body, kit.secret("github"))
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    status, text = kit.post_hook("github", body, headers)
+    assert status in (200, 202), text
+    kit.wait_build(branch, timeout=60)
+    assert builders_of(kit, branch) == {"gh-tiny"}
+
+
+def test_rotated_secret_applies_without_a_restart(kit: ExternalKit) -> None:
+    hook = next(h for h in external.parse(kit.settings).webhooks if h.service == "gitlab")
+    old = kit.secret("gitlab")
+    hook.secret_file.write_text("rotated-token-0123456789\n")
+    try:
+        sha = new_sha()
+        before = len(kit.buildsets())
+        status, text = kit.post_hook("gitlab", gitlab_payload("scx-rotated", sha),
+                                     gitlab_headers(old))
+        assert status == 400 and "wrong X-Gitlab-Token" in text
+        assert_nothing_scheduled(kit, sha, before)
+        status, text = kit.post_hook("gitlab", gitlab_payload("scx-rotated", new_sha()),
+                                     gitlab_headers("rotated-token-0123456789"))
+        assert status in (200, 202), text
+        kit.wait_build("scx-rotated", timeout=60)
+    finally:
+        hook.secret_file.write_text(old + "\n")
