@@ -1,9 +1,243 @@
-"""Try builds of uncommitted changes (Buildbot's try scheduler)."""
+"""Try builds of uncommitted changes: Buildbot's ``Try_Userpass`` scheduler on try builders.
+
+A developer sends a patch (or the diff of a working tree) with ``buildbot try``
+over PB to ``[try] bind:port``; the scheduler starts a build on ``try-<profile>``.
+Such a builder runs the same steps as the push builder ``<repo>-<profile>`` (its
+factory is reused, so a test's stand-in factory applies to both), except that
+the checkout is :class:`TryCheckout`: Buildbot's Git step applies the patch on
+top of the named branch (``git apply --index``) and says clearly when it does
+not apply. The tree is then dirty, so the pipeline builds every phase, never
+stores the kernel under the commit's cache key (``kernel_outcome =
+dirty-not-cached``) and records the sha256 of ``git diff HEAD`` as ``diff_hash``.
+
+Each try builder has its own per-branch trees (``<tree_store>/try-<profile>/``,
+see ``ktstr_steps.buildsteps.base.tree_path``): a try never dirties the tree a
+push build of the same branch uses.
+
+Users and passwords live in ``[try] users_file`` (JSON ``{"user": "password"}``,
+mode 0600, under ``paths.secrets``, never committed). Every name in ``[try]
+users`` gets a generated password the first time the config is loaded; more
+users can be added to the file by hand (a restart or reconfig picks them up).
+
+Send one (see :func:`try_command` for the exact argv)::
+
+    buildbot try --connect=pb --master=127.0.0.1:8031 --username=try \\
+        --passwd="$(jq -r .try var/secrets/try-users.json)" --vc=git --branch=main \\
+        --builder=try-tiny --diff=my.patch -p 1
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from buildbot import config
+from buildbot.plugins import schedulers, util
+from buildbot.process import buildstep, logobserver
+from buildbot.process.buildstep import _BuildStepFactory
+from buildbot.process.factory import BuildFactory
+
+from ktstr_steps.buildsteps.checkout import KernelCheckout
+from master.settings import (
+    NAME_RE,
+    Repo,
+    Settings,
+    SettingsError,
+    _abspath,
+    _Reader,
+    ensure_users,
+)
+
+SCHEDULER_NAME = "try"
+BUILDER_PREFIX = "try-"
+_KEYS = ("port", "bind", "users", "users_file", "repo", "profiles")
+_USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class TrySettings:
+    port: int  # 0 = no try scheduler
+    bind: str
+    users: tuple[str, ...]
+    users_file: Path
+    repo: Repo
+    profiles: tuple[str, ...]
+
+    @property
+    def strport(self) -> str:
+        return f"tcp:{self.port}:interface={self.bind}"
+
+
+def builder_name(profile: str) -> str:
+    return f"{BUILDER_PREFIX}{profile}"
+
+
+def parse(settings: Settings) -> TrySettings:
+    """``[try]`` of the settings, validated; errors name the file and the key."""
+    table = settings.extensions.get("try") or {}
+    r = _Reader(settings.source, table, "try.")
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:
+        raise r.err(unknown[0], f"is not a known key ({', '.join(_KEYS)})")
+    port = r.int("port", 0, 65535)
+    if port and port in (settings.web.port, settings.master.pb_port):
+        # The PB port of the workers has its own users; the web port speaks HTTP.
+        raise r.err("port", f"must differ from web.port and master.pb_port, not {port}")
+    users = tuple(r.strlist("users"))
+    for name in users:
+        if not _USER_RE.match(name):
+            raise r.err("users", f"names {name!r}; use letters, digits, '_', '.' and '-'")
+    if port and not users:
+        raise r.err("users", "must name at least one user when try.port is set")
+    repo_name = r.str("repo")
+    repo = next((x for x in settings.repos if x.name == repo_name), None) if repo_name else (
+        settings.repos[0])
+    if repo is None:
+        known = ", ".join(x.name for x in settings.repos)
+        raise r.err("repo", f"names the unknown repository {repo_name!r} (known: {known})")
+    profiles = tuple(r.strlist("profiles")) or tuple(sorted(settings.profiles))
+    for prof in profiles:
+        if prof not in settings.profiles or not NAME_RE.match(prof):
+            raise r.err("profiles", f"names the unknown profile {prof!r}; known: "
+                        f"{', '.join(sorted(settings.profiles))}")
+    users_file = r.str("users_file")
+    return TrySettings(
+        port=port,
+        bind=r.str("bind") or "127.0.0.1",
+        users=users,
+        # "" = beside the other generated secrets, so a settings file that moves
+        # paths.secrets (a test, a second instance) moves this one too.
+        users_file=_abspath(settings.root, users_file) if users_file else (
+            settings.paths.secrets / "try-users.json"),
+        repo=repo,
+        profiles=profiles,
+    )
+
+
+def try_command(cfg: TrySettings, *, user: str, password: str, branch: str, profile: str,
+                diff: str | None = None, host: str = "127.0.0.1") -> list[str]:
+    """The ``buildbot try`` argv that sends ``diff`` (a file, ``-`` = stdin) or, without
+    ``diff``, the current git working tree's changes against ``branch``."""
+    argv = [
+        "buildbot", "try", "--connect=pb", f"--master={host}:{cfg.port}",
+        f"--username={user}", f"--passwd={password}", "--vc=git", f"--branch={branch}",
+        f"--builder={builder_name(profile)}",
+    ]
+    if diff is not None:
+        # git diff output carries a/ and b/ prefixes; buildbot try defaults to -p 0.
+        argv += [f"--diff={diff}", "-p", "1"]
+    return argv
+
+
+class TryCheckout(KernelCheckout):
+    """KernelCheckout whose failure to apply the try patch is named as such.
+
+    Buildbot's Git step only says "update (failure)" when ``git apply`` refuses the
+    patch; a developer sending a try needs to read that the patch does not apply
+    to the branch, and git's first complaint, without opening the log.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.git_errors: list[str] = []
+        self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._consume))
+
+    def _consume(self) -> Generator[None, tuple[str, str], None]:
+        while True:
+            _stream, line = yield
+            if line.startswith("error:") and len(self.git_errors) < 5:
+                self.git_errors.append(line.strip())
+
+    async def applyPatch(self, patch: Any) -> Any:
+        try:
+            return await super().applyPatch(patch)
+        except buildstep.BuildStepFailed:
+            # The observer sees a line only once the log is flushed.
+            await self.stdio_log.flush()
+            rev = f"@{self.revision[:12]}" if self.revision else ""
+            why = f": {self.git_errors[0]}" if self.git_errors else ""
+            self.descriptionDone = [f"try patch does not apply to {self.branch}{rev}{why}"]
+            raise
+
+
+class TryScheduler(schedulers.Try_Userpass):
+    """``Try_Userpass`` whose jobs carry the try builders' repository.
+
+    ``buildbot try --diff`` sends no repository unless ``--repository`` is given,
+    and Buildbot's database refuses a source stamp without one (the job would
+    die on the master with the client waiting forever). The try builders build
+    one repository anyway, so every job names it: the UI and the records row
+    show where the patch was applied.
+    """
+
+    def checkConfig(self, *args: Any, repository: str = "", **kwargs: Any) -> None:  # type: ignore[override]
+        super().checkConfig(*args, **kwargs)
+        if not repository:
+            config.error("TryScheduler needs the repository its builders build")
+
+    def reconfigService(self, *args: Any, repository: str = "", **kwargs: Any) -> Any:  # type: ignore[override]
+        self.repository = repository
+        return super().reconfigService(*args, **kwargs)
+
+    def addBuildsetForSourceStamps(self, *args: Any, sourcestamps: list | None = None,
+                                   **kwargs: Any) -> Any:
+        fixed = [{**ss, "repository": self.repository} if isinstance(ss, dict) else ss
+                 for ss in sourcestamps or []]
+        return super().addBuildsetForSourceStamps(*args, sourcestamps=fixed, **kwargs)
+
+
+def try_factory(push_factory: BuildFactory) -> BuildFactory:
+    """A copy of the push builder's factory whose checkout applies try patches verbosely."""
+    out = BuildFactory()
+    for sf in push_factory.steps:
+        if isinstance(sf.step_class, type) and issubclass(sf.step_class, KernelCheckout):
+            sf = _BuildStepFactory(TryCheckout, *sf.args, **sf.kwargs)
+        out.steps.append(sf)
+    return out
 
 
 def configure(c: dict[str, Any], settings: Any, specs: list[Any]) -> None:
-    """Add this feature's pieces to the BuildmasterConfig dict ``c`` (settings.extensions["..."])."""
+    """Add the try builders and the ``Try_Userpass`` scheduler to ``c`` (``[try]``)."""
+    try:
+        cfg = parse(settings)
+    except SettingsError as exc:
+        config.error(str(exc))
+        return
+    if not cfg.port:
+        return
+    users = ensure_users(cfg.users_file, cfg.users)
+    by_name = {b.name: b for b in c["builders"]}
+    names = []
+    for profile in cfg.profiles:
+        push = by_name.get(f"{cfg.repo.name}-{profile}")
+        if push is None:
+            config.error(f"try: no builder {cfg.repo.name}-{profile} to take the steps from")
+            continue
+        name = builder_name(profile)
+        names.append(name)
+        c["builders"].append(
+            util.BuilderConfig(
+                name=name,
+                description=f"try builds (uncommitted patches) on {cfg.repo.name}, "
+                f"profile {profile}",
+                tags=["try", cfg.repo.name, profile],
+                workernames=list(push.workernames),
+                factory=try_factory(push.factory),
+                defaultProperties={"profile": profile, "repo": cfg.repo.name},
+                # Each try is its own patch: two queued requests must never merge.
+                collapseRequests=False,
+            )
+        )
+    if names:
+        c["schedulers"].append(
+            TryScheduler(
+                name=SCHEDULER_NAME,
+                builderNames=names,
+                port=cfg.strport,
+                userpass=sorted(users.items()),
+                repository=cfg.repo.url,
+            )
+        )
