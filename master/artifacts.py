@@ -1,9 +1,358 @@
-"""Downloadable kernels: bzImage, vmlinux, .config, metadata.json per build."""
+"""Downloadable kernels: bzImage, vmlinux, .config, metadata.json of every successful build.
+
+The build's ``publish`` step (``ktstr_steps/buildsteps/artifacts.py``) uploads the
+files to ``<[artifacts] dir>/<builder>/<buildnumber>/`` on the master. This module
+adds the rest to BuildmasterConfig:
+
+* :class:`ArtifactsService` (named ``ktstr_artifacts``; the step finds it by name):
+  where the files go, their URLs, and the retention: at most ``max_builds`` build
+  directories per builder (applied after each publish) and none older than
+  ``max_age_days`` (a sweep at start and every ``sweep_minutes``);
+* a Flask app in Buildbot's web server (``buildbot-wsgi-dashboards``), so the files
+  are served by the master's own port, anonymously readable like the rest of the UI
+  (with ``web.anonymous_read = false`` it asks for HTTP Basic auth with a web user):
+
+  ``/plugins/wsgi_dashboards/artifacts/index.html``          recent builds (UI menu page)
+  ``/plugins/wsgi_dashboards/artifacts/<builder>/<n>/``      one build's files, sizes, sha256
+  ``/plugins/wsgi_dashboards/artifacts/<builder>/<n>/<file>``  the file (bzImage, vmlinux,
+  .config, metadata.json, files.json, SHA256SUMS)
+
+  Only those file names are ever served, the builder must be a plain name and the
+  number an integer, and the resolved path must stay under the artifacts root: a
+  ``..`` or encoded slash gets a 404, never a file from elsewhere.
+"""
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import hmac
+import html
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from buildbot import config
+from buildbot.util import service
+from flask import Flask, Response, abort, request
+from twisted.internet import defer, task, threads
+from twisted.python import log
+
+from ktstr_steps.buildsteps.artifacts import (
+    MANIFEST,
+    PARTIAL_PREFIX,
+    PUBLISHED_NAMES,
+    SERVICE_NAME,
+)
+from master.settings import Settings, SettingsError, _abspath, _Reader, read_users
+
+DASHBOARD_NAME = "artifacts"
+URL_PATH = f"plugins/wsgi_dashboards/{DASHBOARD_NAME}/"
+_KEYS = ("dir", "max_age_days", "max_builds", "sweep_minutes", "max_file_mb")
+_BUILDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
+# A crashed publish leaves a .partial-* directory; older than this it is debris.
+PARTIAL_MAX_AGE = 24 * 3600
+_TEXT_FILES = {".config", "metadata.json", "files.json", "SHA256SUMS"}
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArtifactSettings:
+    root: Path
+    max_age_days: int  # 0 = keep regardless of age
+    max_builds: int  # per builder; 0 = no limit
+    sweep_minutes: int
+    max_file_mb: int  # per uploaded file; 0 = no limit
+
+
+def parse(settings: Settings) -> ArtifactSettings:
+    table = settings.extensions.get("artifacts") or {}
+    r = _Reader(settings.source, table, "artifacts.")
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:
+        raise r.err(unknown[0], f"is not a known key ({', '.join(_KEYS)})")
+    root = r.str("dir")
+    return ArtifactSettings(
+        # "" = inside the master's directory: master data that moves with master.basedir.
+        root=_abspath(settings.root, root) if root else settings.master.basedir / "artifacts",
+        max_age_days=r.int("max_age_days", 0, 36500),
+        max_builds=r.int("max_builds", 0, 1_000_000),
+        sweep_minutes=r.int("sweep_minutes", 1, 7 * 24 * 60),
+        max_file_mb=r.int("max_file_mb", 0, 1 << 20),
+    )
+
+
+# -- retention (plain functions: tests call them directly too) ---------------------------
+
+
+def build_dirs(builder_root: Path) -> list[tuple[int, Path]]:
+    """``(number, path)`` of a builder's published builds, oldest number first."""
+    out = []
+    try:
+        entries = list(builder_root.iterdir())
+    except FileNotFoundError:
+        return []
+    for p in entries:
+        if p.name.isdigit() and p.is_dir() and not p.is_symlink():
+            out.append((int(p.name), p))
+    return sorted(out)
+
+
+def published_at(build_dir: Path) -> float:
+    """When a build was published: files.json's ``published_at``, else the directory's mtime."""
+    try:
+        text = json.loads((build_dir / MANIFEST).read_text())["published_at"]
+        return dt.datetime.fromisoformat(text).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return build_dir.stat().st_mtime
+
+
+def prune_builder(builder_root: Path, *, max_builds: int, max_age_days: int,
+                  now: float | None = None) -> list[Path]:
+    """Delete a builder's builds beyond the newest ``max_builds`` or older than
+    ``max_age_days``, and stale partial uploads; returns what was deleted."""
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    dirs = build_dirs(builder_root)
+    keep = dirs[-max_builds:] if max_builds else dirs
+    for item in dirs:
+        path = item[1]
+        too_many = item not in keep
+        too_old = bool(max_age_days) and now - published_at(path) > max_age_days * 86400
+        if too_many or too_old:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    try:
+        partials = [p for p in builder_root.iterdir() if p.name.startswith(PARTIAL_PREFIX)]
+    except FileNotFoundError:
+        partials = []
+    for p in partials:
+        try:
+            if now - p.stat().st_mtime > PARTIAL_MAX_AGE:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def sweep(root: Path, *, max_builds: int, max_age_days: int,
+          now: float | None = None) -> list[Path]:
+    """:func:`prune_builder` over every builder directory under ``root``."""
+    removed: list[Path] = []
+    try:
+        builders = [p for p in root.iterdir() if p.is_dir() and _BUILDER_RE.match(p.name)]
+    except FileNotFoundError:
+        return []
+    for b in builders:
+        removed += prune_builder(b, max_builds=max_builds, max_age_days=max_age_days, now=now)
+    return removed
+
+
+class ArtifactsService(service.BuildbotService):
+    """Paths, URLs and retention of published kernels (see the module docstring)."""
+
+    name = SERVICE_NAME
+
+    def checkConfig(self, *, root: str, base_url: str, max_age_days: int = 30,  # type: ignore[override]
+                    max_builds: int = 20, sweep_minutes: int = 60,
+                    max_file_bytes: int | None = None) -> None:
+        if not root:
+            config.error("ArtifactsService needs a root directory")
+
+    @defer.inlineCallbacks
+    def reconfigService(self, *, root: str, base_url: str,  # type: ignore[override]
+                        max_age_days: int = 30, max_builds: int = 20, sweep_minutes: int = 60,
+                        max_file_bytes: int | None = None) -> Any:
+        self.root = Path(root)
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.max_age_days = max_age_days
+        self.max_builds = max_builds
+        self.max_file_bytes = max_file_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+        if getattr(self, "_loop", None) is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = task.LoopingCall(self.sweep)
+        self._interval = sweep_minutes * 60
+        if self.running:
+            self._loop.start(self._interval, now=True)
+        yield super().reconfigService()
+
+    def startService(self) -> Any:
+        d = super().startService()
+        if not self._loop.running:
+            self._loop.start(self._interval, now=True)
+        return d
+
+    def stopService(self) -> Any:
+        if self._loop.running:
+            self._loop.stop()
+        return super().stopService()
+
+    def url_for(self, builder_dir: str, number: int, name: str = "") -> str:
+        return f"{self.base_url}{URL_PATH}{builder_dir}/{number}/{name}"
+
+    @defer.inlineCallbacks
+    def sweep(self) -> Any:
+        try:
+            removed = yield threads.deferToThread(
+                sweep, self.root, max_builds=self.max_builds, max_age_days=self.max_age_days)
+        except Exception as exc:  # a sweep problem must not stop the loop
+            log.err(exc, "ktstr_artifacts: retention sweep failed")
+            return
+        if removed:
+            log.msg(f"ktstr_artifacts: retention removed {len(removed)} director(ies)")
+
+    @defer.inlineCallbacks
+    def published(self, builder_dir: str) -> Any:
+        """After a publish: apply the per-builder retention at once, not at the next sweep."""
+        removed = yield threads.deferToThread(
+            prune_builder, self.root / builder_dir, max_builds=self.max_builds,
+            max_age_days=self.max_age_days)
+        return removed
+
+
+# -- the web side ---------------------------------------------------------------------
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    # 1 MiB blocks: every block is one trip through the reactor for Twisted's WSGI.
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            yield block
+
+
+def _safe_build_dir(root: Path, builder: str, number: int) -> Path | None:
+    if not _BUILDER_RE.match(builder) or ".." in builder:
+        return None
+    path = (root / builder / str(number)).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.is_dir():
+        return None
+    return path
+
+
+def _manifest(build_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((build_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def make_app(root: Path, *, users_file: Path | None = None) -> Flask:
+    """The Flask app serving ``root``. ``users_file``: require Basic auth with those users."""
+    app = Flask("ktstr_artifacts")
+
+    @app.before_request
+    def _auth() -> Response | None:
+        if users_file is None:
+            return None
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                user, _, pw = base64.b64decode(header[6:]).decode().partition(":")
+            except ValueError:
+                user, pw = "", ""
+            want = read_users(users_file).get(user)
+            if want is not None and hmac.compare_digest(want.encode(), pw.encode()):
+                return None
+        return Response("login required\n", 401,
+                        {"WWW-Authenticate": 'Basic realm="ktstr-ci downloads"'})
+
+    @app.route("/index.html")
+    def index() -> str:
+        rows = []
+        builders = sorted(p for p in root.iterdir() if p.is_dir() and _BUILDER_RE.match(p.name)) \
+            if root.is_dir() else []
+        for b in builders:
+            for number, path in reversed(build_dirs(b)[-10:]):
+                m = _manifest(path)
+                link = f"{b.name}/{number}/"
+                rows.append(
+                    f"<tr><td>{html.escape(b.name)}</td><td><a href='{link}'>#{number}</a></td>"
+                    f"<td>{html.escape(str(m.get('branch') or ''))}</td>"
+                    f"<td>{html.escape(str(m.get('outcome') or ''))}</td>"
+                    f"<td>{html.escape(str(m.get('published_at') or ''))}</td></tr>")
+        body = "".join(rows) or "<tr><td colspan='5'>nothing published yet</td></tr>"
+        return ("<div class='ktstr-artifacts'><h3>Kernel downloads</h3><table class='table'>"
+                "<tr><th>builder</th><th>build</th><th>branch</th><th>outcome</th>"
+                f"<th>published</th></tr>{body}</table></div>")
+
+    @app.route("/<builder>/<int:number>/")
+    def build_index(builder: str, number: int) -> str:
+        path = _safe_build_dir(root, builder, number)
+        if path is None:
+            abort(404)
+        m = _manifest(path)
+        rows = "".join(
+            f"<tr><td><a href='{html.escape(name)}'>{html.escape(name)}</a></td>"
+            f"<td>{info.get('size')}</td><td><code>{html.escape(str(info.get('sha256')))}</code>"
+            "</td></tr>"
+            for name, info in sorted((m.get("files") or {}).items()))
+        facts = "".join(
+            f"<li>{k}: {html.escape(str(m.get(k)))}</li>"
+            for k in ("branch", "revision", "outcome", "cache_key", "diff_hash", "vmlinux_from")
+            if m.get(k) is not None)
+        return (f"<!doctype html><title>{html.escape(builder)} #{number}</title>"
+                f"<h3>{html.escape(builder)} #{number}</h3><ul>{facts}</ul>"
+                f"<table><tr><th>file</th><th>bytes</th><th>sha256</th></tr>{rows}</table>")
+
+    @app.route("/<builder>/<int:number>/<name>")
+    def download(builder: str, number: int, name: str) -> Response:
+        if name not in PUBLISHED_NAMES:
+            abort(404)
+        bdir = _safe_build_dir(root, builder, number)
+        if bdir is None:
+            abort(404)
+        path = (bdir / name).resolve()
+        if path.parent != bdir or not path.is_file():
+            abort(404)
+        size = path.stat().st_size
+        text = name in _TEXT_FILES
+        headers = {
+            "Content-Length": str(size),
+            "Content-Disposition": f"{'inline' if text else 'attachment'}; filename=\"{name}\"",
+            "Cache-Control": "public, max-age=3600",
+        }
+        sha = ((_manifest(bdir).get("files") or {}).get(name) or {}).get("sha256")
+        if sha:
+            headers["ETag"] = f'"{sha}"'
+        mimetype = "text/plain; charset=utf-8" if text else "application/octet-stream"
+        if name.endswith(".json"):
+            mimetype = "application/json"
+        if request.method == "HEAD":
+            return Response(b"", 200, headers, mimetype=mimetype)
+        return Response(_chunks(path), 200, headers, mimetype=mimetype, direct_passthrough=True)
+
+    return app
 
 
 def configure(c: dict[str, Any], settings: Any, specs: list[Any]) -> None:
-    """Add this feature's pieces to the BuildmasterConfig dict ``c`` (settings.extensions["..."])."""
+    """Add the artifacts service and its web app to ``c`` (``[artifacts]``)."""
+    try:
+        cfg = parse(settings)
+    except SettingsError as exc:
+        config.error(str(exc))
+        return
+    c["services"].append(
+        ArtifactsService(
+            root=str(cfg.root),
+            base_url=settings.web_url,
+            max_age_days=cfg.max_age_days,
+            max_builds=cfg.max_builds,
+            sweep_minutes=cfg.sweep_minutes,
+            max_file_bytes=cfg.max_file_mb * (1 << 20) or None,
+        )
+    )
+    users_file = None if settings.web.anonymous_read else settings.web.users_file
+    dash = {"name": DASHBOARD_NAME, "caption": "Kernel downloads", "order": 20,
+            "icon": "FaDownload", "app": make_app(cfg.root, users_file=users_file)}
+    c["www"].setdefault("plugins", {}).setdefault("wsgi_dashboards", []).append(dash)
+
+
+__all__ = ["ArtifactsService", "configure", "make_app", "parse", "prune_builder", "sweep"]
