@@ -6,6 +6,7 @@ from buildbot.interfaces import IRenderable
 from buildbot.process.factory import BuildFactory
 from buildbot.process.properties import Property
 
+from ktstr_steps.buildsteps.artifacts import PublishKernel
 from ktstr_steps.buildsteps.checkout import KernelCheckout
 from ktstr_steps.buildsteps.compile_commands import CompileCommands
 from ktstr_steps.buildsteps.configure import Configure
@@ -41,6 +42,8 @@ KERNEL_PROPERTIES: tuple[str, ...] = (
     "config_hash",
     "entry_dir",
     "phase_seconds",
+    "diff_hash",
+    "artifacts_url",
     "record_id",
     "released",
 )
@@ -60,7 +63,7 @@ def kernel_build_factory(
     ktstr_ci: str = "ktstr-ci",
 ) -> BuildFactory:
     """reserve → source-lock → checkout → cache-lookup → configure → make → validate →
-    compile-commands → cache-store → record → release.
+    compile-commands → cache-store → publish → record → release.
 
     A cache hit skips configure..cache-store (doStepIf) and the build succeeds;
     any failure halts the kernel phases; record and release always run, also
@@ -79,6 +82,8 @@ def kernel_build_factory(
         Validate(**kernel_phase),
         CompileCommands(**kernel_phase),
         CacheStore(**kernel_phase),
+        # Before release: the source tree's files are still this build's under its lock.
+        PublishKernel(),
         Record(ktstr_ci=ktstr_ci),
         Release(ktstr_ci=ktstr_ci),
     ])
