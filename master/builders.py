@@ -136,6 +136,9 @@ def build_config(
     # Feature modules add their builders, schedulers, services and web pieces.
     from master import artifacts, external, matrix, tryjobs
 
-    for feature in (matrix, tryjobs, external, artifacts):
-        feature.configure(c, settings, specs)
+    matrix.configure(c, settings, specs)
+    tryjobs.configure(c, settings, specs)
+    # Pollers build other repositories with the same factory as pushes.
+    external.configure(c, settings, specs, factory=factory)
+    artifacts.configure(c, settings, specs)
     return c

@@ -209,6 +209,9 @@ class Service:
         os.chmod(s.paths.secrets, 0o700)
         ensure_secret(s.hook.password_file)
         ensure_users(s.web.users_file, s.web.admins)
+        from master import external
+
+        external.ensure_secrets(s)  # webhook secrets, so `make run` can print where they are
         for spec in self.specs:
             ensure_secret(spec.password_file)
         for repo in s.repos:
