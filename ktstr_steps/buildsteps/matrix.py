@@ -132,18 +132,20 @@ def resolve_versions(
     for spec in specs:
         if spec.needs_releases and rows is None:
             raise KtstrError(f"{spec.text}: releases.json is needed", kind="releases-fetch")
-        if spec.kind == "exact":
-            labels = [spec.text]
-        elif spec.kind == "branch":
-            labels = [spec.text]
-        elif spec.kind == "latest-stable":
-            labels = [releases.latest_stable(rows or [])]
-        elif spec.kind == "mainline":
-            labels = [releases.mainline(rows or [])]
-        elif spec.kind == "range":
-            labels = releases.expand_range(spec.text, rows or [])
-        else:
-            labels = [releases.resolve_prefix(spec.text, rows or [], mirror=mirror)]
+        try:
+            if spec.kind in ("exact", "branch"):
+                labels = [spec.text]
+            elif spec.kind == "latest-stable":
+                labels = [releases.latest_stable(rows or [])]
+            elif spec.kind == "mainline":
+                labels = [releases.mainline(rows or [])]
+            elif spec.kind == "range":
+                labels = releases.expand_range(spec.text, rows or [])
+            else:
+                labels = [releases.resolve_prefix(spec.text, rows or [], mirror=mirror)]
+        except KtstrError as exc:
+            # Say which entry of matrix.versions could not be resolved.
+            raise KtstrError(f"{spec.text!r}: {exc}", kind=exc.kind) from None
         out.append((spec, labels))
     return out
 
