@@ -162,6 +162,8 @@ def test_builds_spread_over_two_hosts(tmp_path: Path, netns_host: NetnsHost) -> 
         for pid in host2_pids:
             assert not _alive(pid)
         assert net.pids() == []  # nothing else was left running on host 2
+        # Host 2's binds (its /tmp, its tree store) never reached this namespace.
+        assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
 
 
 def _alive(pid: int) -> bool:
