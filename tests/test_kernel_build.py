@@ -318,3 +318,23 @@ def test_html_error_page_instead_of_tarball(kernel_org):
 def test_json_outcome_is_always_one_of_the_documented_values(tree: Path):
     rc, res, _ = ktstr("kernel", "build", "--source", str(tree), "--json")
     assert res["outcome"] in ALL_OUTCOMES
+
+
+def test_clean_runs_mrproper_on_local_trees_and_keys_without_the_deleted_config(tree: Path):
+    rc, first, _ = ktstr("kernel", "build", "--source", str(tree), "--json")
+    assert rc == 0 and (tree / ".config").is_file()
+    rc, res, err = ktstr("kernel", "build", "--source", str(tree), "--clean", "--force", "--json")
+    assert rc == 0, err
+    assert "ktstr-ci: make mrproper" in err
+    # mrproper deletes .config before configure, so the key is the no-.config one (§14.7 fix).
+    assert "-cfg" not in res["cache_key"] and res["cache_key"] == first["cache_key"]
+    assert res["outcome"] == "cached"
+
+
+def test_clean_on_a_downloaded_version_only_says_it_is_meaningless(kernel_org):
+    kernel_org.set_releases([("stable", "6.14.9")])
+    kernel_org.add_fake_kernel("6.14.9")
+    rc, res, err = ktstr("kernel", "build", "6.14.9", "--clean", "--json")
+    assert rc == 0 and res["outcome"] == "cached"
+    assert "--clean is only meaningful with --source (downloaded sources start clean)" in err
+    assert "make mrproper" not in err
