@@ -34,6 +34,7 @@ from buildbot.process.properties import Properties, Property
 from buildbot.process.results import (
     CANCELLED,
     FAILURE,
+    SKIPPED,
     SUCCESS,
     WARNINGS,
     statusToString,
@@ -477,7 +478,7 @@ class MatrixFinish(_MasterStep):
             )
         if run_id is None:
             self.descriptionDone = self.text or "no matrix run was started"
-            return SUCCESS if self.text else FAILURE
+            return SUCCESS if self.text else SKIPPED
         svc, why = self.records()
         if svc is None:
             self.descriptionDone = f"{self.text or 'run not closed'} (records: {why})"
