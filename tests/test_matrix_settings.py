@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 from buildbot.config.errors import ConfigErrors
+from buildbot.process.properties import Property
 
 from ktstr_steps import releases
+from ktstr_steps.buildsteps.lookup import not_cache_hit
 from ktstr_steps.buildsteps.matrix import (
     MatrixLookup,
     classify_cell,
@@ -108,21 +110,23 @@ def test_enabled_matrix_configures_builders_and_schedulers(tmp_path: Path) -> No
     assert sched["matrix-linux-tiny"]._config_kwargs["builderNames"] == ["linux-tiny"]
     assert sched["matrix-linux-tiny-preempt"]._config_kwargs["builderNames"] == [
         "linux-tiny-preempt"]
-    # The cell factory: lookup first, no checkout, reserve/lock/release skipped on a hit.
+    # The cell factory: lookup, then record; the lookup adds the phases on a miss.
     steps = cell.factory.steps
     assert steps[0].step_class is MatrixLookup
-    assert steps[0].kwargs["download_cache"] == "/srv/dl"
-    assert steps[0].kwargs["mirror"] == "http://127.0.0.1:1/pub/linux/kernel"
-    names = [st.step_class.__name__ for st in steps]
-    assert "KernelCheckout" not in names and "CacheLookup" not in names
-    assert names.index("MatrixLookup") < names.index("Reserve") < names.index("KernelMake")
-    for st in steps:
-        if st.step_class in (Reserve, SourceLock, Release):
-            assert "doStepIf" in st.kwargs
-        if st.step_class is Reserve:
-            assert st.kwargs["cpu_cap"] == 2
-        if st.step_class is Record:
-            assert "doStepIf" not in st.kwargs  # every cell is recorded
+    assert Record in [st.step_class for st in steps]
+    assert not {Reserve, SourceLock, Release} & {st.step_class for st in steps}
+    lookup = steps[0].kwargs
+    assert lookup["download_cache"] == "/srv/dl"
+    assert lookup["mirror"] == "http://127.0.0.1:1/pub/linux/kernel"
+    miss = [st.step_class.__name__ for st in lookup["miss_steps"]]
+    assert miss == ["Reserve", "SourceLock", "Configure", "KernelMake", "Validate",
+                    "CompileCommands", "CacheStore"]  # no checkout, no git lookup
+    assert all(st.step_class not in (Record, Release) for st in lookup["miss_steps"])
+    assert [st.step_class for st in lookup["release_steps"]] == [Release]
+    [reserve] = [st for st in lookup["miss_steps"] if st.step_class is Reserve]
+    assert reserve.kwargs["cpu_cap"] == 2
+    [lock] = [st for st in lookup["miss_steps"] if st.step_class is SourceLock]
+    assert lock.kwargs["tree"] == Property("source_tree")  # the extracted tree
 
 
 @pytest.mark.parametrize(
@@ -223,4 +227,13 @@ def test_cell_factory_follows_the_kernel_build_factory() -> None:
         return f
 
     f = matrix_cell_factory(download_cache="/dl", base=extended)
-    assert f.steps[-1].kwargs["name"] == "publish"
+    assert f.steps[-1].kwargs["name"] == "publish"  # after record, also on a cache hit
+
+    def kernel_phase(**kw):
+        f = kernel_build_factory(**kw)
+        f.steps.insert(-2, bsteps.ShellCommand(name="strip", command=["true"],
+                                               doStepIf=not_cache_hit).get_step_factory())
+        return f
+
+    f = matrix_cell_factory(download_cache="/dl", base=kernel_phase)
+    assert f.steps[0].kwargs["miss_steps"][-1].kwargs["name"] == "strip"  # skipped on a hit

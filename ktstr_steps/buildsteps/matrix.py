@@ -525,8 +525,12 @@ class MatrixLookup(KtstrCiStep):
         rc_mirror: str | None = None,
         force: bool | IRenderable = False,
         state: str = "ktstr-state.json",
+        miss_steps: list[Any] | None = None,
+        release_steps: list[Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        self.miss_steps = list(miss_steps or [])
+        self.release_steps = list(release_steps or [])
         for name, value in (("version", version), ("profile", profile),
                             ("tree_store", tree_store), ("download_cache", download_cache)):
             check_renderable_or(value, str, type(self), name)
@@ -573,6 +577,11 @@ class MatrixLookup(KtstrCiStep):
             self.descriptionDone = f"cache hit {key}"
             return SUCCESS
         self.set_prop("source_tree", data.get("source_dir"))
+        # A miss: the kernel phases run next, the reservation's release last.
+        if self.miss_steps:
+            self.build.addStepsAfterCurrentStep(self.miss_steps)
+        if self.release_steps:
+            self.build.addStepsAfterLastStep(self.release_steps)
         if data.get("downloaded"):
             how = "downloaded"
         elif data.get("tarball"):
@@ -596,9 +605,11 @@ def matrix_cell_factory(
 
     The steps come from ``kernel_build_factory`` itself, so a step added there
     (e.g. downloadable artifacts) runs for matrix cells too. Changes: no git
-    checkout (the tree is the extracted tarball), the lookup runs before the
-    reservation so a hit costs one command and no CPUs, and reserve, the source
-    lock and release are skipped on a hit.
+    checkout (the tree is the extracted tarball), and the lookup runs before the
+    reservation. The build phases (reserve .. cache-store) and release are not
+    in the factory: :class:`MatrixLookup` adds them to the build on a miss, so a
+    cached cell is lookup + record (+ publishing), not eleven step rows (each step
+    costs master database writes; that is most of a hit cell's time).
     """
     if base is None:
         from ktstr_steps.buildsteps.factory import kernel_build_factory
@@ -606,18 +617,30 @@ def matrix_cell_factory(
         base = kernel_build_factory
     template = base(repourl="(matrix cells build release tarballs)", profile=Property("profile"),
                     cpu_cap=cpu_cap, ktstr_ci=ktstr_ci)
-    factory = BuildFactory()
-    factory.addStep(MatrixLookup(download_cache=download_cache, mirror=mirror,
-                                 rc_mirror=rc_mirror, ktstr_ci=ktstr_ci))
+    # miss: reserve, the source lock and the phases a hit skips (doStepIf=not_cache_hit),
+    # inserted after the lookup on a miss; release: appended last on a miss; the rest
+    # (record, publishing, ...) runs for every cell, hit or not, in the template's order.
+    miss: list[Any] = []
+    tail: list[Any] = []
+    release: list[Any] = []
     for step in template.steps:
         cls, kwargs = step.step_class, dict(step.kwargs)
         if issubclass(cls, (KernelCheckout, CacheLookup)):
             continue
-        if issubclass(cls, (Reserve, SourceLock, Release)):
-            kwargs["doStepIf"] = not_cache_hit
         if issubclass(cls, SourceLock):
             kwargs["tree"] = Property("source_tree")
-        factory.addStep(buildstep._BuildStepFactory(cls, *step.args, **kwargs))
+        made = buildstep._BuildStepFactory(cls, *step.args, **kwargs)
+        if issubclass(cls, Release):
+            release.append(made)
+        elif issubclass(cls, (Reserve, SourceLock)) or kwargs.get("doStepIf") is not_cache_hit:
+            miss.append(made)
+        else:
+            tail.append(made)
+    factory = BuildFactory()
+    factory.addStep(MatrixLookup(download_cache=download_cache, mirror=mirror,
+                                 rc_mirror=rc_mirror, ktstr_ci=ktstr_ci, miss_steps=miss,
+                                 release_steps=release))
+    factory.addSteps(tail)
     return factory
 
 
