@@ -112,6 +112,10 @@ def main() -> int:
     args = ap.parse_args()
 
     import os
+    import signal
+
+    # Killed with SIGTERM: still stop the master and workers (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     from master.records import db as records_db
