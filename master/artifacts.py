@@ -325,8 +325,8 @@ def make_app(root: Path, *, users_file: Path | None = None) -> Flask:
         mimetype = "text/plain; charset=utf-8" if text else "application/octet-stream"
         if name.endswith(".json"):
             mimetype = "application/json"
-        if request.method == "HEAD":
-            return Response(b"", 200, headers, mimetype=mimetype)
+        # HEAD: werkzeug drops the body (the generator never opens the file) and keeps
+        # the headers, Content-Length included.
         return Response(_chunks(path), 200, headers, mimetype=mimetype, direct_passthrough=True)
 
     return app
