@@ -194,6 +194,35 @@ def test_try_build_with_a_diff_is_dirty_and_not_cached(tk: TryKit, tmp_path: Pat
     assert status.stdout == ""
 
 
+def test_try_from_a_working_tree(tk: TryKit, tmp_path: Path) -> None:
+    """Without --diff, ``buildbot try`` sends the working tree's changes against --branch."""
+    kit = tk.kit
+    clone = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", "-b", "main", str(kit.repo_path), str(clone)],
+                   check=True, capture_output=True)
+    head = git(clone, "rev-parse", "HEAD").strip()
+    main_c = clone / "init/main.c"
+    main_c.write_text(main_c.read_text().replace(BANNER, TRY_BANNER))
+    # What the build should hash: the same change applied by the Git step to the same base.
+    patch = tmp_path / "wt.diff"
+    patch.write_text(git(clone, "diff"))
+    want = expected_diff_hash(kit, patch, tmp_path)
+
+    argv = tryjobs.try_command(tk.cfg, user="try", password=tk.password(), branch="main",
+                               profile="tiny")
+    assert not any(a.startswith("--diff") for a in argv)
+    argv[0] = str(VENV_BIN / "buildbot")
+    after = tk.last_buildid()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=clone)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    build = tk.wait_try_build(after)
+    assert build["results"] == SUCCESS
+    props = kit.build_properties(build["buildid"])
+    assert props["kernel_outcome"] == "dirty-not-cached"
+    assert props["got_revision"] == head  # built on the working tree's base commit
+    assert props["diff_hash"] == want
+
+
 def test_push_after_a_try_is_unaffected(tk: TryKit, tmp_path: Path) -> None:
     kit = tk.kit
     patch = make_patch(tk.tree, "init/main.c", BANNER, TRY_BANNER, tmp_path / "banner.diff")
