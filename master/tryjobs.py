@@ -39,6 +39,7 @@ from buildbot.plugins import schedulers, util
 from buildbot.process import buildstep, logobserver
 from buildbot.process.buildstep import _BuildStepFactory
 from buildbot.process.factory import BuildFactory
+from twisted.internet import defer
 
 from ktstr_steps.buildsteps.checkout import KernelCheckout
 from master.settings import (
@@ -178,9 +179,15 @@ class TryScheduler(schedulers.Try_Userpass):
         if not repository:
             config.error("TryScheduler needs the repository its builders build")
 
+    @defer.inlineCallbacks
     def reconfigService(self, *args: Any, repository: str = "", **kwargs: Any) -> Any:  # type: ignore[override]
         self.repository = repository
-        return super().reconfigService(*args, **kwargs)
+        if self.active and self.registrations:
+            # Buildbot 4.3's Try_Userpass.reconfigService empties its registration list
+            # before unregistering it, then registers the users again: KeyError "already
+            # registered" on every reconfig of a running try scheduler. Unregister first.
+            yield self._destroy_pb()
+        yield super().reconfigService(*args, **kwargs)
 
     def addBuildsetForSourceStamps(self, *args: Any, sourcestamps: list | None = None,
                                    **kwargs: Any) -> Any:
