@@ -344,3 +344,25 @@ def test_unknown_builder_is_not_built(tk: TryKit, tmp_path: Path) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tk.kit.root)
     time.sleep(1.0)
     assert len(tk.kit.buildrequests()) == requests_before, proc.stdout + proc.stderr
+
+
+def test_user_added_by_hand_works_after_reconfig(tk: TryKit, tmp_path: Path) -> None:
+    """The users file may grow by hand; ``buildbot reconfig`` re-registers the try users
+    (Buildbot 4.3's own Try_Userpass would fail here with "already registered")."""
+    users = json.loads(tk.cfg.users_file.read_text())
+    users["bob"] = "bobs-password-123"
+    tk.cfg.users_file.write_text(json.dumps(users))
+    proc = subprocess.run(
+        [str(VENV_BIN / "buildbot"), "reconfig", str(tk.kit.service.master_dir)],
+        env=tk.kit.service.child_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Reconfiguration appears to have completed successfully" in proc.stdout
+    log = (tk.kit.service.master_dir / "twistd.log").read_text()
+    assert "already registered" not in log
+    patch = make_patch(tk.tree, "init/main.c", BANNER, TRY_BANNER, tmp_path / "p.diff")
+    for user in ("bob", "try"):
+        after = tk.last_buildid()
+        sent = tk.send(patch, user=user)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert tk.wait_try_build(after)["results"] == SUCCESS
