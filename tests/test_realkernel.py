@@ -150,3 +150,34 @@ def test_third_run_is_a_cache_hit(real_builds):
     assert res["outcome"] == "cache-hit"
     assert res["entry_dir"] == real_builds["git"][1]["entry_dir"]
     assert "make" not in res["phases"]
+
+
+def test_real_kernel_through_the_service(real_builds, tmp_path_factory: pytest.TempPathFactory):
+    """git push of the committed 6.12 tree to the real service → tiny kernel built and cached."""
+    from master.records import db as records_db
+    from master.records import queries
+    from tests.servicekit import ServiceKit
+
+    root = tmp_path_factory.mktemp("rk-service")
+    with ServiceKit(root, profiles=("tiny",)) as kit:
+        push = kit.push(real_builds["tree"], "linux-6.12")
+        start = time.monotonic()
+        build = kit.wait_build("linux-6.12", timeout=60)
+        done = kit.wait_finished(build["buildid"], timeout=2400)
+        seconds = time.monotonic() - start
+        steps = {s["name"]: s for s in kit.build_steps(done["buildid"])}
+        assert done["results"] == kit.SUCCESS, {n: s["state_string"] for n, s in steps.items()}
+        props = kit.build_properties(done["buildid"])
+        assert props["kernel_outcome"] == "cached"
+        entry = kit.cache_dir / props["cache_key"]
+        assert (entry / "bzImage").stat().st_size > 100_000
+        secs = sections(entry / "vmlinux")
+        assert ".BTF" in secs and ".symtab" in secs and secs[".text"] == "NOBITS"
+        meta = json.loads((entry / "metadata.json").read_text())
+        assert meta["vmlinux_stripped"] is True and meta["source"]["git_hash"] == push.sha[:7]
+        engine = records_db.make_engine(kit.settings.databases.records, must_exist=True)
+        rows = [r for r in queries.recent_builds(engine, limit=50) if r["buildid"] == done["buildid"]]
+        engine.dispose()
+        assert len(rows) == 1 and rows[0]["kernel_outcome"] == "cached"
+        assert rows[0]["cache_key"] == props["cache_key"] and rows[0]["make_jobs"] == props["make_jobs"]
+        print(f"\nreal kernel through the service: {seconds:.0f}s, make -j{props['make_jobs']}")
