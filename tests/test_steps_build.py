@@ -119,6 +119,8 @@ class TestKernelBuild(RunMasterBase):
         steps = self.results(build)
         # record has no records service here: a warning on the step, not on the build.
         self.assertEqual(steps.pop("record"), WARNINGS)
+        # ... and no artifacts service: nothing to publish to.
+        self.assertEqual(steps.pop("publish"), SKIPPED)
         self.assertEqual(set(steps.values()), {SUCCESS}, steps)
         self.assertEqual(build["results"], SUCCESS)
         self.assertEqual(build["properties"]["kernel_outcome"][0], "cached")

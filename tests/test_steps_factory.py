@@ -25,6 +25,7 @@ from ktstr_steps.buildsteps import (
     kernel_build_factory,
     not_cache_hit,
 )
+from ktstr_steps.buildsteps.artifacts import PublishKernel
 from tests.test_steps_base import HOLDER, STATE, KtstrStepMixin, answer, ktstr
 from tests.test_steps_record import FakeRecords
 
@@ -38,6 +39,7 @@ ORDER = [
     ("validate", Validate),
     ("compile-commands", CompileCommands),
     ("cache-store", CacheStore),
+    ("publish", PublishKernel),
     ("record", Record),
     ("release", Release),
 ]
@@ -84,7 +86,7 @@ class TestFactoryShape(unittest.TestCase):
 
     def test_warnings_reach_the_build(self) -> None:
         warn = {s.name for s in self.steps if s.warnOnWarnings}
-        self.assertEqual(warn, {"configure", "make", "cache-store"})
+        self.assertEqual(warn, {"configure", "make", "cache-store", "publish"})
 
     def test_stop_lets_ktstr_ci_kill_make(self) -> None:
         make = self.steps[5]
@@ -114,7 +116,7 @@ class TestFactoryShape(unittest.TestCase):
         self.assertIs(by_name["cache-lookup"].force, True)
         self.assertEqual(by_name["configure"].clean, Property("clean"))
         for s in steps:
-            if s.name != "checkout":
+            if s.name not in ("checkout", "publish"):  # publish runs no ktstr-ci
                 self.assertEqual(s.ktstr_ci, "/opt/bin/ktstr-ci", s.name)
 
     def test_bad_option_is_config_error(self) -> None:
