@@ -184,6 +184,7 @@ class ServiceKit:
         pb_bind: str = "127.0.0.1",
         databases: dict[str, str] | None = None,
         workers_toml: str = "",
+        extra_toml: str = "",
     ) -> None:
         self.root = Path(tmp_path) / "svc"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -228,6 +229,10 @@ hosted = true
 branches = {json.dumps(list(branches))}
 profiles = {json.dumps(list(profiles))}
 """
+        # Try builds listen on their own port: a free one, so kits never collide.
+        if "[try]" not in extra_toml:
+            toml += f"\n[try]\nport = {free_port()}\n"
+        toml += extra_toml
         self.settings_file = r / "settings.toml"
         self.settings_file.write_text(toml)
         self.env = dict(os.environ)

@@ -125,10 +125,10 @@ def cache_snapshot(cache: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TryKit]:
     root = tmp_path_factory.mktemp("trykit")
-    kit = ServiceKit(root)
     port = free_port()
-    with open(kit.settings_file, "a") as f:
-        f.write(f"\n[try]\nport = {port}\nusers = [\"try\", \"alice\"]\nprofiles = [\"tiny\"]\n")
+    kit = ServiceKit(
+        root, extra_toml=f'\n[try]\nport = {port}\nusers = ["try", "alice"]\nprofiles = ["tiny"]\n'
+    )
     with kit:
         tree = make_fake_kernel(root / "linux")
         kit.push(tree, "main")
