@@ -136,7 +136,7 @@ def main() -> int:
             f"download_cache = {json.dumps(str(root / 'downloads'))}", "",
         ])
         kit = ServiceKit(root, factory="bench.matrix_bench:record_only_factory",
-                         llc_groups=[[0], [1]], workers_toml=table, env={
+                         llc_groups=[[0], [1]], extra_toml=table, env={
                              "KTSTR_CACHE_DIR": str(root / "kcache")})
         kit.start()
         try:

@@ -27,7 +27,7 @@ KERNEL_PHASES = {"reserve", "source-lock", "configure", "make", "validate", "com
 
 def matrix_table(kernel_org: KernelOrg, root: Path, versions: list[str],
                  profiles: list[str]) -> str:
-    """A ``[matrix]`` table for the kit's settings file (via its extra-TOML hook)."""
+    """A ``[matrix]`` table for the kit's settings file (servicekit's extra_toml)."""
     return "\n".join([
         "",
         "[matrix]",
@@ -49,8 +49,7 @@ def start_kit(tmp_path: Path, kernel_org: KernelOrg, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("KTSTR_CI_RELEASES_URL", "http://127.0.0.1:9/unused-releases.json")
     monkeypatch.setenv("KTSTR_CI_KERNEL_MIRROR", "http://127.0.0.1:9/unused-mirror")
     table = matrix_table(kernel_org, tmp_path, versions, profiles)
-    # servicekit appends workers_toml after [workers]; a new table header starts ours.
-    return ServiceKit(tmp_path, llc_groups=[[0], [1]], workers_toml=table, **kw).start()
+    return ServiceKit(tmp_path, llc_groups=[[0], [1]], extra_toml=table, **kw).start()
 
 
 # Buildbot prefixes the build's summary with "build successful" / "failed"; the text
