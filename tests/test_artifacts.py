@@ -93,10 +93,9 @@ def the_tree(kit: ServiceKit, builder: str) -> Path:
 @pytest.fixture(scope="module")
 def ak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceKit]:
     root = tmp_path_factory.mktemp("artkit")
-    kit = ServiceKit(root)
-    kit.try_port = free_port()  # type: ignore[attr-defined]
-    with open(kit.settings_file, "a") as f:
-        f.write(f"\n[try]\nport = {kit.try_port}\nprofiles = [\"tiny\"]\n")  # type: ignore[attr-defined]
+    try_port = free_port()
+    kit = ServiceKit(root, extra_toml=f'\n[try]\nport = {try_port}\nprofiles = ["tiny"]\n')
+    kit.try_port = try_port  # type: ignore[attr-defined]
     with kit:
         kit.tree = make_fake_kernel(root / "linux")  # type: ignore[attr-defined]
         kit.push(kit.tree, "main")  # type: ignore[attr-defined]
@@ -273,9 +272,9 @@ def _plant(art: Path, builder: str, number: int, *, age_days: float) -> Path:
 
 
 def test_retention_on_a_running_master(tmp_path: Path) -> None:
-    kit = ServiceKit(tmp_path)
-    with open(kit.settings_file, "a") as f:
-        f.write("\n[try]\nport = 0\n[artifacts]\nmax_builds = 2\nmax_age_days = 30\n")
+    kit = ServiceKit(
+        tmp_path, extra_toml="\n[try]\nport = 0\n[artifacts]\nmax_builds = 2\nmax_age_days = 30\n"
+    )
     art = kit.root / "master" / "artifacts"
     old = _plant(art, "elsewhere", 3, age_days=40)
     young = _plant(art, "elsewhere", 4, age_days=2)

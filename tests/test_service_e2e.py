@@ -190,11 +190,12 @@ def test_push_without_makefile_fails_the_build_clearly(kit: ServiceKit):
 
 
 def test_force_with_unknown_profile_or_bad_branch_is_refused(kit: ServiceKit):
-    builder = next(b for b in kit.api("builders")["builders"] if b["name"].endswith("-tiny"))
+    builder = "linux-tiny"
+    assert builder in {b["name"] for b in kit.api("builders")["builders"]}
     before = {b["buildid"] for b in kit.builds()}
-    status, body = kit.force(builder["name"], "main", profile="nosuch")
+    status, body = kit.force(builder, "main", profile="nosuch")
     assert status == 400
-    assert "'nosuch' does not belong to list of available choices" in str(body["error"]["message"])
-    status, body = kit.force(builder["name"], "main;reboot")
-    assert status == 400 and "does not match pattern" in str(body["error"]["message"])
+    assert "'nosuch' does not belong to list of available choices" in body["error"]["message"]["profile"]
+    status, body = kit.force(builder, "main;reboot")
+    assert status == 400 and "does not match pattern" in body["error"]["message"]["branch"]
     assert {b["buildid"] for b in kit.builds()} == before
