@@ -18,6 +18,23 @@ def not_cache_hit(step: Any) -> bool:
     return step.getProperty("kernel_outcome") != CACHE_HIT
 
 
+def take_lookup(step: KtstrCiStep, data: dict[str, Any]) -> bool:
+    """Set the key properties from ``phase lookup``'s JSON; True (and summary) on a cache hit.
+
+    Shared by the push lookup and the matrix cell lookup: a hit means the same
+    thing to both, and the record step reads the same properties.
+    """
+    key = data.get("cache_key")
+    step.set_prop("cache_key", key)
+    step.set_prop("kernel_profile", step.profile)
+    if not data.get("hit"):
+        return False
+    step.set_prop("kernel_outcome", CACHE_HIT)
+    step.set_prop("entry_dir", data.get("entry_dir"))
+    step.descriptionDone = f"cache hit {key}"
+    return True
+
+
 class CacheLookup(KtstrCiStep):
     """``ktstr-ci phase lookup``: starts the build's state file and looks the key up."""
 
@@ -56,14 +73,9 @@ class CacheLookup(KtstrCiStep):
         return argv + (["--force"] if self.force else [])
 
     def interpret(self, data: dict[str, Any]) -> int:
-        key = data.get("cache_key")
-        self.set_prop("cache_key", key)
-        self.set_prop("kernel_profile", self.profile)
-        if data.get("hit"):
-            self.set_prop("kernel_outcome", CACHE_HIT)
-            self.set_prop("entry_dir", data.get("entry_dir"))
-            self.descriptionDone = f"cache hit {key}"
+        if take_lookup(self, data):
             return SUCCESS
+        key = data.get("cache_key")
         why = ["forced rebuild"] if self.force else []
         if data.get("dirty"):
             why.append("dirty tree")

@@ -46,7 +46,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from ktstr_steps import releases
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, one_line
 from ktstr_steps.buildsteps.checkout import KernelCheckout
-from ktstr_steps.buildsteps.lookup import CACHE_HIT, CacheLookup, not_cache_hit
+from ktstr_steps.buildsteps.lookup import CACHE_HIT, CacheLookup, not_cache_hit, take_lookup
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
@@ -568,14 +568,9 @@ class MatrixLookup(KtstrCiStep):
         return argv + (["--force"] if self.force else [])
 
     def interpret(self, data: dict[str, Any]) -> int:
-        key = data.get("cache_key")
-        self.set_prop("cache_key", key)
-        self.set_prop("kernel_profile", self.profile)
-        if data.get("hit"):
-            self.set_prop("kernel_outcome", CACHE_HIT)
-            self.set_prop("entry_dir", data.get("entry_dir"))
-            self.descriptionDone = f"cache hit {key}"
+        if take_lookup(self, data):
             return SUCCESS
+        key = data.get("cache_key")
         self.set_prop("source_tree", data.get("source_dir"))
         # A miss: the kernel phases run next, the reservation's release last.
         if self.miss_steps:

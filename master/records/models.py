@@ -26,21 +26,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ktstr_steps.pipeline import OUTCOMES as PIPELINE_OUTCOMES
+
 # Alembic's version table for this schema; alembic's default name belongs to Buildbot.
 VERSION_TABLE = "ktstr_alembic_version"
 
 # The kernel outcomes of the build result object (docs/contracts.md) plus
 # "cancelled", which only the record step knows (the build was stopped).
-OUTCOMES: tuple[str, ...] = (
-    "cached",
-    "cache-hit",
-    "dirty-not-cached",
-    "non-git-not-cached",
-    "changed-during-build",
-    "store-failed",
-    "failed",
-    "cancelled",
-)
+OUTCOMES: tuple[str, ...] = (*PIPELINE_OUTCOMES, "cancelled")
 
 # Buildbot's result names, indexed by Buildbot's result integers
 # (buildbot.process.results: SUCCESS=0 ... CANCELLED=6).
