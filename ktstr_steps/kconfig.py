@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr_steps.make import run_make
-from ktstr_steps.util import KtstrError, crc32_hex, kconfig_dir, warn
+from ktstr_steps.util import KtstrError, Progress, crc32_hex, kconfig_dir, warn
 
 BASE_CONFIGS = ("defconfig", "tinyconfig", "allnoconfig")
 
@@ -357,6 +357,7 @@ def configure_kernel(
     src = Path(src)
     config = src / ".config"
     base = check_base_config(base_config)
+    progress = Progress("configure", interval=0.0)
     try:
         before: bytes | None = config.read_bytes()
         before_stat = config.stat()
@@ -365,8 +366,10 @@ def configure_kernel(
     try:
         if before is None:
             if base in BASE_CONFIGS:
+                progress.update(f"make {base}")
                 run_make(src, [base], make_vars=make_vars)
             else:
+                progress.update(f"base config from {base}")
                 shutil.copyfile(base, config)
         if not force and fragment_applied(src, fragment):
             return before is None
@@ -376,6 +379,7 @@ def configure_kernel(
             if current and not current.endswith(b"\n"):
                 f.write(b"\n")
             f.write(fragment.encode("utf-8"))
+        progress.update("ktstr.kconfig + extra fragment merged; make olddefconfig")
         run_make(src, ["olddefconfig"], make_vars=make_vars)
         if before is not None and config.read_bytes() == before:
             # On a real tree some baked lines can never survive (arm-only

@@ -284,3 +284,12 @@ def test_validate_trims_and_reports_unreadable(tmp_path: Path) -> None:
         kc.validate_kernel_config(tmp_path / "missing")
     assert ei.value.kind == "validation"
     assert f"read {tmp_path / 'missing' / '.config'}" in str(ei.value)
+
+
+def test_configure_shows_progress_for_each_make_target(tmp_path: Path, capfd) -> None:
+    tree = make_fake_kernel(tmp_path / "linux")
+    kc.configure_kernel(tree, kc.baked_fragment(), base_config="tinyconfig", make_vars=MV)
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("ktstr-ci: progress: configure: ")]
+    assert lines[0] == "ktstr-ci: progress: configure: make tinyconfig"
+    assert lines[-1].endswith("make olddefconfig")
