@@ -210,19 +210,24 @@ class NetnsHost:
         return out
 
 
-def private_tmp_binds(host_tmp: Path, keep: Path) -> list[tuple[Path, Path]]:
-    """Binds that give the second host its own ``/tmp`` while ``keep`` stays reachable.
+def private_tmp_binds(host_tmp: Path, *keep: Path) -> list[tuple[Path, Path]]:
+    """Binds that give the second host its own ``/tmp`` while every ``keep`` stays reachable.
 
-    ``keep`` (the test's directory, usually under ``/tmp``) is first bound into
-    ``host_tmp`` at the same relative path; ``host_tmp`` then covers ``/tmp``.
+    Each kept directory under ``/tmp`` (the test's directory; the checkout and
+    its venv, which CI may clone under ``/tmp``) is first bound into ``host_tmp``
+    at the same relative path; ``host_tmp`` then covers ``/tmp``.
     """
     binds: list[tuple[Path, Path]] = []
-    try:
-        rel = keep.resolve().relative_to("/tmp")
-    except ValueError:
-        rel = None  # keep is elsewhere: covering /tmp does not hide it
-    if rel is not None:
-        binds.append((keep.resolve(), host_tmp / rel))
+    kept: list[Path] = []
+    for k in sorted({p.resolve() for p in keep}, key=lambda p: len(p.parts)):
+        if any(k == r or r in k.parents for r in kept):
+            continue  # inside a directory that is already kept
+        try:
+            rel = k.relative_to("/tmp")
+        except ValueError:
+            continue  # elsewhere: covering /tmp does not hide it
+        kept.append(k)
+        binds.append((k, host_tmp / rel))
     binds.append((host_tmp, Path("/tmp")))
     return binds
 

@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 from ktstr_steps.buildsteps.base import branch_dir
+from ktstr_steps.util import REPO_ROOT
 from master.records import db as records_db
 from master.records import queries
 from tests.fakekernel import tree_files
@@ -120,7 +121,10 @@ url = {json.dumps(str(kit.repo_path))}
         self.env = env
         # Host 2's own /tmp, and its tree store at the path the master hands
         # every worker (worker property tree_store; see docs/scale-out.md).
-        self.binds = [*private_tmp_binds(self.tmp, root.parent), (self.trees, kit.tree_store)]
+        self.binds = [
+            *private_tmp_binds(self.tmp, root.parent, REPO_ROOT),
+            (self.trees, kit.tree_store),
+        ]
 
     def service(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "workers.service", *args]

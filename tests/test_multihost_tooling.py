@@ -114,3 +114,16 @@ def test_wrong_password_is_not_connected_and_says_where_to_look(tmp_path: Path) 
         assert stop.returncode == 0 and "far-llc0" in stop.stdout
         # The worker host's stop left the master alone.
         assert kit.service.master_state().running
+
+
+def test_private_tmp_keeps_every_directory_under_tmp_reachable(tmp_path: Path) -> None:
+    from tests.netns import private_tmp_binds
+
+    host_tmp = Path("/tmp/h2")
+    binds = private_tmp_binds(host_tmp, Path("/tmp/cc"), Path("/tmp/cc/.venv"), Path("/work/x"),
+                              Path("/tmp/pytest-of-root/t1"))  # fmt: skip
+    assert binds == [
+        (Path("/tmp/cc"), host_tmp / "cc"),  # the checkout (and its venv inside it)
+        (Path("/tmp/pytest-of-root/t1"), host_tmp / "pytest-of-root/t1"),
+        (host_tmp, Path("/tmp")),  # last: covers /tmp
+    ]
