@@ -164,11 +164,23 @@ class _SigtermGuard:
         raise SystemExit(128 + signal.SIGTERM)
 
 
+# A parent make's variables (`make run`, `make test`, a user's own Makefile)
+# would leak a jobserver we do not own (-j comes from the reservation), -w
+# "Entering directory" noise, and the parent's variable overrides into kbuild.
+_PARENT_MAKE_VARS = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES", "GNUMAKEFLAGS")
+
+
+def make_env() -> dict[str, str]:
+    """The environment of every make a build runs: ours, minus any parent make's."""
+    return {k: v for k, v in os.environ.items() if k not in _PARENT_MAKE_VARS}
+
+
 def _spawn(argv: list[str], cwd: Path) -> subprocess.Popen:
     try:
         return subprocess.Popen(
             argv,
             cwd=cwd,
+            env=make_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -265,3 +265,15 @@ def test_find_image_and_vmlinux_message(tmp_path: Path) -> None:
 def test_bad_jobs(tmp_path: Path) -> None:
     with pytest.raises(KtstrError, match="at least 1 job"):
         mk.run_make_streamed(tmp_path, jobs=0, make_vars=MV)
+
+
+def test_a_parent_makes_flags_do_not_leak_into_the_build(tmp_path: Path, monkeypatch) -> None:
+    # As under `make test` / `make run`: the outer make exports these.
+    monkeypatch.setenv("MAKELEVEL", "1")
+    monkeypatch.setenv("MAKEFLAGS", "w -j7 --jobserver-auth=fifo:/nonexistent KEEP=parent")
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "Makefile").write_text("all:\n\t@echo level=$(MAKELEVEL) keep=$(KEEP)\n")
+    seen: list[str] = []
+    mk.run_make_streamed(d, jobs=1, make_vars=[], on_line=seen.append)
+    assert seen == ["level=0 keep="]

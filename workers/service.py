@@ -196,6 +196,10 @@ class Service:
         env["KTSTR_CACHE_DIR"] = str(self.settings.paths.kernel_cache)
         env[settings_mod.ENV_VAR] = str(self.settings.source)
         env.pop("VIRTUAL_ENV", None)
+        # `make run` is itself a make: its jobserver and flags must not reach the
+        # long-lived master and workers (and through them every kernel make).
+        for name in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES", "GNUMAKEFLAGS"):
+            env.pop(name, None)
         return env
 
     # -- setup ---------------------------------------------------------
