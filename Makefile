@@ -21,7 +21,7 @@ help:
 	@echo "make stop   stop what make run started"
 	@echo "make test   set up and run the tests (FAST=1 skips the real-kernel build)"
 	@echo "make lint   ruff"
-	@echo "make bench  benchmarks under bench/"
+	@echo "make bench  benchmarks under bench/ (service vs plain make; matrix cache hits)"
 
 # Install missing Debian packages only; no apt-get when all are present.
 deps:
@@ -61,6 +61,7 @@ status: venv
 
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/matrix_bench.py
 
 clean:
 	rm -rf $(VENV) var
