@@ -111,6 +111,20 @@ def service_build(kit: ServiceKit, tree: Path, branch: str, timeout: float) -> t
     return started, total, done
 
 
+def step_seconds(kit: ServiceKit, buildid: int, name: str) -> float:
+    """Wall time of one step of a build, from REST."""
+    for st in kit.build_steps(buildid):
+        if st["name"] == name and st.get("started_at") and st.get("complete_at"):
+            return float(st["complete_at"] - st["started_at"])
+    return 0.0
+
+
+def note(fig: dict[str, float], key: str, value: float) -> None:
+    """Record a figure and print it at once, so a later failure loses nothing."""
+    fig[key] = value
+    print(f"bench: {key} = {value:.2f}", file=sys.stderr, flush=True)
+
+
 def master_pid(kit: ServiceKit) -> int:
     pidfile = kit.settings.master.basedir / "twistd.pid"
     return int(pidfile.read_text().strip())
@@ -132,34 +146,38 @@ def main() -> int:
         sh(["git", "clone", "-q", "--no-hardlinks", str(src), str(plain)], work, env={**os.environ, **GIT_ENV})
 
         print("bench: plain configure + make -j2 (full)", file=sys.stderr)
-        fig["plain_configure_s"] = timed(lambda: plain_configure(plain))
-        fig["plain_full_make_s"] = timed(lambda: plain_make(plain))
+        note(fig, "plain_configure_s", timed(lambda: plain_configure(plain)))
+        note(fig, "plain_full_make_s", timed(lambda: plain_make(plain)))
         touch_one_file(plain, 1)
-        fig["plain_incremental_make_s"] = timed(lambda: plain_make(plain))
+        note(fig, "plain_incremental_make_s", timed(lambda: plain_make(plain)))
 
         kit_root = work / "service"
         with ServiceKit(kit_root, profiles=("tiny",)) as kit:
             pids = {"master": master_pid(kit), **{f"worker {n}": p for n, p in kit.worker_pids().items()}}
             print("bench: full build through the service", file=sys.stderr)
             with RssSampler(pids) as rss:
-                fig["push_to_started_s"], fig["service_full_s"], full = service_build(
-                    kit, src, "bench", timeout=3600
-                )
-            fig["service_full_make_s"] = kit.build_properties(full["buildid"])["phase_seconds"].get(
-                "make", float("nan")
-            )
+                started_full, total_full, full = service_build(kit, src, "bench", timeout=3600)
+            note(fig, "push_to_started_s", started_full)
+            note(fig, "service_full_s", total_full)
+            note(fig, "service_full_checkout_s", step_seconds(kit, full["buildid"], "checkout"))
+            note(fig, "service_full_make_s", step_seconds(kit, full["buildid"], "make"))
+            note(fig, "master_peak_rss_mib", rss.peak["master"] / 2**20)
+            note(fig, "worker_peak_rss_mib",
+                 max(v for k, v in rss.peak.items() if k != "master") / 2**20)  # fmt: skip
             touch_one_file(src, 1)
             sh(["git", "commit", "-qam", "one-file change"], src, env={**os.environ, **GIT_ENV})
             print("bench: one-file change through the service", file=sys.stderr)
-            started_inc, fig["service_incremental_s"], inc = service_build(kit, src, "bench", 1800)
-            fig["service_incremental_make_s"] = kit.build_properties(inc["buildid"])[
-                "phase_seconds"
-            ].get("make", float("nan"))
-            print("bench: cache-hit push", file=sys.stderr)
-            started_hit, fig["cache_hit_push_to_complete_s"], _ = service_build(kit, src, "bench-hit", 120)
-            fig["push_to_started_s"] = max(fig["push_to_started_s"], started_inc, started_hit)
-            fig["master_peak_rss_mib"] = rss.peak["master"] / 2**20
-            fig["worker_peak_rss_mib"] = max(v for k, v in rss.peak.items() if k != "master") / 2**20
+            started_inc, total_inc, inc = service_build(kit, src, "bench", 1800)
+            note(fig, "service_incremental_s", total_inc)
+            note(fig, "service_incremental_make_s", step_seconds(kit, inc["buildid"], "make"))
+            # A new branch gets a fresh per-branch tree: the checkout (a full
+            # clone of the tree) comes before the cache lookup. Reported apart.
+            print("bench: cache-hit push (same commit, new branch)", file=sys.stderr)
+            started_hit, total_hit, hit = service_build(kit, src, "bench-hit", 1800)
+            note(fig, "cache_hit_push_to_complete_s", total_hit)
+            note(fig, "cache_hit_checkout_s", step_seconds(kit, hit["buildid"], "checkout"))
+            note(fig, "cache_hit_without_checkout_s", total_hit - fig["cache_hit_checkout_s"])
+            note(fig, "push_to_started_s", max(started_full, started_inc, started_hit))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -182,7 +200,8 @@ def main() -> int:
         t = targets.get(k)
         verdict = "" if t is None else f"  (target <= {t:.2f}: {'met' if v <= t else 'MISSED'})"
         print(f"  {k:46s} {v:6.3f}{verdict}")
-    print(f"  cache-hit push → complete: {fig['cache_hit_push_to_complete_s']:.2f}s (target <= 3 s)")
+    print(f"  cache-hit push → complete: {fig['cache_hit_push_to_complete_s']:.2f}s (target <= 3 s; "
+          f"{fig['cache_hit_checkout_s']:.2f}s of it the new branch's checkout)")
     print(f"  push → build started:      {fig['push_to_started_s']:.2f}s (target <= 1 s)")
     if args.json:
         print(json.dumps({"figures": fig, "ratios": ratios}, indent=2))
