@@ -98,11 +98,17 @@ class RssSampler:
 
 
 def service_build(kit: ServiceKit, tree: Path, branch: str, timeout: float) -> tuple[float, float, dict]:
-    """(push→started, push→complete, build) for one push."""
+    """(push returned → build started, push begun → build complete, build) for one push.
+
+    Only builds newer than every build before the push count: a branch's
+    earlier build must never stand in for the one this push starts.
+    """
+    last = max((b["buildid"] for b in kit.builds()), default=0)
     t0 = time.monotonic()
     kit.push(tree, branch)
-    build = kit.wait_build(branch, timeout=60)
-    started = time.monotonic() - t0
+    pushed = time.monotonic()  # the hook fires as git push returns
+    build = kit.wait_build(branch, after_buildid=last, timeout=60)
+    started = time.monotonic() - pushed
     done = kit.wait_finished(build["buildid"], timeout=timeout)
     total = time.monotonic() - t0
     if done["results"] != kit.SUCCESS:
