@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ktstr_steps.util import LABEL, KtstrError
+from ktstr_steps.util import LABEL, KtstrError, int_at_least
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=cmd_list)
 
     cl = ksub.add_parser("clean", help="remove cached kernels")
-    cl.add_argument("--keep", type=_nonneg_int, metavar="N", help="keep the N newest valid entries")
+    cl.add_argument("--keep", type=int_at_least(0), metavar="N", help="keep the N newest valid entries")
     cl.add_argument("--corrupt-only", action="store_true", help="remove only corrupt entries")
     cl.add_argument("--force", action="store_true", help="do not ask for confirmation")
     cl.set_defaults(func=cmd_clean)
@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "configure":
             p.add_argument("--clean", action="store_true")
         if name == "make":
-            p.add_argument("--jobs", type=_pos_int, metavar="N")
+            p.add_argument("--jobs", type=int_at_least(1), metavar="N")
         p.set_defaults(func=cmd_phase)
 
 
@@ -102,26 +102,6 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _state_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", type=Path, required=True, metavar="FILE")
     p.add_argument("--json", action="store_true")
-
-
-def _pos_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {n}")
-    return n
 
 
 def _emit(args: argparse.Namespace, obj: dict) -> None:

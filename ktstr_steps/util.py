@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 LABEL = "ktstr-ci"
@@ -131,3 +132,18 @@ def format_cpulist(cpus: Iterable[int]) -> str:
 def bypass_llc_locks() -> bool:
     """ktstr's rule: any non-empty KTSTR_BYPASS_LLC_LOCKS (even "0") bypasses."""
     return bool(os.environ.get("KTSTR_BYPASS_LLC_LOCKS"))
+
+
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """An argparse ``type=`` for integers >= ``lo`` (counts, limits, -j)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {n}")
+        return n
+
+    return parse

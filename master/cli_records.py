@@ -11,6 +11,8 @@ import argparse
 import json
 from typing import Any
 
+from ktstr_steps.util import int_at_least
+
 # (header, row key, width): the columns a person scanning recent builds needs first.
 _COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("ID", "id", 5),
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "<checkout>/var/records.sqlite)",
     )
     p.add_argument("--branch", metavar="B", help="only builds of this branch")
-    p.add_argument("--limit", metavar="N", type=_positive_int, default=20, help="rows (default 20)")
+    p.add_argument("--limit", metavar="N", type=int_at_least(1), default=20, help="rows (default 20)")
     p.add_argument("--json", action="store_true", help='one JSON object {"builds": [...]}')
     p.add_argument(
         "--upgrade",
@@ -51,16 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="create or migrate the schema first (for a server DB set up before the master)",
     )
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def _cell(key: str, value: Any) -> str:
