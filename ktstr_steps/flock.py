@@ -285,7 +285,12 @@ class FileLock:
     def release(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None
-            os.close(fd)  # closing the only descriptor drops the flock
+            # Unlock explicitly: a holder hands copies of this descriptor to the
+            # commands of its build, and a release must not wait for their exit.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
 
     def __enter__(self) -> FileLock:
         return self

@@ -43,13 +43,17 @@ class BuildReservation:
     make_jobs: int | None = None
     bypass: bool = False
 
-    def release(self) -> None:
-        """Tear down the sandbox, then drop the LLC flocks. Idempotent; both always run."""
+    def release(self, tag: str | None = None) -> None:
+        """Tear down the sandbox (its processes killed), then drop the LLC flocks.
+
+        Idempotent; both always run. ``tag`` marks the build's processes when
+        a holder owns the reservation (see :mod:`ktstr_steps.buildprocs`).
+        """
         sandbox, self.sandbox = self.sandbox, None
         plan, self.plan = self.plan, None
         try:
             if sandbox is not None:
-                sandbox.teardown()
+                sandbox.teardown(tag)
         finally:
             if plan is not None:
                 plan.release()

@@ -29,7 +29,8 @@ from enum import Enum
 from pathlib import Path
 
 from ktstr_steps import flock
-from ktstr_steps.util import KtstrError, format_cpulist, parse_cpulist, warn
+from ktstr_steps.buildprocs import describe, kill_build
+from ktstr_steps.util import KtstrError, format_cpulist, parse_cpulist, say, warn
 
 CGROUP2_SUPER_MAGIC = 0x63677270
 SANDBOX_PREFIX = "ktstr-build-"
@@ -276,8 +277,23 @@ def remove_cgroup_dir(
     *,
     writer: Callable[[Path, str], None] = write_cgroup_file,
     rmdir: Callable[[Path], None] = os.rmdir,
+    tag: str | None = None,
 ) -> bool:
-    """Drain and rmdir with ktstr's retries (§3.3). True when the directory is gone."""
+    """Kill the build's processes, drain the caller, rmdir. True when the directory is gone.
+
+    Every member but the calling process is killed first (and any process
+    carrying the holder ``tag``): a build process moved out to the parent
+    cgroup would run on with no reservation and no lock, in a tree the next
+    build enters. Only the caller itself (the holder, or the command that
+    made the sandbox around itself) is moved out, then the directory is
+    removed with ktstr's retries.
+    """
+    killed, survivors = kill_build(cgdir, tag)
+    if killed:
+        say(f"killed {len(killed)} leftover build process(es) in {cgdir.name}: {describe(killed)}")
+    if survivors:
+        warn(f"build processes {survivors} in {cgdir} did not die after SIGKILL "
+             "(uninterruptible sleep?); the cgroup stays until they do")
     for attempt in range(RMDIR_ATTEMPTS):
         drain(cgdir, drain_to, writer)
         time.sleep(0.05)  # let just-moved tasks' references on the cgroup drop
@@ -542,17 +558,22 @@ class BuildSandbox:
         """Move the calling process in; its later children inherit the cgroup by fork."""
         self.add_pid(os.getpid())
 
-    def teardown(self) -> None:
-        """Drain and remove the cgroup. Idempotent; never raises (runs on every exit path)."""
+    def teardown(self, tag: str | None = None) -> None:
+        """Kill the build's processes, move the caller out, remove the cgroup.
+
+        Idempotent; never raises (runs on every exit path). ``tag`` is the
+        holder marker of :mod:`ktstr_steps.buildprocs`, when a holder owns it.
+        """
         if self._torn_down or self.path is None:
             self._torn_down = True
             return
         self._torn_down = True
         assert self.drain_to is not None
-        remove_cgroup_dir(self.path, self.drain_to, writer=self.env.writer, rmdir=self.env.rmdir)
+        remove_cgroup_dir(self.path, self.drain_to, writer=self.env.writer, rmdir=self.env.rmdir,
+                          tag=tag)
 
-    def release(self) -> None:
-        self.teardown()
+    def release(self, tag: str | None = None) -> None:
+        self.teardown(tag)
 
     def __enter__(self) -> BuildSandbox:
         return self
@@ -584,7 +605,9 @@ class BuildSandbox:
         return f"BuildSandbox(kind={self.kind!r}, path={str(self.path) if self.path else None!r})"
 
 
-def remove_stale_sandbox(path: Path, kind: str, env: CgroupEnv | None = None) -> bool:
+def remove_stale_sandbox(
+    path: Path, kind: str, env: CgroupEnv | None = None, tag: str | None = None
+) -> bool:
     """Remove a sandbox dir recorded by a holder that died (its pid suffix must be dead).
 
     Used by the holder's stale sweep: such dirs are younger than the 24 h
@@ -595,4 +618,4 @@ def remove_stale_sandbox(path: Path, kind: str, env: CgroupEnv | None = None) ->
     if pid is None or _pid_alive(pid) or not path.exists():
         return not path.exists()
     drain_to = env.v2_drain_target() if kind == "v2" else path.parent / "cgroup.procs"
-    return remove_cgroup_dir(path, drain_to, writer=env.writer, rmdir=env.rmdir)
+    return remove_cgroup_dir(path, drain_to, writer=env.writer, rmdir=env.rmdir, tag=tag)
