@@ -37,7 +37,7 @@ def _acquire(args: argparse.Namespace) -> int:
     cap = planner.resolve_cap(args.cpu_cap)
     st = holder.acquire(
         args.name, cap=cap, wait=args.wait, owner_pid=args.owner_pid,
-        max_lifetime=args.max_lifetime, lock_dir=args.lock_dir,
+        max_lifetime=args.max_lifetime, lock_dir=args.lock_dir, master_link=args.master_link,
     )
     plan = st.get("plan")
     human = (
@@ -112,6 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--max-lifetime", type=float, default=None, metavar="SECONDS",
                    help="release after SECONDS no matter what")
     q.add_argument("--lock-dir", default=None, help=argparse.SUPPRESS)
+    q.add_argument("--master-link", default=None, metavar="HOST:PORT",
+                   help="the worker-side address of the owner's connection to the master; "
+                        "release as soon as that connection closes")
 
     q = named("lock-source", "have the holder take the source-tree lock of DIR", _lock_source)
     q.add_argument("--source", required=True, metavar="DIR")

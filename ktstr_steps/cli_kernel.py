@@ -218,15 +218,28 @@ def cmd_phase(args: argparse.Namespace) -> int:
     else:
         state = pipeline.BuildState.load(args.state)
     out: dict = {}
+    guard = None
     try:
-        if getattr(args, "holder", None):
-            _join_holder(state, args.holder)
+        # A phase after the build joined a holder runs inside its reservation too,
+        # so a holder that died in between fails it instead of letting it store.
+        name = getattr(args, "holder", None) or (
+            state.holder if phase not in ("lookup", "summary") else None)
+        if name:
+            guard = _join_holder(state, name)
         out = _run_phase(phase, state, args)
+        if guard is not None and guard.lost:
+            raise KtstrError(guard.lost, kind="reservation-lost")
     except KtstrError as exc:
+        if guard is not None and guard.lost and exc.kind != "reservation-lost":
+            # make died because the guard killed it: the lost reservation is the cause.
+            guard.wait_ended()
+            exc = KtstrError(guard.lost, kind="reservation-lost")
         state.fail(exc)
         out = getattr(args, "_phase_out", {})
         print(f"{LABEL}: error: {exc}", file=sys.stderr)
     finally:
+        if guard is not None:
+            guard.stop()
         if phase != "summary" or args.state.exists():
             state.save(args.state)
     obj = {"phase": phase, "ok": state.ok, "errors": state.errors, **out}
@@ -236,16 +249,17 @@ def cmd_phase(args: argparse.Namespace) -> int:
     return 0 if state.ok else 1
 
 
-def _join_holder(state, name: str) -> None:
+def _join_holder(state, name: str):
     from ktstr_steps import holder
 
-    info = holder.join_holder(name)
-    plan = (info or {}).get("plan") or {}
+    guard = holder.join_and_guard(name)
+    plan = guard.state.get("plan") or {}
     state.holder = name
     if plan:
         state.make_jobs = plan.get("make_jobs") or state.make_jobs
         state.llcs = list(plan.get("llcs") or [])
         state.llc_cpus = list(plan.get("cpus") or [])
+    return guard
 
 
 def _missing_json(m) -> dict:

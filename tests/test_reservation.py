@@ -103,10 +103,10 @@ def test_release_tears_down_sandbox_before_llc_locks(tmp_path: Path, child) -> N
     sandbox_dir = r.sandbox.path
     real_teardown, real_release = r.sandbox.teardown, r.plan.release
 
-    def teardown() -> None:
+    def teardown(tag: str | None = None) -> None:
         # while the cgroup goes away the LLC must still be reserved
         events.append(("sandbox", [h.pid for h in flock.holders(lock)]))
-        real_teardown()
+        real_teardown(tag)
 
     def release() -> None:
         events.append(("llc", sandbox_dir.exists()))
