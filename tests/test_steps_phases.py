@@ -173,6 +173,16 @@ class TestKernelMake(KtstrStepMixin, unittest.TestCase):
         )
         return self.run_step()
 
+    def test_lost_reservation_is_the_summary(self) -> None:
+        # make was killed because its holder died: that, not "make failed", is the story.
+        self.setup_ktstr_step(KernelMake())
+        self.expect_commands(self.make().stdout(answer({"ok": False, "errors": [
+            {"kind": "reservation-lost", "message": "reservation lost: holder pid 4242 died"}],
+            "jobs": 2, "warnings": 0, "errors_count": 0, "failed_target": None})).exit(1))
+        self.expect_outcome(
+            result=FAILURE, state_string="reservation lost: holder pid 4242 died (failure)")
+        return self.run_step()
+
     def test_progress_updates_status_line(self) -> None:
         step = self.setup_ktstr_step(KernelMake())
         seen = []
@@ -300,6 +310,16 @@ class TestCacheStore(KtstrStepMixin, unittest.TestCase):
         )
         self.expect_property("kernel_outcome", "dirty-not-cached")
         self.expect_property("image_path", f"{TREE}/arch/x86/boot/bzImage")
+        self.expect_no_property("entry_dir")
+        return self.run_step()
+
+    def test_lost_reservation_fails_and_stores_nothing(self) -> None:
+        self.setup_ktstr_step(CacheStore())
+        self.expect_commands(self.store().stdout(answer({"ok": False, "errors": [
+            {"kind": "reservation-lost", "message": "reservation lost: holder pid 4242 died"}],
+            "outcome": "failed", "cache_key": KEY, "entry_dir": None})).exit(1))
+        self.expect_outcome(
+            result=FAILURE, state_string="reservation lost: holder pid 4242 died (failure)")
         self.expect_no_property("entry_dir")
         return self.run_step()
 

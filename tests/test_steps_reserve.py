@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from buildbot.process.properties import Property
 from buildbot.process.results import CANCELLED, FAILURE, SUCCESS
+from buildbot.test.fake.connection import FakeConnection
 from twisted.trial import unittest
 
 from ktstr_steps.buildsteps import Reserve, SourceLock
@@ -24,6 +25,11 @@ def acquire(*extra: str, wait: int = 3600):
 
 
 class TestReserve(KtstrStepMixin, unittest.TestCase):
+    def fake_peer(self, peer: str) -> None:
+        # Buildbot's fake connection has no get_peer; the real pb/msgpack/null ones do.
+        FakeConnection.get_peer = lambda conn: peer  # type: ignore[attr-defined]
+        self.addCleanup(delattr, FakeConnection, "get_peer")
+
     def test_reserved_sets_plan_properties(self) -> None:
         self.setup_ktstr_step(Reserve())
         self.expect_commands(acquire().stdout(answer(PLAN)).exit(0))
@@ -113,6 +119,23 @@ class TestReserve(KtstrStepMixin, unittest.TestCase):
         exp.interrupted = True
         self.expect_commands(exp)
         self.expect_outcome(result=CANCELLED, state_string="reserve interrupted (cancelled)")
+        return self.run_step()
+
+    def test_tcp_connection_is_passed_as_master_link(self) -> None:
+        # The holder follows this connection: when it closes the master has lost the build.
+        self.setup_ktstr_step(Reserve())
+        self.fake_peer("127.0.0.1:40123")
+        self.expect_commands(
+            acquire("--master-link", "127.0.0.1:40123").stdout(answer(PLAN)).exit(0))
+        self.expect_outcome(result=SUCCESS)
+        return self.run_step()
+
+    def test_local_worker_has_no_master_link(self) -> None:
+        # The in-process LocalWorker's peer is "local": the holder follows the owner pid only.
+        self.setup_ktstr_step(Reserve())
+        self.fake_peer("local")
+        self.expect_commands(acquire().stdout(answer(PLAN)).exit(0))
+        self.expect_outcome(result=SUCCESS)
         return self.run_step()
 
     def test_config_errors(self) -> None:

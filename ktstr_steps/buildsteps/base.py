@@ -31,6 +31,9 @@ PHASE_SECONDS = "phase_seconds"
 
 STATE_FILE = "ktstr-state.json"
 
+# The error kind of a phase whose holder died: the build may not go on, store or publish.
+RESERVATION_LOST = "reservation-lost"
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _PROGRESS = re.compile(r"^ktstr-ci: progress: ([^:]+): (.*)$")
 _SUMMARY_MAX = 200
@@ -107,6 +110,15 @@ def first_error(data: dict[str, Any]) -> str | None:
         msg = err.get("message") if isinstance(err, dict) else str(err)
         if msg:
             return one_line(str(msg))
+    return None
+
+
+def error_of_kind(data: dict[str, Any], kind: str) -> str | None:
+    """The message of the first ``errors[]`` entry of ``kind``, one line."""
+    errors = data.get("errors")
+    for err in errors if isinstance(errors, list) else []:
+        if isinstance(err, dict) and err.get("kind") == kind and err.get("message"):
+            return one_line(str(err["message"]))
     return None
 
 
@@ -236,7 +248,9 @@ class KtstrCiStep(buildstep.ShellMixin, buildstep.BuildStep):
             return FAILURE
         if cmd.results() != SUCCESS or data.get("ok") is False:
             self.on_failure(data)
-            self.descriptionDone = self.interpret_failure(data)
+            lost = error_of_kind(data, RESERVATION_LOST)
+            # A lost reservation is the build's cause of failure, whichever phase saw it.
+            self.descriptionDone = lost or self.interpret_failure(data)
             return FAILURE
         result = self.interpret(data)
         # interpret() may be async when it adds logs.

@@ -63,10 +63,29 @@ class Reserve(KtstrCiStep):
         self.cpu_cap = cap
         return None
 
+    def master_link(self) -> str | None:
+        """The worker-side ``host:port`` of this build's connection, when it is TCP.
+
+        The holder releases the reservation as soon as that connection closes:
+        Buildbot never continues a build over a new connection, so its release
+        step would never run.
+        """
+        get_peer = getattr(self.remote, "get_peer", None)
+        try:
+            peer = get_peer() if get_peer is not None else None
+        except Exception:  # a protocol without a peer (the in-process LocalWorker)
+            return None
+        if not isinstance(peer, str) or not peer.rpartition(":")[2].isdigit():
+            return None
+        return peer
+
     def arguments(self) -> list[str]:
         argv = ["--name", self.holder]
         if self.cpu_cap is not None:
             argv += ["--cpu-cap", str(self.cpu_cap)]
+        link = self.master_link()
+        if link is not None:
+            argv += ["--master-link", link]
         return argv + ["--wait", str(self.lock_wait)]
 
     def interpret(self, data: dict[str, Any]) -> int:
