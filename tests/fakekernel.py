@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -606,6 +607,21 @@ def tree_files() -> dict[str, str]:
         "bzImage\ninclude/config/\ninclude/generated/\ncompile_commands.json\n.btf.bin\n",
     }
     files.update(C_FILES)
+    return files
+
+
+def slow_kconfig(seconds: int) -> str:
+    """The tree's Kconfig with make sleeping ``seconds`` before the link (a long make)."""
+    return re.sub(r"(config KTSTR_FAKE_SLEEP\n\tint\n\tdefault )0", rf"\g<1>{seconds}",
+                  tree_files()["Kconfig"])
+
+
+def slow_tree_files(seconds: int, marker: str = "") -> dict[str, str]:
+    """The fake kernel whose make sleeps ``seconds``; ``marker`` makes a distinct commit."""
+    files = tree_files()
+    files["Kconfig"] = slow_kconfig(seconds)
+    if marker:
+        files["README"] = marker + "\n"  # a distinct commit, so a distinct cache key
     return files
 
 

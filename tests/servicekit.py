@@ -75,6 +75,7 @@ Helpers (all HTTP to 127.0.0.1, polling with bounded timeouts):
 from __future__ import annotations
 
 import base64
+import http.client
 import http.cookiejar
 import json
 import os
@@ -384,8 +385,18 @@ profiles = {json.dumps(list(profiles))}
         return url
 
     def api(self, path: str, **query: Any) -> Any:
-        with urllib.request.urlopen(self._url(path, query), timeout=10) as resp:
-            return json.loads(resp.read())
+        # A busy master (two cores shared with make) now and then cuts a response
+        # short; that is the transport, not the answer: ask again.
+        for attempt in range(3):
+            try:
+                with urllib.request.urlopen(self._url(path, query), timeout=10) as resp:
+                    return json.loads(resp.read())
+            except (http.client.IncompleteRead, http.client.RemoteDisconnected,
+                    ConnectionResetError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("not reached")
 
     def _login(self) -> urllib.request.OpenerDirector:
         jar = http.cookiejar.CookieJar()

@@ -32,7 +32,7 @@ from ktstr_steps.buildsteps.base import branch_dir
 from ktstr_steps.util import REPO_ROOT
 from master.records import db as records_db
 from master.records import queries
-from tests.fakekernel import tree_files
+from tests.fakekernel import slow_tree_files
 from tests.netns import NetnsHost, netns_host, private_tmp_binds  # noqa: F401  (fixture)
 from tests.servicekit import REPO, ServiceKit, write_fake_sysfs
 
@@ -57,15 +57,6 @@ host = "host2"
 llc_index = 1
 cpus = "1"
 """
-
-
-def slow_tree_files(seconds: int, marker: str) -> dict[str, str]:
-    """The fake kernel with make sleeping ``seconds`` (so three builds overlap)."""
-    files = tree_files()
-    files["Kconfig"] = re.sub(r"(config KTSTR_FAKE_SLEEP\n\tint\n\tdefault )0",
-                              rf"\g<1>{seconds}", files["Kconfig"])
-    files["README"] = marker + "\n"  # a distinct commit, so a distinct cache key
-    return files
 
 
 class Host2:

@@ -7,7 +7,6 @@ one CPU of this host. Trees are the fake kernel of tests/fakekernel.py.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from master.records import db as records_db
 from master.records import queries
-from tests.fakekernel import tree_files
+from tests.fakekernel import slow_kconfig, tree_files
 from tests.servicekit import ServiceKit
 
 KERNEL_PROPS = ("cache_key", "kernel_outcome", "llc_cpus", "make_jobs", "config_hash", "image_path")
@@ -34,12 +33,6 @@ def fake_tree(kit: ServiceKit, name: str, **overrides: str) -> Path:
     files = tree_files()
     files.update(overrides)
     return kit.make_tree(files, path=kit.root / "src" / name)
-
-
-def slow_kconfig(seconds: int) -> str:
-    """The fake tree's Kconfig with make sleeping ``seconds`` before the link (a long make)."""
-    text = tree_files()["Kconfig"]
-    return re.sub(r"(config KTSTR_FAKE_SLEEP\n\tint\n\tdefault )0", rf"\g<1>{seconds}", text)
 
 
 def steps_by_name(kit: ServiceKit, buildid: int) -> dict[str, dict]:
