@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from buildbot.config.errors import ConfigErrors
+from buildbot.plugins import schedulers
 from buildbot.process.properties import Property
 
 from ktstr_steps import releases
@@ -104,7 +105,7 @@ def test_enabled_matrix_configures_builders_and_schedulers(tmp_path: Path) -> No
     assert type(nightly).__name__ == "Nightly"
     assert nightly._config_kwargs["hour"] == 21 and nightly._config_kwargs["minute"] == 45
     assert nightly._config_kwargs["builderNames"] == ["matrix"]
-    assert type(sched["force-matrix"]).__name__ == "ForceScheduler"
+    assert isinstance(sched["force-matrix"], schedulers.ForceScheduler)
     assert sched["matrix-cells"]._config_kwargs["builderNames"] == ["matrix-cell"]
     # branch: entries build on the repository's push builders, one Triggerable per profile.
     assert sched["matrix-linux-tiny"]._config_kwargs["builderNames"] == ["linux-tiny"]
