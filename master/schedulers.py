@@ -26,6 +26,7 @@ the reason has at most :data:`REASON_MAX` characters.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from buildbot.plugins import schedulers, util
@@ -97,6 +98,12 @@ class ProfileParameter(ChoiceStringParameter):
         super().updateFromKwargs(kwargs=kwargs, **unused)
 
 
+def as_json(value: Any, limit: int = 80) -> str:
+    """A form value as the JSON the client sent, cut at ``limit`` characters."""
+    text = json.dumps(value, default=str)
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 class BranchParameter(util.StringParameter):
     """A branch name that passes the one branch rule."""
 
@@ -141,9 +148,9 @@ class StrictBooleanParameter(util.BooleanParameter):
     def getFromKwargs(self, kwargs: dict) -> bool:
         values = kwargs.get(self.fullName, [self.default])
         if len(values) != 1 or not isinstance(values[0], bool):
-            shown_value = values[0] if len(values) == 1 else values
+            given = values[0] if len(values) == 1 else values
             raise ValidationError(
-                f"{self.name} must be true or false (a JSON boolean), not {shown(repr(shown_value))}"
+                f"{self.name} must be true or false (a JSON boolean), not {as_json(given)}"
             )
         return values[0]
 
@@ -172,7 +179,7 @@ class KtstrForceScheduler(schedulers.ForceScheduler):
                 isinstance(n, str) for n in names
             ):
                 return (f"builderNames must be a non-empty list of builder names, not "
-                        f"{shown(repr(names))}; the builders are: {known}")
+                        f"{as_json(names)}; the builders are: {known}")
             unknown = [n for n in names if n not in self.builderNames]
             if unknown:
                 return f"unknown builder {shown(unknown[0])}; the builders are: {known}"
