@@ -165,9 +165,9 @@ def parse_seconds(text: str | None, flag: str, *, default: float | None = None,
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        least = "0" if zero_ok else "more than 0"
+        least = "0 or more" if zero_ok else "more than 0"
         raise KtstrError(
-            f"{flag} must be a number of seconds, {least} or more and finite, not {text[:40]!r}",
+            f"{flag} must be a finite number of seconds, {least}, not {text[:40]!r}",
             kind="usage",
         )
     return value
