@@ -34,6 +34,7 @@ def _cap(text: str) -> int:
 def _acquire(args: argparse.Namespace) -> int:
     from ktstr_steps import holder, planner
 
+    planner.refuse_cap_with_bypass(args.cpu_cap)
     cap = planner.resolve_cap(args.cpu_cap)
     wait = parse_seconds(args.wait, "--wait", default=0.0)
     lifetime = parse_seconds(args.max_lifetime, "--max-lifetime", zero_ok=False)

@@ -387,3 +387,10 @@ def test_cli_env_cap_with_bypass_refused_on_a_cache_hit(kernel_org) -> None:
     rc, err = ktstr("kernel", "build", "6.14.9", env=BYPASS_WITH_ENV_CAP)
     assert_one_line_error(rc, err, "KTSTR_CPU_CAP=2 conflicts with KTSTR_BYPASS_LLC_LOCKS=1")
     assert "cached kernel found" not in err
+
+
+def test_cli_holder_env_cap_with_bypass_starts_no_holder(tmp_path: Path) -> None:
+    rc, err = ktstr("holder", "acquire", "--name", "cap-bypass", env=BYPASS_WITH_ENV_CAP)
+    assert_one_line_error(rc, err, "KTSTR_CPU_CAP=2 conflicts with KTSTR_BYPASS_LLC_LOCKS=1")
+    rc, err = ktstr("holder", "status", "--name", "cap-bypass")
+    assert rc == 1 and "cap-bypass" in err
