@@ -106,6 +106,7 @@ HOOK_FIELD_CASES: list[tuple[str, Edit, str]] = [
     ("branch-300", put(branch="b" * 300), "300 characters long; the limit is 250"),
     ("branch-newline", put(branch="main\n"), "it has characters '\\n'"),
     ("branch-hidden-part", put(branch="x/.y"), "its part '.y' starts with '.'"),
+    ("branch-non-ascii", put(branch="caf\u00e9"), "it has characters '\\xe9'"),
     ("repository-unknown", put(repository="/srv/other.git"), "is not one of ktstr-ci's repositories"),
     ("codebase", put(codebase="other"), "must be empty"),
     ("author-300", put(author="a" * 300), "author is 300 characters long; the limit is 255"),
