@@ -15,11 +15,6 @@ from ktstr_steps import cache, pipeline, releases, source
 from ktstr_steps.pipeline import BuildState, timed
 from ktstr_steps.util import KtstrError, bypass_llc_locks, say
 
-RESOURCE_CONTRACT = (
-    "--cpu-cap conflicts with KTSTR_BYPASS_LLC_LOCKS=1; unset one of them. "
-    "--cpu-cap is a resource contract; bypass disables the contract entirely."
-)
-
 
 @dataclass
 class BuildRequest:
@@ -44,19 +39,17 @@ def resolve_versions(req: BuildRequest) -> list[str | None]:
         return [None]
     spec = None if req.version in (None, "latest-stable") else req.version
     versions = releases.resolve_version(spec, releases_url_flag=req.releases_url, mirror=req.mirror)
-    if req.version and releases.is_range(req.version):
-        say(f"range expanded to {len(versions)} kernel(s): {', '.join(versions)}")
     return list(versions)
 
 
 def kernel_build(req: BuildRequest) -> list[BuildState]:
     """Build every version of the request (one unless VERSION is a range)."""
-    if req.cpu_cap is not None and bypass_llc_locks():
-        raise KtstrError(RESOURCE_CONTRACT, kind="resource-contract")
+    from ktstr_steps import planner
+
+    planner.refuse_cap_with_bypass(req.cpu_cap)
     if req.git is not None and not req.ref:
         raise KtstrError("--git needs --ref REF (a branch, tag or commit)", kind="usage")
-    if req.clean and req.source is None:
-        say("--clean is only meaningful with --source (downloaded sources start clean)")
+    # (--clean on a downloaded source is noted by the clean phase, once; a hit says nothing.)
     versions = resolve_versions(req)
     if len(versions) == 1:
         return [build_one(req, versions[0])]

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from ktstr_steps.util import LABEL, KtstrError
+from ktstr_steps.util import LABEL, KtstrError, parse_seconds
 
 
 def _emit(args: argparse.Namespace, obj: dict, human: str) -> None:
@@ -34,10 +34,13 @@ def _cap(text: str) -> int:
 def _acquire(args: argparse.Namespace) -> int:
     from ktstr_steps import holder, planner
 
+    planner.refuse_cap_with_bypass(args.cpu_cap)
     cap = planner.resolve_cap(args.cpu_cap)
+    wait = parse_seconds(args.wait, "--wait", default=0.0)
+    lifetime = parse_seconds(args.max_lifetime, "--max-lifetime", zero_ok=False)
     st = holder.acquire(
-        args.name, cap=cap, wait=args.wait, owner_pid=args.owner_pid,
-        max_lifetime=args.max_lifetime, lock_dir=args.lock_dir, master_link=args.master_link,
+        args.name, cap=cap, wait=wait, owner_pid=args.owner_pid,
+        max_lifetime=lifetime, lock_dir=args.lock_dir, master_link=args.master_link,
     )
     plan = st.get("plan")
     human = (
@@ -53,7 +56,7 @@ def _acquire(args: argparse.Namespace) -> int:
 def _lock_source(args: argparse.Namespace) -> int:
     from ktstr_steps import holder
 
-    out = holder.lock_source(args.name, args.source, wait=args.wait)
+    out = holder.lock_source(args.name, args.source, wait=parse_seconds(args.wait, "--wait"))
     _emit(args, out, f"holder {out['name']} holds {out['lockfile']}")
     return 0
 
@@ -105,11 +108,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = named("acquire", "start a holder that reserves LLCs + sandbox for a build", _acquire)
     q.add_argument("--cpu-cap", type=_cap, default=None, metavar="N")
-    q.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    # Seconds are parsed by the handlers (parse_seconds): one-line errors, exit 1.
+    q.add_argument("--wait", metavar="SECONDS",
                    help="wait up to SECONDS for busy LLCs instead of failing at once")
     q.add_argument("--owner-pid", type=int, default=None, metavar="PID",
                    help="release when this process exits (default: the parent of this command)")
-    q.add_argument("--max-lifetime", type=float, default=None, metavar="SECONDS",
+    q.add_argument("--max-lifetime", metavar="SECONDS",
                    help="release after SECONDS no matter what")
     q.add_argument("--lock-dir", default=None, help=argparse.SUPPRESS)
     q.add_argument("--master-link", default=None, metavar="HOST:PORT",
@@ -118,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = named("lock-source", "have the holder take the source-tree lock of DIR", _lock_source)
     q.add_argument("--source", required=True, metavar="DIR")
-    q.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+    q.add_argument("--wait", metavar="SECONDS",
                    help="give up after SECONDS (default: wait as long as it takes, like ktstr)")
 
     q = hs.add_parser("run", help="run CMD inside the holder's cgroup and CPU affinity")

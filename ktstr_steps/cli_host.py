@@ -17,11 +17,6 @@ from pathlib import Path
 
 from ktstr_steps.util import KtstrError
 
-BYPASS_CAP_CONFLICT = (
-    "--cpu-cap conflicts with KTSTR_BYPASS_LLC_LOCKS=1; unset one of them. "
-    "--cpu-cap is a resource contract; bypass disables the contract entirely."
-)
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("topology", help="this host's CPUs, LLCs and NUMA nodes as ktstr sees them")
@@ -57,11 +52,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ktstr_steps.topology import HostTopology
     from ktstr_steps.util import bypass_llc_locks, say
 
+    planner.refuse_cap_with_bypass(args.cpu_cap)
     if bypass_llc_locks():
-        # Checked before the cap's value, like ktstr (§1.1 step 2): `--cpu-cap 0`
-        # with bypass reports the conflict. A cap from the env conflicts too (§11 row 2).
-        if args.cpu_cap is not None or os.environ.get("KTSTR_CPU_CAP"):
-            raise KtstrError(BYPASS_CAP_CONFLICT, kind="bypass-cap-conflict")
         say("KTSTR_BYPASS_LLC_LOCKS is set: builds reserve nothing and run make -j$(nproc)")
         out = {"bypass": True, "llcs": None, "cpus": None, "mems": None,
                "make_jobs": None, "cross_node": False}  # fmt: skip

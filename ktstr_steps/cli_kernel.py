@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ktstr_steps.util import LABEL, KtstrError, int_at_least
+from ktstr_steps.util import LABEL, KtstrError, int_at_least, parse_seconds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--cpu-cap", metavar="N", help="reserve exactly N CPUs (also KTSTR_CPU_CAP)")
     b.add_argument(
         "--wait",
-        type=float,
-        default=0.0,
         metavar="SECONDS",
         help="wait up to SECONDS for busy LLCs or a locked source tree (ktstr fails at once)",
     )
@@ -136,7 +134,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         clean=args.clean,
         force=args.force,
         cpu_cap=args.cpu_cap,
-        wait=args.wait,
+        wait=parse_seconds(args.wait, "--wait", default=0.0),
         mirror=args.mirror,
         releases_url=args.releases_url,
     )

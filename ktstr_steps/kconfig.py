@@ -390,7 +390,8 @@ def configure_kernel(
     except BaseException as e:
         _restore(src, before)
         if isinstance(e, KtstrError) and e.kind in ("make-failed", "make-timeout"):
-            raise KtstrError(f"kernel configure failed: {e}", kind="configure-failed") from e
+            # The caller (pipeline.phase_configure) adds the "kernel configure failed" context.
+            raise KtstrError(str(e), kind="configure-failed") from e
         raise
     return config.read_bytes() != before
 

@@ -122,8 +122,21 @@ class BuildState:
             ) from None
         except (OSError, ValueError) as exc:
             raise KtstrError(f"build state {path} is unreadable: {exc}", kind="bad-state") from exc
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        redo = f"it is written by `{LABEL} phase lookup`: run the build again from lookup"
+        if not isinstance(data, dict):
+            raise KtstrError(
+                f"build state {path} holds a JSON {type(data).__name__}, not an object; {redo}",
+                kind="bad-state",
+            )
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in data.items():
+            if name in fields and not _is_type(value, str(fields[name].type)):
+                raise KtstrError(
+                    f"build state {path}: {name} must be {fields[name].type}, not "
+                    f"{json.dumps(value)[:40]}; {redo}",
+                    kind="bad-state",
+                )
+        return cls(**{k: v for k, v in data.items() if k in fields})
 
     # -- bookkeeping --------------------------------------------------------
     def warn(self, msg: str) -> None:
@@ -171,6 +184,37 @@ class BuildState:
             "errors": self.errors,
             "phases": self.phases,
         }
+
+
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "str": str, "bool": bool, "int": int, "float": (int, float), "dict": dict, "list": list,
+}  # fmt: skip
+
+
+def _is_type(value: object, annotation: str) -> bool:
+    """Whether a JSON value fits a BuildState annotation such as ``list[int]`` or ``str | None``."""
+    for alt in (a.strip() for a in annotation.split("|")):
+        base, _, inner = alt.partition("[")
+        inner = inner[:-1] if inner.endswith("]") else inner
+        if base == "None":
+            if value is None:
+                return True
+            continue
+        if isinstance(value, bool) and base != "bool":
+            continue  # JSON true is not a number here
+        typ = _JSON_TYPES.get(base)
+        if typ is None:
+            return True  # not a JSON type: nothing to check here
+        if not isinstance(value, typ):
+            continue
+        if base == "list" and inner and not all(_is_type(v, inner) for v in value):
+            continue
+        if base == "dict" and inner:
+            key_t, _, val_t = inner.partition(",")
+            if not all(_is_type(k, key_t) and _is_type(v, val_t) for k, v in value.items()):
+                continue
+        return True
+    return False
 
 
 @contextmanager

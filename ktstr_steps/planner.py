@@ -34,6 +34,7 @@ from ktstr_steps.util import (
     KtstrError,
     Progress,
     ResourceContention,
+    bypass_llc_locks,
     format_cpulist,
     parse_cpulist,
     say,
@@ -104,6 +105,33 @@ def resolve_cap(cli_value: int | str | None, *, env: Mapping = os.environ) -> in
             kind="invalid-cpu-cap",
         )
     return _check_cap(value)
+
+
+CAP_BYPASS_CONFLICT = (
+    "--cpu-cap conflicts with KTSTR_BYPASS_LLC_LOCKS=1; unset one of them. "
+    "--cpu-cap is a resource contract; bypass disables the contract entirely."
+)
+
+
+def refuse_cap_with_bypass(cli_value: int | str | None, *, env: Mapping = os.environ) -> None:
+    """A CPU cap with ``KTSTR_BYPASS_LLC_LOCKS`` set is ktstr's "resource contract" error.
+
+    Checked before the cap's value (ktstr: ``--cpu-cap 0`` with bypass reports
+    the conflict) and before anything is looked up or downloaded. A cap from
+    ``KTSTR_CPU_CAP`` conflicts too: ktstr only notices that after the download,
+    and never on a cache hit.
+    """
+    if not bypass_llc_locks():
+        return
+    if cli_value is not None:
+        raise KtstrError(CAP_BYPASS_CONFLICT, kind="resource-contract")
+    env_cap = env.get("KTSTR_CPU_CAP")
+    if env_cap:
+        raise KtstrError(
+            f"KTSTR_CPU_CAP={str(env_cap)[:20]} conflicts with KTSTR_BYPASS_LLC_LOCKS=1; unset one "
+            "of them. A CPU cap is a resource contract; bypass disables the contract entirely.",
+            kind="resource-contract",
+        )
 
 
 def _check_cap(value: int) -> int:

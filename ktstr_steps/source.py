@@ -280,6 +280,13 @@ def acquire_local(path: str | os.PathLike[str]) -> AcquiredSource:
     state = inspect_git(canonical)
     config = canonical / ".config"
     config_crc = None
+    if (config.exists() or config.is_symlink()) and not config.is_file():
+        what = "a directory" if config.is_dir() else "not a regular file"
+        raise KtstrError(
+            f"{config} is {what}, not a kernel config: move it away (the build writes its "
+            ".config there)",
+            kind="bad-source",
+        )
     if config.is_file():
         try:
             config_crc = crc32_hex(config.read_bytes())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -147,3 +148,26 @@ def int_at_least(lo: int) -> Callable[[str], int]:
         return n
 
     return parse
+
+
+def parse_seconds(text: str | None, flag: str, *, default: float | None = None,
+                  zero_ok: bool = True) -> float | None:
+    """A command line's number of seconds: finite, >= 0 (> 0 unless ``zero_ok``).
+
+    Parsed by the command, not by argparse, so a bad value is ktstr-ci's one-line
+    error with exit status 1. ``nan`` must not pass: every comparison with it is
+    false, so a wait of ``nan`` seconds never ends.
+    """
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        least = "0 or more" if zero_ok else "more than 0"
+        raise KtstrError(
+            f"{flag} must be a finite number of seconds, {least}, not {text[:40]!r}",
+            kind="usage",
+        )
+    return value

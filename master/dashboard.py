@@ -148,6 +148,25 @@ def _bb_root() -> str:
     return script.split(marker, 1)[0] if marker in script else ""
 
 
+# Record and run ids are SQL integers.
+ID_MAX = 2**63 - 1
+
+
+def int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """Query parameter ``name`` as an integer from ``lo`` to ``hi``; anything else is a 400."""
+    text = request.args.get(name)
+    if text is None or text == "":
+        return default
+    what = f"{name} must be an integer from {lo} to {hi}"
+    try:
+        value = int(text)
+    except ValueError:
+        abort(400, f"{what}, not {text[:40]!r}")
+    if not lo <= value <= hi:
+        abort(400, f"{what}, not {text[:40]}")
+    return value
+
+
 def _fmt_time(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
 
@@ -218,14 +237,14 @@ def create_app(db_url: str | Engine | None = None, *, cache_root: str | None = N
         name_ = request.args.get("name")
         if not name_:
             abort(400, "branch.html needs ?name=<branch>")
-        limit = request.args.get("limit", default=100, type=int)
+        limit = int_arg("limit", 100, 1, 1000)
         eng = engine_or_message()
         if isinstance(eng, str):
             return eng
         return render(
             "branch.html",
             branch=name_,
-            rows=queries.branch_history(eng, name_, limit=max(1, min(limit, 1000))),
+            rows=queries.branch_history(eng, name_, limit=limit),
             counts=queries.outcome_counts(eng, branch=name_),
         )
 
@@ -239,11 +258,11 @@ def create_app(db_url: str | Engine | None = None, *, cache_root: str | None = N
 
     @app.route("/trends.html")
     def trends():
-        days = request.args.get("days", default=14, type=int)
+        days = int_arg("days", 14, 1, 365)
         eng = engine_or_message()
         if isinstance(eng, str):
             return eng
-        trend = queries.outcome_trend(eng, days=max(1, min(days, 365)))
+        trend = queries.outcome_trend(eng, days=days)
         peak = max((d["total"] for d in trend), default=0)
         return render(
             "trends.html", trend=trend, peak=peak, counts=queries.outcome_counts(eng), days=days
@@ -254,7 +273,7 @@ def create_app(db_url: str | Engine | None = None, *, cache_root: str | None = N
         eng = engine_or_message()
         if isinstance(eng, str):
             return eng
-        run_id = request.args.get("id", type=int)
+        run_id = int_arg("id", None, 1, ID_MAX)
         if run_id is None:
             return render("matrix_list.html", runs=queries.matrix_runs(eng, limit=100))
         grid = queries.matrix_grid(eng, run_id)

@@ -69,6 +69,7 @@ from buildbot.www.hooks.base import BaseHookHandler
 from twisted.internet import defer
 from twisted.python import log
 
+from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
 from master.settings import (
     NAME_RE,
     Repo,
@@ -76,7 +77,6 @@ from master.settings import (
     SettingsError,
     _Reader,
     ensure_secret,
-    is_safe_branch,
     read_secret,
 )
 
@@ -85,8 +85,6 @@ WEBHOOK_KEYS = ("repo", "service", "project", "secret_file", "strict")
 POLLER_KEYS = ("name", "url", "branches", "interval", "profiles")
 # GitHub "owner/name", GitLab "group/subgroup/project".
 PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
-# SHA-1 or SHA-256 object names: the revision ends up in git command arguments.
-REVISION_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 MAX_FILES = 1000
 
 
@@ -383,18 +381,19 @@ class _WebhookHandler(BaseHookHandler):
         if not isinstance(after, str) or set(after) == {"0"}:
             _say(request, f"{where}: branch deleted; nothing to build")
             return []
-        if not is_safe_branch(branch):
+        problem = branch_problem(branch)
+        if problem is not None:
             # The name would reach worker paths and commands: refuse it here
             # already, so it is not even recorded as a change.
-            _say(request, f"{where}: branch name {branch!r} is not built: only "
-                          "[A-Za-z0-9._/-] without '..' or a leading '-', '.' or '/' is allowed")
+            _say(request, f"{where}: branch name {shown(branch)} is not built: {problem}; {RULE}")
             return []
         if not repo.branch_wanted(branch):
             _say(request, f"{where}: branch {branch} matches none of the build patterns "
                           f"{list(repo.branches)} of repository {repo.name}; not built")
             return []
-        if not REVISION_RE.match(after):
-            raise Refused(f"not a push payload: revision {after[:80]!r} is not a commit id")
+        problem = revision_problem(after)
+        if problem is not None:
+            raise Refused(f"not a push payload: revision {shown(after)}: {problem}")
         files: list[str] = []
         for c in commits:
             if isinstance(c, dict):
@@ -558,11 +557,12 @@ class BranchPicker:
         if not ref.startswith("refs/heads/"):
             return False
         branch = ref[len("refs/heads/"):]
-        if not is_safe_branch(branch):
+        problem = branch_problem(branch)
+        if problem is not None:
             if branch not in self._told:  # once per name, not every poll
                 self._told.add(branch)
-                log.msg(f"ktstr-ci: poller {self.poller.name}: branch name {branch!r} of "
-                        f"{self.poller.url} is not built (not a safe branch name)")
+                log.msg(f"ktstr-ci: poller {self.poller.name}: branch name {shown(branch)} of "
+                        f"{self.poller.url} is not built: {problem}")
             return False
         return self.repo.branch_wanted(branch)
 

@@ -158,7 +158,7 @@ def configure(c: dict[str, Any], settings: Settings, specs: list[Any]) -> None:
     from buildbot.plugins import schedulers, util, worker
 
     from ktstr_steps.buildsteps.matrix import matrix_cell_factory, matrix_run_factory
-    from master.schedulers import builder_name
+    from master.schedulers import KtstrForceScheduler, ReasonParameter, builder_name
 
     try:
         m = load_matrix(settings)
@@ -211,12 +211,12 @@ def configure(c: dict[str, Any], settings: Settings, specs: list[Any]) -> None:
             minute=m.minute,
             onlyIfChanged=False,
         ),
-        schedulers.ForceScheduler(
+        KtstrForceScheduler(
             name=FORCE_NAME,
             label="Run the kernel matrix now",
             buttonName="Run matrix",
             builderNames=[MATRIX_BUILDER],
-            reason=util.StringParameter(name="reason", label="Reason", default="forced", size=40),
+            reason=ReasonParameter(name="reason", label="Reason", default="forced", size=40),
             codebases=[
                 util.CodebaseParameter(
                     "",

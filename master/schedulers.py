@@ -15,17 +15,30 @@ codebase and the scheduler-set properties, so different branches never
 collapse; but it ignores the force form's properties, so two queued forced
 builds of one branch with different ``profile``/``clean``/``force`` would be
 merged into one. Forced builds therefore never collapse here.
+
+The force form refuses bad input with a 400 that says what is wrong (Buildbot
+answers an unknown or empty builder with a 500 ``KeyError``): the builder must
+be one of the form's builders, the branch passes the one branch rule of
+:mod:`ktstr_steps.refnames`, a revision is a full commit id, ``clean`` and
+``force`` are JSON booleans (Buildbot reads anything but ``true`` as false) and
+the reason has at most :data:`REASON_MAX` characters.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from buildbot.plugins import schedulers, util
 from buildbot.process.buildrequest import BuildRequest
-from buildbot.schedulers.forcesched import ChoiceStringParameter
+from buildbot.schedulers.forcesched import (
+    ChoiceStringParameter,
+    CollectedValidationError,
+    ValidationError,
+)
 from twisted.internet import defer
 
+from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
 from master.settings import Repo, Settings, is_safe_branch
 
 PUSH_PREFIX = "push-"
@@ -33,7 +46,11 @@ FORCE_NAME = "force"
 ZERO_SHA = "0" * 40
 # Shown in the force form's profile list: keep the builder's own profile.
 BUILDER_PROFILE = "(builder's profile)"
-BRANCH_REGEX = r"^(?!.*\.\.)(?![-/.])[A-Za-z0-9._/-]+$"
+# Buildbot stores "A build was forced by '<owner>': <reason>" in a 256-character
+# column; 200 leaves room for the rest.
+REASON_MAX = 200
+# Builder ids are SQL integers.
+_ID_MAX = 2**63 - 1
 
 
 def builder_name(repo: Repo, profile: str) -> str:
@@ -81,27 +98,118 @@ class ProfileParameter(ChoiceStringParameter):
         super().updateFromKwargs(kwargs=kwargs, **unused)
 
 
+def as_json(value: Any, limit: int = 80) -> str:
+    """A form value as the JSON the client sent, cut at ``limit`` characters."""
+    text = json.dumps(value, default=str)
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+class BranchParameter(util.StringParameter):
+    """A branch name that passes the one branch rule."""
+
+    def parse_from_arg(self, s: Any) -> str:
+        problem = branch_problem(s)
+        if problem is not None:
+            raise ValidationError(f"branch {shown(s)}: {problem}; {RULE}")
+        return s
+
+
+class RevisionParameter(util.StringParameter):
+    """Empty (the branch head) or a full commit id."""
+
+    def parse_from_arg(self, s: Any) -> str:
+        if s == "":
+            return s
+        problem = revision_problem(s)
+        if problem is not None:
+            raise ValidationError(
+                f"revision {shown(s)}: {problem}; leave it empty for the branch head, or give "
+                "the full id (git rev-parse <commit>)"
+            )
+        return s
+
+
+class ReasonParameter(util.StringParameter):
+    """Free text of at most :data:`REASON_MAX` characters."""
+
+    def parse_from_arg(self, s: Any) -> str:
+        if not isinstance(s, str):
+            raise ValidationError(f"reason must be text, not {type(s).__name__}")
+        if len(s) > REASON_MAX:
+            raise ValidationError(
+                f"reason is {len(s)} characters long; the limit is {REASON_MAX}: shorten it"
+            )
+        return s
+
+
+class StrictBooleanParameter(util.BooleanParameter):
+    """``true`` or ``false`` only: Buildbot's own reads ``"yes"`` or ``1`` as false."""
+
+    def getFromKwargs(self, kwargs: dict) -> bool:
+        values = kwargs.get(self.fullName, [self.default])
+        if len(values) != 1 or not isinstance(values[0], bool):
+            given = values[0] if len(values) == 1 else values
+            raise ValidationError(
+                f"{self.name} must be true or false (a JSON boolean), not {as_json(given)}"
+            )
+        return values[0]
+
+
+class KtstrForceScheduler(schedulers.ForceScheduler):
+    """The force form, refusing an unknown, missing or empty builder with a 400.
+
+    Without a builder Buildbot would force every builder of the form; with an
+    unknown one it answers 500 (``KeyError``/``TypeError``).
+    """
+
+    @defer.inlineCallbacks
+    def force(self, owner: Any, builderNames: Any = None, builderid: Any = None, **kwargs: Any):
+        problem = yield self._builder_problem(builderNames, builderid)
+        if problem is not None:
+            raise CollectedValidationError({"builderNames": problem})
+        result = yield super().force(owner, builderNames=builderNames, builderid=builderid,
+                                     **kwargs)
+        return result
+
+    @defer.inlineCallbacks
+    def _builder_problem(self, names: Any, builderid: Any):
+        known = ", ".join(sorted(self.builderNames))
+        if names is not None:
+            if not isinstance(names, list) or not names or not all(
+                isinstance(n, str) for n in names
+            ):
+                return (f"builderNames must be a non-empty list of builder names, not "
+                        f"{as_json(names)}; the builders are: {known}")
+            unknown = [n for n in names if n not in self.builderNames]
+            if unknown:
+                return f"unknown builder {shown(unknown[0])}; the builders are: {known}"
+            return None
+        if builderid is None:
+            return f"name the builder (builderNames or builderid); the builders are: {known}"
+        text = str(builderid)
+        if isinstance(builderid, bool) or not text.isdigit() or not 0 < int(text) <= _ID_MAX:
+            return f"builderid must be a builder's number, not {shown(text)}"
+        builder = yield self.master.data.get(("builders", text))
+        if not builder or builder.get("name") not in self.builderNames:
+            return f"no builder with id {text} in this form; the builders are: {known}"
+        return None
+
+
 def force_scheduler(settings: Settings, builder_names: list[str]) -> schedulers.ForceScheduler:
     repos = [r.url for r in settings.repos]
-    return schedulers.ForceScheduler(
+    return KtstrForceScheduler(
         name=FORCE_NAME,
         label="Build a branch",
         buttonName="Build",
         builderNames=builder_names,
-        reason=util.StringParameter(name="reason", label="Reason", default="forced", size=40),
+        reason=ReasonParameter(name="reason", label="Reason", default="forced", size=40),
         codebases=[
             util.CodebaseParameter(
                 "",
                 label="Source",
-                branch=util.StringParameter(
-                    name="branch",
-                    label="Branch",
-                    required=True,
-                    regex=BRANCH_REGEX,
-                ),
-                revision=util.StringParameter(
+                branch=BranchParameter(name="branch", label="Branch", required=True),
+                revision=RevisionParameter(
                     name="revision", label="Revision (empty = branch head)", default="",
-                    regex=r"^[0-9a-fA-F]{0,40}$",
                 ),
                 repository=util.ChoiceStringParameter(
                     name="repository", label="Repository", choices=repos, default=repos[0]
@@ -116,10 +224,10 @@ def force_scheduler(settings: Settings, builder_names: list[str]) -> schedulers.
                 choices=[BUILDER_PROFILE, *sorted(settings.profiles)],
                 default=BUILDER_PROFILE,
             ),
-            util.BooleanParameter(
+            StrictBooleanParameter(
                 name="clean", label="Clean tree (make mrproper first)", default=False
             ),
-            util.BooleanParameter(
+            StrictBooleanParameter(
                 name="force", label="Force rebuild (ignore a cache hit)", default=False
             ),
         ],

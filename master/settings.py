@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The one branch-name rule (re-exported: master modules import it from here).
+from ktstr_steps.refnames import is_safe_branch
+
 # The checkout: master.cfg, kconfig/ and var/ live here.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = Path(__file__).resolve().parent / "settings.default.toml"
 ENV_VAR = "KTSTR_CI_SETTINGS"
 
-# Branch and repository names end up in worker paths, builder names and
-# command arguments; this is the set the pre-receive hook also enforces.
-SAFE_REF_RE = re.compile(r"^[A-Za-z0-9._/-]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -160,17 +160,6 @@ class Settings:
 # Settings tables owned by feature modules of master/: each module parses and
 # validates its own table, so adding a feature does not grow this file.
 EXTENSION_SECTIONS = ("matrix", "try", "external", "artifacts")
-
-
-def is_safe_branch(name: str) -> bool:
-    """A branch name we can build: ``[A-Za-z0-9._/-]`` only, no ``..``, no leading ``-``/``/``."""
-    return (
-        bool(SAFE_REF_RE.match(name))
-        and ".." not in name
-        and not name.startswith(("-", "/", "."))
-        and not name.endswith(("/", ".lock", "."))
-        and "//" not in name
-    )
 
 
 def settings_path(root: Path = REPO_ROOT) -> Path:

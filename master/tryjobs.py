@@ -42,6 +42,7 @@ from buildbot.process.factory import BuildFactory
 from twisted.internet import defer
 
 from ktstr_steps.buildsteps.checkout import KernelCheckout
+from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
 from master.settings import (
     NAME_RE,
     Repo,
@@ -191,9 +192,28 @@ class TryScheduler(schedulers.Try_Userpass):
 
     def addBuildsetForSourceStamps(self, *args: Any, sourcestamps: list | None = None,
                                    **kwargs: Any) -> Any:
+        for ss in sourcestamps or []:
+            if isinstance(ss, dict):
+                problem = try_source_problem(ss.get("branch"), ss.get("revision"))
+                if problem is not None:
+                    # Raised into the PB call: `buildbot try` prints it; nothing is stored.
+                    raise ValueError(f"ktstr-ci refused the try job: {problem}")
         fixed = [{**ss, "repository": self.repository} if isinstance(ss, dict) else ss
                  for ss in sourcestamps or []]
         return super().addBuildsetForSourceStamps(*args, sourcestamps=fixed, **kwargs)
+
+
+def try_source_problem(branch: Any, revision: Any) -> str | None:
+    """Why a try job's branch (the one branch rule) or base revision cannot be built, or None."""
+    if branch:
+        problem = branch_problem(branch)
+        if problem is not None:
+            return f"branch {shown(branch)}: {problem}; {RULE}"
+    if revision:
+        problem = revision_problem(revision)
+        if problem is not None:
+            return f"revision {shown(revision)}: {problem}"
+    return None
 
 
 def try_factory(push_factory: BuildFactory) -> BuildFactory:

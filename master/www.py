@@ -13,7 +13,11 @@ endpoint has a rule):
 The change hook (``/change_hook/base``) sits behind HTTP Basic auth with the
 hook user and the generated hook password. A missing secret file (for example
 ``buildbot checkconfig`` on a fresh clone) yields a random password nobody
-knows, so the hook is refused rather than open.
+knows, so the hook is refused rather than open. Its ``base`` dialect is
+:class:`master.changehook.BaseChangeHook`, which refuses a malformed change
+with a 400 before anything is stored; the login is
+:class:`master.frontdoor.SiteAuth`, which also makes the site refuse oversized
+bodies (413) and out-of-range REST numbers (400/404).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any
 from buildbot.plugins import util
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 
+from master.changehook import BaseChangeHook
+from master.frontdoor import SiteAuth
 from master.settings import Settings, read_secret, read_users
 
 log = logging.getLogger(__name__)
@@ -86,8 +92,13 @@ def www_config(settings: Settings) -> dict[str, Any]:
     return {
         "port": f"tcp:{settings.web.port}:interface={settings.web.bind}",
         "plugins": plugins,
-        "auth": util.UserPasswordAuth(users),
+        "auth": SiteAuth(users),
         "authz": authz(settings, users),
-        "change_hook_dialects": {"base": {}},
+        "change_hook_dialects": {
+            "base": {
+                "custom_class": BaseChangeHook,
+                "repositories": [r.url for r in settings.repos],
+            }
+        },
         "change_hook_auth": [hook_checker(settings)],
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ktstr_steps import cli_host, flock
+from ktstr_steps import cli_host, flock, planner
 from ktstr_steps.srclock import acquire_source_tree_lock
 from tests import sysfs_fixtures
 
@@ -148,8 +148,8 @@ def test_plan_bad_env_cap():
 def test_plan_cap_with_bypass_is_the_resource_contract_conflict_even_for_zero():
     r = run("plan", "--cpu-cap", "0", "--json", env={"KTSTR_BYPASS_LLC_LOCKS": "0"})
     assert r.returncode == 1
-    assert cli_host.BYPASS_CAP_CONFLICT in r.stderr and "resource contract" in r.stderr
-    assert json.loads(r.stdout)["errors"][0]["kind"] == "bypass-cap-conflict"
+    assert planner.CAP_BYPASS_CONFLICT in r.stderr and "resource contract" in r.stderr
+    assert json.loads(r.stdout)["errors"][0]["kind"] == "resource-contract"
     r = run("plan", env={"KTSTR_BYPASS_LLC_LOCKS": "1", "KTSTR_CPU_CAP": "2"})
     assert r.returncode == 1 and "resource contract" in r.stderr
 

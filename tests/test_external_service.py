@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from ktstr_steps.refnames import shown
 from master import external
 from master import settings as settings_mod
 from tests.servicekit import ServiceKit
@@ -342,7 +343,7 @@ def test_github_branch_with_shell_characters_is_not_built(
     assert status in (200, 202), text  # a valid delivery: accepted, but nothing to build
     assert "is not built" in text and "no change found" in text
     assert_nothing_scheduled(kit, sha, before)
-    assert f"branch name {branch!r} is not built" in kit.master_log
+    assert f"branch name {shown(branch)} is not built" in kit.master_log
     assert not marker.exists()
     # Nothing else affected: the next good push builds.
     sha2 = new_sha()
@@ -433,7 +434,7 @@ def test_gitlab_branch_with_shell_characters_is_not_built(kit: ExternalKit) -> N
     status, text = kit.post_hook("gitlab", gitlab_payload(branch, sha),
                                  gitlab_headers(kit.secret("gitlab")))
     assert status in (200, 202)
-    assert f"branch name {branch!r} is not built" in text
+    assert f"branch name {shown(branch)} is not built" in text
     assert_nothing_scheduled(kit, sha, before)
 
 
@@ -486,8 +487,8 @@ def test_poller_builds_a_new_upstream_commit_without_a_hook(
     assert changes_with(kit, other) == []
     assert kit.builds(branch="other") == [] and kit.builds(branch=unsafe) == []
     log = kit.master_log
-    assert f"poller upstream: branch name {unsafe!r} of file://{upstream} is not built" in log
-    assert log.count(f"branch name {unsafe!r} of file://") == 1  # once, not every poll
+    assert f"poller upstream: branch name {shown(unsafe)} of file://{upstream} is not built" in log
+    assert log.count(f"branch name {shown(unsafe)} of file://") == 1  # once, not every poll
 
     # The next upstream commit builds again (the poller follows the branch).
     sha2 = upstream_commit(work, upstream, "for-next", "sched_ext: second fix")

@@ -178,7 +178,7 @@ def test_configure_turns_a_bad_table_into_one_config_error(tmp_path: Path) -> No
 def test_config_without_external_table_adds_nothing(tmp_path: Path) -> None:
     s = load(tmp_path, "")
     c = builders.build_config(s, factory=standin_factory, specs=specs(tmp_path, s))
-    assert c["www"]["change_hook_dialects"] == {"base": {}}
+    assert set(c["www"]["change_hook_dialects"]) == {"base"}
     assert c["change_source"] == []
     assert not (tmp_path / "secrets" / "webhooks").exists()
 

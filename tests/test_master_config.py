@@ -16,6 +16,8 @@ from buildbot.schedulers.forcesched import ForceScheduler, ValidationError
 from buildbot.www.authz import endpointmatchers as em
 
 from master import builders, schedulers, settings, www
+from master.changehook import BaseChangeHook
+from master.frontdoor import SiteAuth
 from tests.conftest import REPO, VENV_BIN
 from tests.servicekit import standin_factory
 from workers.spec import WorkerSpec
@@ -153,7 +155,7 @@ def test_force_form(cfg) -> None:
                                  collector=None, master=None, changes=[])
     branch = fields["branch"]
     assert branch.getFromKwargs({"branch": ["feature/x-1"]}) == "feature/x-1"
-    for bad in ("a;b", "a..b", "-x", "$(id)"):
+    for bad in ("a;b", "a..b", "-x", "$(id)", "foo.lock", "HEAD", "x" * 300):
         with pytest.raises(ValidationError):
             branch.getFromKwargs({"branch": [bad]})
 
@@ -163,7 +165,10 @@ def test_www(cfg) -> None:
     w = c["www"]
     assert w["port"] == "tcp:8010:interface=127.0.0.1"
     assert {"waterfall_view", "console_view", "grid_view", "wsgi_dashboards"} <= set(w["plugins"])
-    assert w["change_hook_dialects"] == {"base": {}}
+    base = w["change_hook_dialects"]["base"]
+    assert base["custom_class"] is BaseChangeHook
+    assert base["repositories"] == [r.url for r in s.repos]
+    assert isinstance(w["auth"], SiteAuth)
     [checker] = w["change_hook_auth"]
     assert list(checker.users) == [b"hook"] or list(checker.users) == ["hook"]
 

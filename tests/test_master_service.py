@@ -135,9 +135,11 @@ def test_unbuildable_branch_posted_by_hand_starts_nothing(kit: ServiceKit) -> No
     fields = {"branch": "x;reboot", "revision": "d" * 40, "repository": str(kit.repo_path),
               "project": "linux"}
     before = len(kit.api("buildsets")["buildsets"])
-    assert post_change(kit, fields, password) == 200  # recorded as a change ...
+    changes = len(kit.changes())
+    assert post_change(kit, fields, password) == 400  # refused: not even stored
     time.sleep(0.5)
-    assert len(kit.api("buildsets")["buildsets"]) == before  # ... but never scheduled
+    assert len(kit.api("buildsets")["buildsets"]) == before
+    assert len(kit.changes()) == changes
 
 
 def test_force_needs_login(kit: ServiceKit) -> None:

@@ -147,7 +147,9 @@ def test_unknown_profile_lists_known_ones(tmp_path: Path) -> None:
     ("name", "ok"),
     [("main", True), ("feature/x-1.2_3", True), ("a..b", False), ("a;b", False),
      ("$(id)", False), ("-rf", False), ("/abs", False), ("x.lock", False), ("a b", False),
-     (".hidden", False), ("a//b", False), ("ü", False), ("", False)],
+     (".hidden", False), ("a//b", False), ("ü", False), ("", False), ("HEAD", False),
+     ("main\n", False), ("x/.y", False), ("x.lock/y", False), ("a" * 250, True),
+     ("a" * 251, False), ("dir/HEAD", True)],
 )
 def test_safe_branch_names(name: str, ok: bool) -> None:
     assert S.is_safe_branch(name) is ok

@@ -26,6 +26,7 @@ from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
 from ktstr_steps.util import KtstrError
 from master import builders, matrix, settings
+from master.schedulers import KtstrForceScheduler
 from workers.spec import WorkerSpec
 
 ROWS = releases.parse_releases(
@@ -104,7 +105,7 @@ def test_enabled_matrix_configures_builders_and_schedulers(tmp_path: Path) -> No
     assert type(nightly).__name__ == "Nightly"
     assert nightly._config_kwargs["hour"] == 21 and nightly._config_kwargs["minute"] == 45
     assert nightly._config_kwargs["builderNames"] == ["matrix"]
-    assert type(sched["force-matrix"]).__name__ == "ForceScheduler"
+    assert isinstance(sched["force-matrix"], KtstrForceScheduler)  # refuses bad builders: 400
     assert sched["matrix-cells"]._config_kwargs["builderNames"] == ["matrix-cell"]
     # branch: entries build on the repository's push builders, one Triggerable per profile.
     assert sched["matrix-linux-tiny"]._config_kwargs["builderNames"] == ["linux-tiny"]

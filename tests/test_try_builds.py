@@ -366,3 +366,33 @@ def test_user_added_by_hand_works_after_reconfig(tk: TryKit, tmp_path: Path) -> 
         sent = tk.send(patch, user=user)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert tk.wait_try_build(after)["results"] == SUCCESS
+
+
+@pytest.mark.parametrize("branch", ["-rf", "foo.lock", "HEAD", "b" * 300])
+def test_unbuildable_branch_is_refused(tk: TryKit, tmp_path: Path, branch: str) -> None:
+    """A try job names its branch: the one branch rule applies, as for pushes and forms.
+
+    ``buildbot try`` prints the master's refusal (a PB error) and never exits on
+    failure, so the client is given until it printed it and is then killed.
+    """
+    patch = make_patch(tk.tree, "init/main.c", BANNER, TRY_BANNER, tmp_path / "p.diff")
+    requests_before = len(tk.kit.buildrequests())
+    argv = tryjobs.try_command(tk.cfg, user="try", password=tk.password(), branch=branch,
+                               profile="tiny", diff=str(patch))
+    argv[0] = str(VENV_BIN / "buildbot")
+    output = tmp_path / "try.out"
+    with open(output, "w") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                                cwd=tk.kit.root, start_new_session=True)
+    try:
+        tk.kit.wait_for(lambda: "refused the try job" in output.read_text()
+                        or proc.poll() is not None, 30, "the try client to print the refusal")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+    text = output.read_text()
+    assert "job has been delivered" not in text, text
+    assert "ktstr-ci refused the try job: branch" in text, text
+    time.sleep(0.5)
+    assert len(tk.kit.buildrequests()) == requests_before

@@ -50,6 +50,7 @@ from ktstr_steps.buildsteps.lookup import CACHE_HIT, CacheLookup, not_cache_hit,
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
+from ktstr_steps.refnames import RULE, branch_problem
 from ktstr_steps.util import KtstrError
 
 # Build properties of the parent run, read by the later steps of the same build.
@@ -62,7 +63,6 @@ BUILT_OUTCOMES = frozenset(
     {"cached", "dirty-not-cached", "non-git-not-cached", "changed-during-build", "store-failed"}
 )
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_BRANCH = re.compile(r"^(?!.*\.\.)(?![-/.])[A-Za-z0-9._/-]+(?<![/.])$")
 RELEASES_TIMEOUT = 30.0
 # What a cell build knows: the fan-out sets the first two, the worker has tree_store.
 VERSION_PROP = Property("kernel_version")
@@ -101,10 +101,14 @@ def parse_spec(text: str) -> Spec:
         return Spec(text, text)
     if text.startswith(BRANCH_PREFIX):
         repo, sep, branch = text[len(BRANCH_PREFIX):].partition("/")
-        if not sep or not _REPO_NAME.match(repo) or not _BRANCH.match(branch):
+        if not sep or not _REPO_NAME.match(repo):
             raise ValueError(
-                f"{text!r} is not branch:<repo>/<branch> with a repository name from "
-                "[[repos]] and a branch name of letters, digits, '.', '_', '/' and '-'"
+                f"{text!r} is not branch:<repo>/<branch> with a repository name from [[repos]]"
+            )
+        problem = branch_problem(branch)
+        if problem is not None:
+            raise ValueError(
+                f"{text!r}: the branch of branch:<repo>/<branch> cannot be built: {problem}; {RULE}"
             )
         return Spec(text, "branch", repo=repo, branch=branch)
     if releases.is_range(text):

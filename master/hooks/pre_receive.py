@@ -1,7 +1,8 @@
 """pre-receive: refuse ref names CI cannot build, before anything is stored.
 
-Branch and tag names must use only ``[A-Za-z0-9._/-]``, contain no ``..`` and
-not start with ``-``, ``/`` or ``.``: they become directory names on workers
+Branch and tag names must pass the one branch-name rule of
+:mod:`ktstr_steps.refnames` (the change hook, the force form, webhooks,
+pollers and the matrix use it too): they become directory names on workers
 and arguments of commands. Only ``refs/heads/`` and ``refs/tags/`` may be
 pushed. Deletions are always allowed. Any refused ref refuses the whole push
 (git's rule for pre-receive), and the message says what and how to fix it.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 import sys
 
-from master.settings import is_safe_branch
+from ktstr_steps.refnames import MAX_BRANCH_LENGTH, RULE, branch_problem, is_safe_branch, shown
 
 ZERO = "0" * 40
 NAMESPACES = ("refs/heads/", "refs/tags/")
@@ -22,8 +23,10 @@ def suggest(name: str) -> str:
     """A buildable name close to ``name``."""
     fixed = re.sub(r"[^A-Za-z0-9._/-]+", "-", name)
     fixed = re.sub(r"\.\.+", ".", fixed)
-    fixed = re.sub(r"//+", "/", fixed).strip("-/.")
-    return fixed or "my-branch"
+    fixed = re.sub(r"//+", "/", fixed)
+    parts = [re.sub(r"\.lock$", "-lock", p.lstrip(".")) for p in fixed.split("/")]
+    fixed = "/".join(p for p in parts if p)[:MAX_BRANCH_LENGTH].strip("-/.")
+    return fixed if is_safe_branch(fixed) else "my-branch"
 
 
 def check_ref(ref: str) -> str | None:
@@ -35,13 +38,11 @@ def check_ref(ref: str) -> str | None:
         )
     kind = "branch" if ref.startswith("refs/heads/") else "tag"
     name = ref.split("/", 2)[2]
-    if is_safe_branch(name):
+    problem = branch_problem(name)
+    if problem is None:
         return None
-    bad = sorted(set(re.sub(r"[A-Za-z0-9._/-]", "", name)))
-    what = f"characters {' '.join(repr(c) for c in bad)}" if bad else "a '..', or a leading or trailing '-', '/', '.'"
     return (
-        f"refusing {kind} {name!r}: it has {what}; CI can only build names of letters, "
-        "digits and . _ / - (no '..', not starting with '-', '/' or '.'). "
+        f"refusing {kind} {shown(name)}: {problem}; {RULE}. "
         f"Push it under another name, e.g.: git push <remote> HEAD:refs/heads/{suggest(name)}"
     )
 
