@@ -155,8 +155,7 @@ def parse_seconds(text: str | None, flag: str, *, default: float | None = None,
     """A command line's number of seconds: finite, >= 0 (> 0 unless ``zero_ok``).
 
     Parsed by the command, not by argparse, so a bad value is ktstr-ci's one-line
-    error with exit status 1. ``nan`` must not pass: every comparison with it is
-    false, so a wait of ``nan`` seconds never ends.
+    error with exit status 1.
     """
     if text is None:
         return default
@@ -164,8 +163,18 @@ def parse_seconds(text: str | None, flag: str, *, default: float | None = None,
         value = float(text)
     except ValueError:
         value = math.nan
+    return check_seconds(value, flag, zero_ok=zero_ok, shown=text)
+
+
+def check_seconds(value: float, flag: str, *, zero_ok: bool = True, shown: str | None = None) -> float:
+    """``value`` when it is a finite number of seconds, >= 0 (> 0 unless ``zero_ok``).
+
+    ``nan`` must not pass: every comparison with it is false, so a wait of
+    ``nan`` seconds never ends.
+    """
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
         least = "0 or more" if zero_ok else "more than 0"
+        text = shown if shown is not None else repr(value)
         raise KtstrError(
             f"{flag} must be a finite number of seconds, {least}, not {text[:40]!r}",
             kind="usage",

@@ -177,6 +177,10 @@ def test_phase_command_fails_with_reservation_lost(lock_dir: Path, owner, tmp_pa
     err = json.loads(r.stdout)["errors"][0]
     assert err == {"kind": "reservation-lost",
                    "message": f"reservation lost: holder pid {st['pid']} died"}
+    # the release step that always runs cleans what the dead holder left
+    rel = cli("holder", "release", "--name", "pd", "--json")
+    assert json.loads(rel.stdout)["released"] == ["sandbox"]
+    assert not Path(st["sandbox"]["path"]).exists()
 
 
 def _connected_owner(port: int) -> tuple[subprocess.Popen, int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import socket
@@ -36,7 +35,7 @@ from ktstr_steps.holder.state import (
     state_path,
     sweep_stale,
 )
-from ktstr_steps.util import LABEL, KtstrError, format_cpulist, say, warn
+from ktstr_steps.util import LABEL, KtstrError, check_seconds, format_cpulist, say, warn
 
 GUARD_POLL = 0.2  # how often a joined command checks that its holder still lives
 MAX_FDS = 64  # lock descriptors a join may carry (one source lock + one per LLC)
@@ -240,12 +239,9 @@ def acquire(
     check_name(name)
     if cap is not None and cap < 1:
         raise KtstrError(f"--cpu-cap must be ≥ 1 CPU (got {cap})", kind="invalid-cap")
-    if not math.isfinite(wait) or wait < 0:
-        raise KtstrError(f"--wait must be a finite number of seconds ≥ 0 (got {wait!r})",
-                         kind="invalid-argument")
-    if max_lifetime is not None and (not math.isfinite(max_lifetime) or max_lifetime <= 0):
-        raise KtstrError(f"--max-lifetime must be a finite number of seconds > 0 (got "
-                         f"{max_lifetime!r})", kind="invalid-argument")
+    check_seconds(wait, "--wait")
+    if max_lifetime is not None:
+        check_seconds(max_lifetime, "--max-lifetime", zero_ok=False)
     if master_link is not None:
         parse_link(master_link)
     owner = os.getppid() if owner_pid is None else owner_pid
@@ -326,9 +322,8 @@ def acquire(
 
 def lock_source(name: str, source: Path, *, wait: float | None = None) -> dict:
     """Have the holder take the source-tree lock; its waiting messages go to our stderr."""
-    if wait is not None and (not math.isfinite(wait) or wait < 0):
-        raise KtstrError(f"--wait must be a finite number of seconds ≥ 0 (got {wait!r})",
-                         kind="invalid-argument")
+    if wait is not None:
+        check_seconds(wait, "--wait")
     st = live_state(check_name(name))
     canonical = str(Path(source).expanduser().resolve())
 
