@@ -38,6 +38,8 @@ from master.schedulers import push_scheduler_name
 from master.settings import Settings, is_safe_branch
 
 DRAIN_INTERVAL_S = 2.0
+# How soon to look again while the master is still starting.
+READY_RECHECK_S = 0.2
 _HEX_REVISION = re.compile(r"^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$")
 
 
@@ -81,6 +83,7 @@ class PushSpoolService(service.BuildbotService):
 
     name = "ktstr-push-spool"
     _in_flight: defer.Deferred | None = None
+    _soon: Any = None
 
     def checkConfig(self, repos: list[dict[str, str]], interval: float = DRAIN_INTERVAL_S) -> None:
         if interval <= 0:
@@ -112,6 +115,8 @@ class PushSpoolService(service.BuildbotService):
         yield super().stopService()
 
     def _tick(self):
+        if self._in_flight is not None:
+            return None  # one pass at a time
         self._in_flight = self.drain()
 
         def done(result: Any) -> Any:
@@ -121,6 +126,15 @@ class PushSpoolService(service.BuildbotService):
         self._in_flight.addBoth(done)
         return self._in_flight
 
+    def _check_soon(self) -> None:
+        # The master is still starting: look again in a moment, not a whole interval later.
+        if self._soon is None or not self._soon.active():
+            self._soon = self.master.reactor.callLater(READY_RECHECK_S, self._tick_if_idle)
+
+    def _tick_if_idle(self) -> None:
+        if self.running:
+            self._tick()
+
     def _start_loop(self) -> None:
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.master.reactor
@@ -128,6 +142,8 @@ class PushSpoolService(service.BuildbotService):
         d.addErrback(log.err, "ktstr-ci: push spool drain loop")
 
     def _stop_loop(self) -> None:
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
         loop, self._loop = getattr(self, "_loop", None), None
         if loop is not None and loop.running:
             loop.stop()
@@ -162,6 +178,7 @@ class PushSpoolService(service.BuildbotService):
         if not entries:
             return 0
         if not self.ready(repo):
+            self._check_soon()
             if repo["name"] not in self._waiting_logged:
                 self._waiting_logged.add(repo["name"])
                 log.msg(f"ktstr-ci: {len(entries)} spooled push(es) of {repo['name']} wait for "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from master import hooks
 from master.hooks import spool
@@ -278,6 +278,7 @@ class FakeMaster:
         self.added: list[dict] = []
         self.stored: list[dict] = []  # the changes table, oldest first
         self.fail: Exception | None = None
+        self.reactor = task.Clock()
         self.scheduler_manager = type("SM", (), {})()
         self.scheduler_manager.namedServices = {"push-linux": scheduler or FakeScheduler()}
         self.data = type("Data", (), {})()
@@ -337,10 +338,16 @@ def test_drain_adds_the_newest_tip_per_branch_with_the_hooks_fields(tmp_path: Pa
 def test_drain_waits_for_the_push_scheduler(tmp_path: Path) -> None:
     m = FakeMaster(FakeScheduler(active=False))
     svc, sdir = drainer(tmp_path, m)
+    svc.running = True
     spool.write(sdir, change("x", SHA_A), reason="down")
     assert run(svc.drain()) == 0 and m.added == [] and len(spool.pending(sdir)) == 1
+    # it looks again soon, not a whole drain interval later
+    [call] = m.reactor.getDelayedCalls()
+    assert call.getTime() == pytest.approx(0.2)
     m.scheduler_manager.namedServices["push-linux"] = FakeScheduler(active=True)
-    assert run(svc.drain()) == 1 and spool.pending(sdir) == []
+    m.reactor.advance(0.2)
+    assert len(m.added) == 1 and spool.pending(sdir) == []
+    svc.running = False
     # or the master finished starting (the scheduler runs on another master)
     m.scheduler_manager.namedServices = {}
     spool.write(sdir, change("y", SHA_A), reason="down")
