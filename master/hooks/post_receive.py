@@ -46,7 +46,10 @@ ZERO = spool.ZERO
 
 def say(msg: str) -> None:
     # git shows hook output to the pusher prefixed with "remote: ".
-    print(f"ktstr-ci: {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"ktstr-ci: {msg}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # the pusher went away (Ctrl-C): the remaining branches are still handled
 
 
 def commit_info(sha: str) -> dict[str, str]:
