@@ -19,7 +19,9 @@ drains the spool of every hosted repository at start and then every
   scheduler supersedes a queued duplicate);
 * a change whose POST may have reached the master (``delivery: unknown``) is
   skipped when the branch's newest change already has that revision;
-* a file that cannot be used goes to ``rejected/`` with the reason, logged.
+* a file that cannot be used goes to ``rejected/`` with the reason, logged;
+* one drainer at a time per spool (a flock), should two masters share the
+  host of a bare repository.
 """
 
 from __future__ import annotations
@@ -173,8 +175,21 @@ class PushSpoolService(service.BuildbotService):
     @defer.inlineCallbacks
     def drain_repo(self, repo: dict[str, str]):
         sdir = Path(repo["spool"])
-        entries = spool.pending(sdir)
         spool.remove_stale_tmp(sdir)
+        if not spool.pending(sdir):
+            return 0
+        fd = spool.try_lock_drain(sdir)
+        if fd is None:
+            return 0  # another master drains it now
+        try:
+            added = yield self._drain_locked(repo, sdir)
+        finally:
+            spool.unlock_drain(fd)
+        return added
+
+    @defer.inlineCallbacks
+    def _drain_locked(self, repo: dict[str, str], sdir: Path):
+        entries = spool.pending(sdir)
         if not entries:
             return 0
         if not self.ready(repo):
@@ -207,8 +222,8 @@ class PushSpoolService(service.BuildbotService):
             skip = yield self._already_stored(repo, change)
             if skip:
                 log.msg(f"ktstr-ci: spooled push of {repo['name']} {batch.branch} at "
-                        f"{change['revision'][:12]} was delivered before all (its POST's answer "
-                        "was lost); not added again")
+                        f"{change['revision'][:12]} was delivered already (only the answer to "
+                        "the hook's POST was lost); not added again")
             else:
                 yield self.add(repo, change)
                 added += 1

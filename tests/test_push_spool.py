@@ -398,6 +398,18 @@ def test_maybe_delivered_is_skipped_when_the_branch_already_has_it(tmp_path: Pat
     assert run(svc.drain()) == 1
 
 
+def test_one_drainer_at_a_time(tmp_path: Path) -> None:
+    m = FakeMaster()
+    svc, sdir = drainer(tmp_path, m)
+    spool.write(sdir, change("x", SHA_A), reason="down")
+    other = spool.try_lock_drain(sdir)  # another master draining this spool
+    assert other is not None and spool.try_lock_drain(sdir) is None
+    assert run(svc.drain()) == 0 and len(spool.pending(sdir)) == 1
+    spool.unlock_drain(other)
+    assert run(svc.drain()) == 1 and spool.pending(sdir) == []
+    assert (sdir / spool.DRAIN_LOCK).exists()  # not a spooled change
+
+
 def test_check_change() -> None:
     assert check_change({"branch": "feature/x-1", "revision": SHA_A}) is None
     assert check_change({"branch": "x", "revision": "c" * 64}) is None

@@ -32,6 +32,7 @@ push) and the master-side drain (:mod:`master.push_spool`) both use it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -41,6 +42,7 @@ from typing import Any
 
 SPOOL_NAME = "ktstr-ci-spool"
 REJECTED = "rejected"
+DRAIN_LOCK = ".drain.lock"
 ZERO = "0" * 40
 FORMAT = 1
 # Fields of a change, as the hook posts them to /change_hook/base.
@@ -199,3 +201,26 @@ def remove_stale_tmp(spooldir: Path, now: float | None = None) -> None:
                 p.unlink()
         except FileNotFoundError:
             pass
+
+
+def try_lock_drain(spooldir: Path) -> int | None:
+    """Take the spool's drain lock without waiting; returns the fd to unlock, or None.
+
+    Only one drainer at a time (two masters sharing a host and its bare
+    repository must not add the same change twice); the hook never takes it.
+    """
+    try:
+        spooldir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(spooldir / DRAIN_LOCK, os.O_RDWR | os.O_CREAT, 0o660)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock_drain(fd: int) -> None:
+    os.close(fd)  # closing the only descriptor releases the flock
