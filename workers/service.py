@@ -240,6 +240,9 @@ class Service:
         if self.master_state().running:
             # upgrade-master refuses to touch a running master; it is set up already.
             return
+        # A master killed with SIGKILL leaves its pid file, and until init reaps the
+        # zombie, buildbot (upgrade-master, start) takes it for a running master.
+        (self.master_dir / "twistd.pid").unlink(missing_ok=True)
         env = {settings_mod.ENV_VAR: str(self.settings.source)}
         if self.env.get("KTSTR_SYSFS_ROOT"):
             # The master computes the worker list from the same topology.
