@@ -33,7 +33,7 @@ def test_config_restarts_workers_and_never_kills_their_builds_by_group(tmp_path:
     prog = supervise.Program(
         "kit-llc0", (sys.executable, "-m", "workers.launch", "--cpus", "0", "--",
                      "/v/bin/buildbot-worker", "start", "--nodaemon", "/w/a dir/100%"),
-        REPO, tmp_path / "kit-llc0" / "supervised.log", tmp_path / "kit-llc0" / "starts",
+        REPO, tmp_path / "kit-llc0" / "supervised.log",
     )
     text = supervise.render_config(tmp_path, tmp_path / "s.sock", [prog])
     cp = configparser.ConfigParser()  # supervisord reads it the same way ('%%' is '%')
@@ -51,7 +51,7 @@ def test_config_restarts_workers_and_never_kills_their_builds_by_group(tmp_path:
         assert sd[key].startswith(str(tmp_path)), key
     with pytest.raises(supervise.SupervisorError, match="line break"):
         supervise.render_config(tmp_path, tmp_path / "s.sock", [
-            supervise.Program("x", ("a\nb",), REPO, tmp_path / "l", tmp_path / "s")])
+            supervise.Program("x", ("a\nb",), REPO, tmp_path / "l")])
 
 
 def test_socket_path_fits_a_unix_socket(tmp_path: Path) -> None:

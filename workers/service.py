@@ -305,8 +305,7 @@ class Service:
             "--starts-file", str(self.starts_file(spec)),
             "--", str(VENV_BIN / "buildbot-worker"), "start", "--nodaemon", str(spec.basedir),
         )
-        return supervise.Program(spec.name, argv, REPO_ROOT, spec.basedir / "supervised.log",
-                                 self.starts_file(spec))
+        return supervise.Program(spec.name, argv, REPO_ROOT, spec.basedir / "supervised.log")
 
     def _unsupervised_pid(self, spec: WorkerSpec) -> int | None:
         """The pid of a worker of ``spec`` that runs without a supervisord (or None).

@@ -76,7 +76,6 @@ class Program:
     argv: tuple[str, ...]
     directory: Path
     log: Path
-    starts_file: Path
 
 
 @dataclass(frozen=True)
@@ -226,9 +225,6 @@ class Supervisor:
             return self.rpc(timeout=2).getState()["statename"] == "RUNNING"
         except (OSError, xmlrpc.client.Error):
             return False
-
-    def running(self) -> bool:
-        return self.pid() is not None and self.answering()
 
     def start(self, env: dict[str, str], *, timeout: float = 30.0) -> int:
         """Start supervisord (it daemonizes); returns its pid once it answers."""
