@@ -19,6 +19,7 @@ endif
 help:
 	@echo "make run    start master + one worker per LLC group (web UI on :8010)"
 	@echo "make stop   stop what make run started"
+	@echo "make status master, supervisord, workers (pid, CPUs, connected, restarts)"
 	@echo "make test   set up and run the tests (FAST=1 skips the real-kernel build)"
 	@echo "make lint   ruff"
 	@echo "make bench  benchmarks under bench/ (service vs plain make; matrix cache hits)"

@@ -11,7 +11,8 @@
   ``profile`` (a forced build may override it) and the push-only collapse
   function of :mod:`master.schedulers`;
 * schedulers: see :mod:`master.schedulers`; no change sources: the bare
-  repository's post-receive hook posts changes to ``/change_hook/base``;
+  repository's post-receive hook posts changes to ``/change_hook/base``, and
+  :mod:`master.push_spool` adds those it spooled while the master was away;
 * the records service and dashboard, when installed; a janitor for old logs.
 """
 
@@ -134,8 +135,9 @@ def build_config(
     if RecordsService is not None:
         c["services"].append(RecordsService(db_url=settings.databases.records))
     # Feature modules add their builders, schedulers, services and web pieces.
-    from master import artifacts, external, matrix, tryjobs
+    from master import artifacts, external, matrix, push_spool, tryjobs
 
+    push_spool.configure(c, settings)
     matrix.configure(c, settings, specs)
     tryjobs.configure(c, settings, specs)
     # Pollers build other repositories with the same factory as pushes.

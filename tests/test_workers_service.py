@@ -61,18 +61,29 @@ def test_start_stop_start(tmp_path: Path) -> None:
         assert status["master"]["running"] and status["master"]["answering"]
         [w] = status["workers"]
         assert w["running"] and w["connected"] and w["pid"] == pids[name]
+        assert w["supervised"] and w["restarts"] == 0
         spec = kit.service.local_specs[0]
         assert psutil.Process(pids[name]).cpu_affinity() == list(spec.pin_cpus)
-        assert service(kit, "status").stdout.startswith("master: running, pid ")
+        # the worker is supervisord's child (it restarts it if it dies)
+        sv_pid = status["supervisor"]["pid"]
+        assert status["supervisor"]["running"] and psutil.Process(pids[name]).ppid() == sv_pid
+        text = service(kit, "status").stdout
+        assert text.startswith("master: running, pid ")
+        assert f"supervisor: running, pid {sv_pid}" in text and "restarts 0" in text
 
         stop = service(kit, "stop")
         assert stop.returncode == 0 and f"stopped {name}, master" in stop.stdout
         assert not psutil.pid_exists(master_pid) or psutil.Process(master_pid).status() == "zombie"
         assert kit.service.master_state().running is False
+        # nothing of the workers' side is left: no worker, no supervisord
+        for pid in (pids[name], sv_pid):
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        assert kit.service.supervisor.pid() is None
         stop2 = service(kit, "stop")
         assert stop2.returncode == 0 and "stopped nothing (not running)" in stop2.stdout
         down = json.loads(service(kit, "status", "--json").stdout)
         assert not down["master"]["running"] and not down["workers"][0]["running"]
+        assert not down["supervisor"]["running"]
 
         third = service(kit, "start")
         assert third.returncode == 0, third.stdout + third.stderr

@@ -10,14 +10,17 @@
    settings, and its database created or upgraded (``buildbot upgrade-master``);
 4. each hosted bare repository (``var/linux.git``) with the ktstr-ci hooks;
 5. one worker directory per LLC group (``var/workers/<host>-llc<i>``);
-6. starts the master (``buildbot start``) and each worker pinned to its CPUs
-   (``workers.launch`` sets the affinity, then execs ``buildbot-worker start``),
-   skipping whatever already runs;
+6. starts the master (``buildbot start``) and, under this service's
+   ``supervisord`` (:mod:`workers.supervise`, which restarts a worker that
+   dies), each worker pinned to its CPUs (``workers.launch`` sets the
+   affinity, then execs ``buildbot-worker start --nodaemon``), skipping
+   whatever already runs;
 7. waits until the web server answers and every worker is connected, then
    prints the web URL, the push command, the admin login and the log files.
 
-``stop`` stops the workers, then the master (only processes whose pid files
-we wrote and that are still alive); ``status`` shows what runs.
+``stop`` stops the workers and their supervisord, then the master (only
+processes whose pid files we wrote and that are still alive); ``status``
+shows what runs, and each worker's restarts.
 
 ``start --workers-only`` / ``stop --workers-only`` is for a worker host of a
 ``workers.mode = "list"`` master: only this host's listed workers, pinned,
@@ -40,6 +43,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,7 @@ from ktstr_steps.util import format_cpulist
 from master import hooks
 from master import settings as settings_mod
 from master.settings import REPO_ROOT, Settings, ensure_secret, ensure_users
+from workers import supervise
 from workers.spec import WorkerSpec, worker_specs
 
 VENV_BIN = Path(sys.executable).parent
@@ -130,6 +135,10 @@ class ProcState:
     pid: int | None
     running: bool
     affinity: list[int] | None = None
+    # A worker's state in supervisord (RUNNING, BACKOFF, FATAL, ...); None when unsupervised.
+    state: str | None = None
+    supervised: bool = False
+    restarts: int | None = None
 
 
 def _pid_alive(pidfile: Path) -> int | None:
@@ -231,6 +240,9 @@ class Service:
         if self.master_state().running:
             # upgrade-master refuses to touch a running master; it is set up already.
             return
+        # A master killed with SIGKILL leaves its pid file, and until init reaps the
+        # zombie, buildbot (upgrade-master, start) takes it for a running master.
+        (self.master_dir / "twistd.pid").unlink(missing_ok=True)
         env = {settings_mod.ENV_VAR: str(self.settings.source)}
         if self.env.get("KTSTR_SYSFS_ROOT"):
             # The master computes the worker list from the same topology.
@@ -275,16 +287,66 @@ class Service:
         pid = _pid_alive(pidfile)
         return ProcState("master", pidfile, pid, pid is not None)
 
+    @property
+    def supervisor(self) -> supervise.Supervisor:
+        """The supervisord of this service's workers (its files in ``paths.workers``)."""
+        return supervise.Supervisor(self.settings.paths.workers)
+
+    @staticmethod
+    def starts_file(spec: WorkerSpec) -> Path:
+        return spec.basedir / "starts"
+
+    def program(self, spec: WorkerSpec) -> supervise.Program:
+        """The supervised program of one local worker (see workers/supervise.py)."""
+        assert spec.pin_cpus is not None
+        argv = (
+            sys.executable, "-m", "workers.launch", "--cpus", format_cpulist(spec.pin_cpus),
+            "--pidfile", str(spec.basedir / "twistd.pid"),
+            "--starts-file", str(self.starts_file(spec)),
+            "--", str(VENV_BIN / "buildbot-worker"), "start", "--nodaemon", str(spec.basedir),
+        )
+        return supervise.Program(spec.name, argv, REPO_ROOT, spec.basedir / "supervised.log")
+
+    def _unsupervised_pid(self, spec: WorkerSpec) -> int | None:
+        """The pid of a worker of ``spec`` that runs without a supervisord (or None).
+
+        Left by a supervisord that was killed, or by an older ``make run`` that
+        started workers as daemons; the pid file must name a live process
+        running this worker directory (not a reused pid).
+        """
+        pid = _pid_alive(spec.basedir / "twistd.pid")
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            return None
+        return pid if str(spec.basedir).encode() in args else None
+
     def worker_state(self, spec: WorkerSpec) -> ProcState:
         pidfile = spec.basedir / "twistd.pid"
-        pid = _pid_alive(pidfile)
-        aff = None
+        sv = self.supervisor
+        info = None
+        if sv.pid() is not None:
+            try:
+                info = sv.info(spec.name)
+            except (OSError, xmlrpc.client.Error):
+                info = None
+        if info is not None:
+            pid = info.pid if info.running and info.pid and _alive(info.pid) else None
+            state = ProcState(spec.name, pidfile, pid, pid is not None, state=info.state,
+                              supervised=True,
+                              restarts=supervise.restarts(self.starts_file(spec)))
+        else:
+            pid = self._unsupervised_pid(spec)
+            state = ProcState(spec.name, pidfile, pid, pid is not None)
         if pid is not None:
             try:
-                aff = sorted(os.sched_getaffinity(pid))
+                state.affinity = sorted(os.sched_getaffinity(pid))
             except OSError:
-                aff = None
-        return ProcState(spec.name, pidfile, pid, pid is not None, aff)
+                state.affinity = None
+        return state
 
     # -- start / stop ----------------------------------------------------
 
@@ -295,12 +357,7 @@ class Service:
             self.out(f"ktstr-ci: master already running (pid {self.master_state().pid})")
         else:
             self._start_master(timeout)
-        for spec in self.local_specs:
-            st = self.worker_state(spec)
-            if st.running:
-                self.out(f"ktstr-ci: worker {spec.name} already running (pid {st.pid})")
-                continue
-            self._start_worker(spec)
+        self.start_local_workers(timeout=timeout)
         self.wait_ready(timeout=timeout)
 
     def _start_master(self, timeout: float) -> None:
@@ -318,27 +375,64 @@ class Service:
                 + "\n--- end of twistd.log ---\n" + _tail(log)
             )
 
+    def start_local_workers(self, *, timeout: float = 90.0) -> None:
+        """Run every local worker under this service's supervisord (started if needed).
+
+        Idempotent: a running worker is left running. A worker left running
+        without a supervisord (the supervisord was killed, or an older
+        ``make run`` daemonized it) is stopped first, so that exactly one
+        process of it runs and supervisord watches it.
+        """
+        specs = self.local_specs
+        if not specs:
+            return
+        sv = self.supervisor
+        try:
+            sv.write_config([self.program(spec) for spec in specs])
+            if sv.pid() is None:
+                for spec in specs:
+                    pid = self._unsupervised_pid(spec)
+                    if pid is not None:
+                        self.out(f"ktstr-ci: worker {spec.name} runs without its supervisor "
+                                 f"(pid {pid}); restarting it under supervisord")
+                        self._stop_pid(pid, 30.0)
+                    # restarts count from this supervisord's start
+                    self.starts_file(spec).unlink(missing_ok=True)
+                    self._warn_pin(spec)
+                sv.start(self.child_env())  # starts every program (autostart)
+            else:
+                if not sv.answering():
+                    raise ServiceError(
+                        f"supervisord (pid {sv.pid()}) does not answer on {sv.sock}; see "
+                        f"{sv.log}; stop it (kill {sv.pid()}) and start again"
+                    )
+                kept = sv.update()
+                if kept:
+                    self.out(f"ktstr-ci: {', '.join(kept)} keep running as started; "
+                             "`make stop; make run` applies changed worker settings")
+                for spec in specs:
+                    info = sv.info(spec.name)
+                    if info is not None and info.running:
+                        self.out(f"ktstr-ci: worker {spec.name} already running (pid {info.pid})")
+                        continue
+                    self._warn_pin(spec)
+                    sv.start_program(spec.name)
+            sv.wait_running(
+                [spec.name for spec in specs], timeout=timeout,
+                logs={spec.name: [spec.basedir / "supervised.log", spec.basedir / "twistd.log"]
+                      for spec in specs},
+            )
+        except (supervise.SupervisorError, OSError, xmlrpc.client.Error) as exc:
+            raise ServiceError(f"{exc}\n(supervisord: {sv.conf}, log {sv.log})") from None
+
     def _start_worker(self, spec: WorkerSpec) -> None:
-        assert spec.pin_cpus is not None
+        # Callers that start one worker at a time: every local worker runs under
+        # the one supervisord, so this starts whichever are not running.
+        self.start_local_workers()
+
+    def _warn_pin(self, spec: WorkerSpec) -> None:
         if spec.pin_note:
             self.out(f"ktstr-ci: warning: worker {spec.name}: {spec.pin_note}")
-        startlog = spec.basedir / "start.log"
-        with open(startlog, "w") as f:
-            proc = subprocess.run(
-                [sys.executable, "-m", "workers.launch", "--cpus", format_cpulist(spec.pin_cpus),
-                 "--", str(VENV_BIN / "buildbot-worker"), "start", "--quiet", str(spec.basedir)],
-                env=self.child_env(), cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                stdout=f, stderr=subprocess.STDOUT, timeout=60,
-            )
-        # twistd daemonizes: the pid file appears shortly after the parent exits.
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not self.worker_state(spec).running:
-            time.sleep(0.1)
-        if proc.returncode != 0 or not self.worker_state(spec).running:
-            raise ServiceError(
-                f"worker {spec.name} did not start (exit {proc.returncode}); see {startlog} and "
-                f"{spec.basedir / 'twistd.log'}:\n{_tail(startlog)}\n{_tail(spec.basedir / 'twistd.log')}"
-            )
 
     def wait_ready(self, *, timeout: float = 90.0) -> None:
         """Wait until the web server answers and every local worker is connected."""
@@ -368,13 +462,28 @@ class Service:
         )
 
     def stop(self, *, timeout: float = 30.0, workers_only: bool = False) -> list[str]:
-        """Stop local workers, then the master (unless ``workers_only``); returns what was stopped."""
+        """Stop local workers and their supervisord, then the master (unless ``workers_only``).
+
+        Returns what was stopped.
+        """
         stopped = []
+        sv = self.supervisor
+        if sv.pid() is not None:
+            names = [spec.name for spec in self.local_specs]
+            try:
+                stopped += sv.stop_programs(names, timeout=timeout + 15)
+            except (supervise.SupervisorError, OSError, xmlrpc.client.Error) as exc:
+                self.out(f"ktstr-ci: warning: supervisord did not stop the workers ({exc}); "
+                         "stopping it")
+            sv.shutdown(timeout=timeout + 30)
         for spec in self.local_specs:
-            if self._stop_pidfile(spec.basedir / "twistd.pid", timeout):
+            pid = self._unsupervised_pid(spec)
+            if pid is not None and self._stop_pid(pid, timeout) and spec.name not in stopped:
                 stopped.append(spec.name)
-        if not workers_only and self._stop_pidfile(self.master_dir / "twistd.pid", timeout):
-            stopped.append("master")
+        if not workers_only:
+            pid = _pid_alive(self.master_dir / "twistd.pid")
+            if pid is not None and self._stop_pid(pid, timeout):
+                stopped.append("master")
         return stopped
 
     # -- a worker host (no master here) -----------------------------------
@@ -406,14 +515,12 @@ class Service:
         started: dict[str, int] = {}
         for spec in specs:
             self._setup_worker(spec)
-            st = self.worker_state(spec)
-            if st.running:
-                self.out(f"ktstr-ci: worker {spec.name} already running (pid {st.pid})")
+            if self.worker_state(spec).running:
                 continue
             log = spec.basedir / "twistd.log"
             # Only log lines written after this start count as "connected".
             started[spec.name] = log.stat().st_size if log.exists() else 0
-            self._start_worker(spec)
+        self.start_local_workers(timeout=timeout)
         self._wait_logged_in(started, timeout)
 
     def _wait_logged_in(self, offsets: dict[str, int], timeout: float) -> None:
@@ -445,13 +552,13 @@ class Service:
                 )
             time.sleep(0.2)
 
-    def _stop_pidfile(self, pidfile: Path, timeout: float) -> bool:
-        pid = _pid_alive(pidfile)
-        if pid is None:
-            return False
+    def _stop_pid(self, pid: int, timeout: float) -> bool:
         # The same as `buildbot stop`: SIGTERM, wait, then SIGKILL as a last resort.
         # Wait for the process itself: twistd removes its pid file before it exits.
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not _alive(pid):
@@ -492,6 +599,10 @@ class Service:
                 out["master"]["answering"] = False
             else:
                 out["master"]["answering"] = True
+        sv = self.supervisor
+        sv_pid = sv.pid()
+        out["supervisor"] = {"running": sv_pid is not None, "pid": sv_pid,
+                             "config": str(sv.conf), "log": str(sv.log)}
         for spec in self.specs:
             st = self.worker_state(spec) if spec.local else None
             out["workers"].append({
@@ -502,6 +613,11 @@ class Service:
                 "running": st.running if st else None,
                 "pid": st.pid if st else None,
                 "connected": connected.get(spec.name, False),
+                # supervisord's view: RUNNING, BACKOFF (restarting), FATAL (gave up), ...
+                "state": st.state if st else None,
+                "supervised": st.supervised if st else None,
+                # starts since the supervisor started, minus the first
+                "restarts": st.restarts if st else None,
             })
         return out
 
@@ -524,12 +640,32 @@ class Service:
             "  workers:     " + ", ".join(
                 f"{w.name} (CPUs {format_cpulist(w.pin_cpus or w.cpus)})" for w in self.local_specs
             ),
+            "               (supervised: a worker that dies is restarted; make status shows"
+            " restarts)",
             f"  kernel cache: {s.paths.kernel_cache}",
             f"  logs:        {self.master_dir / 'twistd.log'}",
             f"               {s.paths.workers}/<worker>/twistd.log",
+            f"               {self.supervisor.log}",
             "  stop:        make stop",
         ]
         return "\n".join(lines)
+
+
+def worker_line(w: dict[str, Any]) -> str:
+    """One worker of ``status()`` as a line of ``make status``."""
+    if w["running"] is None:
+        state = "remote"
+    elif w["running"]:
+        state = f"running, pid {w['pid']}, pinned to {w['pinned_to']}"
+    else:
+        state = "stopped"
+    if w["state"] and w["state"] not in ("RUNNING", "STOPPED"):
+        state += f" ({w['state']} in supervisord)"
+    elif w["running"] and not w["supervised"]:
+        state += " (not supervised: `make run` puts it under supervisord)"
+    conn = "connected" if w["connected"] else "not connected"
+    restarts = f", restarts {w['restarts']}" if w["restarts"] is not None else ""
+    return f"worker {w['name']} (LLC {w['llc_index']}, CPUs {w['cpus']}): {state}, {conn}{restarts}"
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -588,13 +724,11 @@ def main(argv: list[str] | None = None) -> int:
                 m = st["master"]
                 print(f"master: {'running, pid ' + str(m['pid']) if m['running'] else 'stopped'}"
                       f"  {st['web_url']}")
+                sv = st["supervisor"]
+                print(f"supervisor: {'running, pid ' + str(sv['pid']) if sv['running'] else 'stopped'}"
+                      f"  {sv['config']}")
                 for w in st["workers"]:
-                    state = "remote" if w["running"] is None else (
-                        f"running, pid {w['pid']}, pinned to {w['pinned_to']}" if w["running"]
-                        else "stopped")
-                    conn = "connected" if w["connected"] else "not connected"
-                    print(f"worker {w['name']} (LLC {w['llc_index']}, CPUs {w['cpus']}): "
-                          f"{state}, {conn}")
+                    print(worker_line(w))
     except (settings_mod.SettingsError, ServiceError, RuntimeError) as exc:
         print(f"ktstr-ci: error: {exc}", file=sys.stderr)
         return 1

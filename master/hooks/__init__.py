@@ -3,7 +3,9 @@
 * ``pre-receive`` (:mod:`master.hooks.pre_receive`) refuses ref names CI
   cannot build, with a message saying what and how to fix it;
 * ``post-receive`` (:mod:`master.hooks.post_receive`) tells the master at
-  once: one authenticated POST per pushed branch tip to ``/change_hook/base``.
+  once: one authenticated POST per pushed branch tip to ``/change_hook/base``;
+  what the master does not take is kept in the repository's push spool
+  (:mod:`master.hooks.spool`) until it is back.
 
 :func:`install` writes both into ``<gitdir>/hooks/`` as tiny wrappers whose
 ``#!`` line is this venv's Python (no shell involved), plus
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from master.hooks.spool import spool_dir
 from master.settings import REPO_ROOT, Repo, Settings
 
 CONFIG_NAME = "ktstr-ci-hook.json"
@@ -73,6 +76,8 @@ def install(gitdir: Path, config: dict[str, Any], python: str | None = None) -> 
         tmp.write_text(text)
         os.chmod(tmp, 0o755)
         os.replace(tmp, hooks / hook)
+    # The hook creates it too; made here so its place is there to look at from the start.
+    spool_dir(gitdir).mkdir(exist_ok=True)
     tmp = gitdir / f".{CONFIG_NAME}.tmp"
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     os.replace(tmp, gitdir / CONFIG_NAME)
