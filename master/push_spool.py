@@ -26,7 +26,6 @@ drains the spool of every hosted repository at start and then every
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +34,25 @@ from buildbot.util import service
 from twisted.internet import defer, task
 from twisted.python import log
 
+from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
 from master.hooks import spool
 from master.schedulers import push_scheduler_name
-from master.settings import Settings, is_safe_branch
+from master.settings import Settings
 
 DRAIN_INTERVAL_S = 2.0
 # How soon to look again while the master is still starting.
 READY_RECHECK_S = 0.2
-_HEX_REVISION = re.compile(r"^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$")
 
 
 def check_change(change: dict[str, Any]) -> str | None:
-    """None when a change may be stored, else why not (the rules of a posted change).
-
-    The same rules as ``/change_hook/base``: a buildable branch name and a
-    full commit id (40 or 64 hex digits).
-    """
-    branch = change.get("branch")
-    if not isinstance(branch, str) or not branch or not is_safe_branch(branch):
-        return f"branch {branch!r} is not a branch name CI can build"
-    revision = change.get("revision")
-    if not isinstance(revision, str) or not _HEX_REVISION.match(revision):
-        return f"revision {revision!r} is not a full commit id (40 or 64 hex digits)"
+    """None when a change may be stored, else why not: the rules of ``/change_hook/base``."""
+    branch, revision = change.get("branch"), change.get("revision")
+    problem = branch_problem(branch)
+    if problem is not None:
+        return f"branch {shown(branch)}: {problem}; {RULE}"
+    problem = revision_problem(revision)
+    if problem is not None:
+        return f"revision {shown(revision)}: {problem}"
     return None
 
 

@@ -380,7 +380,7 @@ def test_deletion_drops_and_bad_changes_are_rejected(tmp_path: Path) -> None:
     rejected = sorted(p.name for p in (sdir / "rejected").glob("*.why"))
     assert len(rejected) == 3
     whys = " ".join((sdir / "rejected" / n).read_text() for n in rejected)
-    assert "not a full commit id" in whys and "not a branch name CI can build" in whys
+    assert "revision '$(reboot)': it is not a commit id" in whys and "; CI builds branch names" in whys
     assert "unreadable" in whys
 
 
