@@ -14,7 +14,7 @@ ifeq ($(FAST),1)
 PYTEST_ARGS += -m "not realkernel"
 endif
 
-.PHONY: help deps venv setup test lint run stop status bench clean
+.PHONY: help deps venv setup test lint run stop status bench soak clean
 
 help:
 	@echo "make run    start master + one worker per LLC group (web UI on :8010)"
@@ -23,6 +23,7 @@ help:
 	@echo "make test   set up and run the tests (FAST=1 skips the real-kernel build)"
 	@echo "make lint   ruff"
 	@echo "make bench  benchmarks under bench/ (service vs plain make; matrix cache hits)"
+	@echo "make soak   pushes with random kill -9 of workers, holders, the master (SOAK_SECONDS=600)"
 
 # Install missing Debian packages only; no apt-get when all are present.
 deps:
@@ -63,6 +64,10 @@ status: venv
 bench: setup
 	$(PY) bench/run.py
 	$(PY) bench/matrix_bench.py
+
+# Bounded: SOAK_SECONDS (default 600); prints faults survived / tried and rows lost.
+soak: setup
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) var
