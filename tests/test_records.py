@@ -25,6 +25,8 @@ from master.records.models import VERSION_TABLE, Base, KernelBuild
 from master.records.service import SERVICE_NAME, RecordsService, get_records_service
 
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
+# The newest migration: the schema the code expects.
+HEAD = "0002_git_names_whole"
 
 # The build result object of docs/contracts.md, as `phase summary --json` prints it.
 RESULT = {
@@ -95,14 +97,14 @@ def engine(db_url):
 
 class TestMigrations:
     def test_upgrade_empty_db_creates_tables_with_own_version_table(self, db_url):
-        assert db.upgrade(db_url) == db.head_revision() == "0001_initial"
+        assert db.upgrade(db_url) == db.head_revision() == HEAD
         eng = db.make_engine(db_url)
         try:
             names = set(inspect(eng).get_table_names())
             assert {"kernel_builds", "matrix_runs", VERSION_TABLE} <= names
             # Buildbot's alembic table name is left alone.
             assert "alembic_version" not in names
-            assert db.current_revision(eng) == "0001_initial"
+            assert db.current_revision(eng) == HEAD
             idx = {i["name"] for i in inspect(eng).get_indexes("kernel_builds")}
             assert {"ix_kernel_builds_branch_started_at", "ix_kernel_builds_started_at"} <= idx
         finally:
@@ -110,7 +112,7 @@ class TestMigrations:
 
     def test_upgrade_twice_is_a_no_op_and_keeps_rows(self, engine, db_url):
         queries.insert_build(engine, build_row(buildid=1))
-        assert db.upgrade(db_url) == "0001_initial"
+        assert db.upgrade(db_url) == HEAD
         assert count(engine) == 1
 
     def test_models_match_migrations(self, engine):
@@ -139,7 +141,51 @@ class TestMigrations:
                 assert conn.scalar(text("SELECT version_num FROM alembic_version")) == (
                     "067_v4.3_add_codebase_data"
                 )
+            assert db.current_revision(eng) == HEAD
+        finally:
+            eng.dispose()
+
+    def test_old_schema_upgrades_keeps_rows_and_stores_long_git_names_whole(self, db_url):
+        # A database of the first release: its rows survive the upgrade unchanged, and
+        # afterwards git names longer than the old VARCHAR limits are stored whole.
+        from alembic import command
+
+        eng = db.make_engine(db_url)
+        try:
+            cfg = db._alembic_config()
+            with eng.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "0001_initial")
             assert db.current_revision(eng) == "0001_initial"
+            old_branch = "feature/" + "a" * 240  # fits the old String(255)
+            with eng.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO kernel_builds (buildid, branch, builder, kernel_outcome, "
+                        "result, make_s) VALUES (1, :b, 'linux-tiny', 'cached', 'success', 30.5)"
+                    ),
+                    {"b": old_branch},
+                )
+            assert db.upgrade(eng) == HEAD
+            old = queries.get_build(eng, buildid=1)
+            assert (old["branch"], old["builder"], old["kernel_outcome"], old["make_s"]) == (
+                old_branch, "linux-tiny", "cached", 30.5
+            )
+            long_branch = "topic/" + "/".join(["sched-ext-long-branch-name"] * 15)
+            assert len(long_branch) > 400
+            label = f"branch:linux/{long_branch}"
+            key = f"{long_branch.replace('/', '_')}-git-1a2b3c4-x86_64-kc0123abcd"
+            queries.insert_build(eng, build_row(
+                buildid=2, branch=long_branch, kernel_version=label, cache_key=key,
+                builder="poller-" + "x" * 250,
+            ))
+            new = queries.get_build(eng, buildid=2)
+            assert new["branch"] == long_branch
+            assert new["kernel_version"] == label and new["cache_key"] == key
+            assert [r["buildid"] for r in queries.branch_history(eng, long_branch)] == [2]
+            cols = {c["name"]: c["type"] for c in inspect(eng).get_columns("kernel_builds")}
+            for name in ("branch", "builder", "kernel_version", "cache_key"):
+                assert getattr(cols[name], "length", None) is None, name
         finally:
             eng.dispose()
 
