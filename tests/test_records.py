@@ -22,7 +22,12 @@ from twisted.trial import unittest
 from ktstr_steps import cli
 from master.records import db, queries
 from master.records.models import VERSION_TABLE, Base, KernelBuild
-from master.records.service import SERVICE_NAME, RecordsService, get_records_service
+from master.records.service import (
+    SERVICE_NAME,
+    RecordsService,
+    RowSpooled,
+    get_records_service,
+)
 
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
 # The newest migration: the schema the code expects.
@@ -531,10 +536,29 @@ class TestRecordsService(unittest.TestCase):
             eng.dispose()
 
     @defer.inlineCallbacks
-    def test_unreachable_db_fails_start_clearly(self):
-        svc = RecordsService(db_url="postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    def test_unreachable_db_at_start_does_not_stop_the_master(self):
+        # A records database that is down when the master starts must not keep the
+        # master (and every build) down: the service starts, says why, and spools.
+        svc = RecordsService(
+            db_url="postgresql+psycopg2://nobody@127.0.0.1:1/none",
+            spool_dir=str(self.tmp / "spool"),
+            retry_budget=0.3,
+        )
+        yield svc.startService()
+        self.addCleanup(svc.stopService)
+        self.assertIsNone(svc.engine)
+        status = svc.status()
+        self.assertFalse(status["open"])
+        self.assertIn("Connection refused", status["last_error"])
+        err = yield self.assertFailure(svc.record(build_row(buildid=5)), RowSpooled)
+        self.assertIn("connect", err.why)
+        self.assertEqual(svc.status()["spooled"], 1)
+
+    @defer.inlineCallbacks
+    def test_missing_driver_still_fails_start_clearly(self):
+        svc = RecordsService(db_url="postgresql+nosuchdriver://nobody@127.0.0.1:1/none")
         err = yield self.assertFailure(svc.startService(), db.RecordsError)
-        self.assertIn("cannot migrate records database", str(err))
+        self.assertIn("no database driver", str(err))
         self.assertIsNone(svc.engine)
 
 
