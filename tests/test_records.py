@@ -240,6 +240,23 @@ class TestInsert:
         assert row["kernel_outcome"] == "cancelled" and row["result"] == "cancelled"
         assert row["branch"] == "main"  # columns the retry did not send are kept
 
+    def test_insert_only_never_overwrites_and_is_overwritten(self, engine):
+        # replace=False: the records service's row for a build that ended without its
+        # record step; the step's row (replace=True) wins whichever comes first.
+        step = queries.insert_build(engine, build_row(buildid=8, kernel_outcome="cached"))
+        same = queries.insert_build(
+            engine, {"buildid": 8, "kernel_outcome": "interrupted", "result": "retry"},
+            replace=False,
+        )
+        assert same == step and queries.get_build(engine, buildid=8)["kernel_outcome"] == "cached"
+        first = queries.insert_build(
+            engine, {"buildid": 9, "kernel_outcome": "interrupted"}, replace=False
+        )
+        assert queries.insert_build(engine, build_row(buildid=9)) == first
+        assert queries.get_build(engine, buildid=9)["kernel_outcome"] == "cached"
+        assert count(engine) == 2
+        assert queries.recorded_buildids(engine, [7, 8, 9, *range(1000, 1700)]) == {8, 9}
+
     def test_rows_without_buildid_are_separate(self, engine):
         a = queries.insert_build(engine, build_row())
         b = queries.insert_build(engine, build_row())

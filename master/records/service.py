@@ -26,7 +26,8 @@ No row is lost:
   before it joins them, so builds are not held up one after another.
 * every ``flush_interval`` seconds, and at start, the service opens the
   database if it could not yet, writes the spooled rows oldest first (each
-  removed only once written.
+  removed only once written) and reconciles finished builds that ended without
+  their record step (:mod:`master.records.unrecorded`).
 * a database that cannot be reached when the master starts does not stop the
   master: the service starts, logs why, and keeps trying.
 """
@@ -48,6 +49,7 @@ from twisted.python.threadpool import ThreadPool
 from master.records import db, queries, retry
 from master.records.retry import Backoff, RecordsUnavailable
 from master.records.spool import SPOOL_DIRNAME, Spool, SpoolError
+from master.records.unrecorded import UnrecordedBuilds
 
 SERVICE_NAME = "ktstr_records"
 
@@ -128,6 +130,7 @@ class RecordsService(service.BuildbotService):
         self.backoff = Backoff()
         self.flush_interval = FLUSH_INTERVAL
         self.busy_timeout = BUSY_TIMEOUT
+        self.unrecorded: UnrecordedBuilds | None = None
         self._pool: ThreadPool | None = None
         self._open_error = "not opened yet"
         self._loop: task.LoopingCall | None = None
@@ -174,6 +177,9 @@ class RecordsService(service.BuildbotService):
             if waiting:
                 log.msg(f"{SERVICE_NAME}: {waiting} row(s) spooled in {self.spool.directory} "
                         "by an earlier run; writing them")
+        if UnrecordedBuilds.usable(self.master):
+            self.unrecorded = UnrecordedBuilds(self)
+            yield defer.ensureDeferred(self.unrecorded.start())
         self._loop = task.LoopingCall(lambda: defer.ensureDeferred(self._tick()))
         self._loop.clock = self._clock()
         self._loop_done = self._loop.start(self.flush_interval, now=True)
@@ -183,6 +189,9 @@ class RecordsService(service.BuildbotService):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self.unrecorded is not None:
+            yield defer.ensureDeferred(self.unrecorded.stop())
+            self.unrecorded = None
         yield self._close()
         yield super().stopService()
 
@@ -256,7 +265,7 @@ class RecordsService(service.BuildbotService):
     # ------------------------------------------------------------ the loop
 
     async def _tick(self) -> None:
-        """Open the database if needed, write the spool; never raises (a raise
+        """Open the database if needed, write the spool, reconcile; never raises (a raise
         would stop the LoopingCall for good)."""
         if self._busy:
             return
@@ -270,6 +279,8 @@ class RecordsService(service.BuildbotService):
                         log.err(exc, f"{SERVICE_NAME}: cannot open the records database")
                     return
             await self.flush()
+            if self.unrecorded is not None and self.unrecorded.reconcile_pending:
+                await self.unrecorded.reconcile()
         except Exception as exc:
             log.err(exc, f"{SERVICE_NAME}: background records work failed")
         finally:
@@ -307,6 +318,9 @@ class RecordsService(service.BuildbotService):
                     f"{rowid} (spooled {entry.spooled_at}: {entry.why})")
         if written:
             log.msg(f"{SERVICE_NAME}: {written} spooled row(s) written, {len(spool)} left")
+            if self.unrecorded is not None:
+                # Finished builds seen while the database was down may still lack a row.
+                self.unrecorded.reconcile_pending = True
         return written
 
     def _say_waiting(self, waiting: int, why: str) -> None:
