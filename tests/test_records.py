@@ -619,6 +619,28 @@ class TestCli:
             cli.main(["records", "--db", db_url, "--limit", "0"])
         assert ei.value.code == 2
 
+    def test_spool_listing_needs_no_database(self, tmp_path, monkeypatch, capsys):
+        from master.records.spool import Spool
+
+        base = tmp_path / "master"
+        settings_file = tmp_path / "settings.toml"
+        settings_file.write_text(f'[master]\nbasedir = "{base}"\n')
+        monkeypatch.setenv("KTSTR_CI_SETTINGS", str(settings_file))
+        assert cli.main(["records", "--spool"]) == 0
+        assert "no rows spooled in" in capsys.readouterr().out
+        Spool(base / "records-spool").put(
+            queries.validate_build_row(build_row(buildid=12, branch="dev")),
+            why="database is locked",
+        )
+        assert cli.main(["records", "--spool"]) == 0
+        out = capsys.readouterr().out
+        assert f"1 row(s) spooled in {base / 'records-spool'}" in out
+        assert "build 12  dev  cached  spooled" in out and "database is locked" in out
+        assert cli.main(["records", "--spool", str(base / "records-spool"), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert [r["row"]["buildid"] for r in doc["spooled"]] == [12]
+        assert doc["rejected"] == 0 and doc["unreadable"] == []
+
     def test_missing_sqlite_file_is_a_clear_error_not_a_traceback(self, tmp_path):
         missing = tmp_path / "nowhere" / "records.sqlite"
         res = subprocess.run(
