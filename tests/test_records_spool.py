@@ -173,6 +173,21 @@ class TestLockedDatabase(_ServiceCase):
         self.assertEqual([r["buildid"] for r in self.rows()], [7])
 
     @defer.inlineCallbacks
+    def test_service_stopped_while_retrying_keeps_the_row_in_the_spool(self):
+        # The master shuts down while a record step waits for a locked database.
+        svc = yield self.start(budget=10.0)
+        lock = SqliteLock(self.path).acquire()
+        self.addCleanup(lock.release)
+        pending = svc.record(build_row(buildid=8))
+        from twisted.internet import reactor
+
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        yield svc.stopService()
+        err = yield self.assertFailure(pending, RowSpooled)
+        self.assertEqual(err.why, "the records service stopped")
+        self.assertEqual(Spool(self.spool_dir).buildids(), {8})
+
+    @defer.inlineCallbacks
     def test_invalid_row_is_refused_at_once_never_spooled(self):
         svc = yield self.start()
         lock = SqliteLock(self.path).acquire()

@@ -371,6 +371,8 @@ class RecordsService(service.BuildbotService):
         return defer.ensureDeferred(self._write(clean))
 
     async def _write(self, clean: dict[str, Any]) -> int:
+        if self._pool is None:
+            raise db.RecordsError(f"{SERVICE_NAME} is not running; nothing was recorded")
         clock = self._clock()
         began = clock.seconds()
         # Rows already wait: the database is down; one attempt, then join them.
@@ -381,11 +383,13 @@ class RecordsService(service.BuildbotService):
             try:
                 rowid = await self._run(queries.insert_build, clean)
             except Exception as exc:
-                if self._pool is None or not retry.is_transient(exc):
+                # Stopped while retrying (the master shuts down): the spool keeps the row.
+                stopped = self._pool is None
+                if not stopped and not retry.is_transient(exc):
                     raise
-                why = retry.describe(exc)
+                why = "the records service stopped" if stopped else retry.describe(exc)
                 left = self.backoff.budget - (clock.seconds() - began)
-                if waiting or left <= 0:
+                if stopped or waiting or left <= 0:
                     break
                 # The last attempt comes at the end of the budget, not a delay before it.
                 delay = min(delay, left)
