@@ -59,11 +59,14 @@ def test_worker_killed_mid_build_the_retry_build_has_its_row(tmp_path: Path) -> 
         wait_step_started(kit, build["buildid"], "hold")
         [(name, pid)] = kit.worker_pids().items()
         os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
         done = kit.wait_finished(build["buildid"], timeout=60)
         assert done["results"] == RETRY
         # The record step never ran (the worker is gone); the records service writes the row.
         [row] = kit.wait_for(lambda: record_rows(kit, build["buildid"]), 30,
                              "the RETRY build's records row")
+        print(f"\nrow of the RETRY build {time.monotonic() - killed:.1f}s after kill -9 "
+              "of the worker")
         assert row["kernel_outcome"] == "interrupted" and row["result"] == "retry"
         assert row["branch"] == branch and row["worker"] == name
         assert "in step hold" in row["error"]
