@@ -34,6 +34,7 @@ No row is lost:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -153,7 +154,7 @@ class RecordsService(service.BuildbotService):
         changed = (new_url, threads) != (self.db_url, self.threads)
         self.db_url, self.threads = new_url, threads
         if retry_budget is not None:
-            self.backoff = Backoff(budget=float(retry_budget))
+            self.backoff = dataclasses.replace(self.backoff, budget=float(retry_budget))
         self.spool = self._make_spool(spool_dir)
         if changed and self._pool is not None:
             # A new URL on reconfig: switch databases without a master restart.
