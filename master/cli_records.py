@@ -1,7 +1,8 @@
 """``ktstr-ci records``: list recent rows of the records database (no Buildbot needed).
 
 Data on stdout (a text table, or with ``--json`` one ``{"builds": [...]}``
-object); problems such as a missing SQLite file become ``ktstr-ci: error: ...``
+object); ``--spool`` lists the rows the master keeps in its spool while the
+database cannot take them, without opening the database. Problems such as a missing SQLite file become ``ktstr-ci: error: ...``
 through :func:`ktstr_steps.cli.main`, never a traceback.
 """
 
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-from ktstr_steps.util import int_at_least
+from ktstr_steps.util import KtstrError, int_at_least
 
 # (header, row key, width): the columns a person scanning recent builds needs first.
 _COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -47,6 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--branch", metavar="B", help="only builds of this branch")
     p.add_argument("--limit", metavar="N", type=int_at_least(1), default=20, help="rows (default 20)")
     p.add_argument("--json", action="store_true", help='one JSON object {"builds": [...]}')
+    p.add_argument(
+        "--spool",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="instead of the database, list the rows the master spooled while the database "
+        "could not take them (default DIR: <master basedir>/records-spool of the settings); "
+        "works while the database is down",
+    )
     p.add_argument(
         "--upgrade",
         action="store_true",
@@ -87,7 +98,58 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def spool_dir(given: str) -> Path:
+    """The spool directory: the one given, else the one of the master in the settings."""
+    if given:
+        return Path(given)
+    from master import settings
+    from master.records.spool import SPOOL_DIRNAME
+
+    try:
+        return settings.load().master.basedir / SPOOL_DIRNAME
+    except settings.SettingsError as exc:
+        raise KtstrError(f"cannot find the spool: {exc} (or pass --spool DIR)",
+                         kind="usage") from exc
+
+
+def run_spool(args: argparse.Namespace) -> int:
+    from master.records.spool import Spool, SpooledRow
+
+    spool = Spool(spool_dir(args.spool))
+    rows, unreadable = [], []
+    for entry in spool.entries():
+        if isinstance(entry, SpooledRow):
+            rows.append({"file": entry.path.name, "spooled_at": entry.spooled_at,
+                         "why": entry.why, "row": entry.row})
+        else:
+            unreadable.append({"file": entry[0].name, "why": entry[1]})
+    doc = {"spool": str(spool.directory), "spooled": rows, "unreadable": unreadable,
+           "rejected": spool.rejected()}
+    if args.json:
+        print(json.dumps(doc, sort_keys=True))
+        args.json_emitted = True
+        return 0
+    where = spool.directory
+    if not rows and not unreadable:
+        print(f"no rows spooled in {where}: every row reached the records database")
+    else:
+        print(f"{len(rows)} row(s) spooled in {where}, written when the records database "
+              "takes them again:")
+        for r in rows[: args.limit]:
+            row = r["row"]
+            print(f"  build {row.get('buildid', '-')}  {row.get('branch') or '-'}  "
+                  f"{row.get('kernel_outcome') or '-'}  spooled {r['spooled_at'][:19]}: {r['why']}")
+        for u in unreadable:
+            print(f"  {u['file']}: {u['why']}")
+    if doc["rejected"]:
+        print(f"{doc['rejected']} row(s) the database refused are kept in "
+              f"{spool.rejected_dir} (each with a .why file)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.spool is not None:
+        return run_spool(args)
     # Imported here: SQLAlchemy and alembic cost ~0.4 s, and every ktstr-ci
     # command on a worker builds this parser.
     from sqlalchemy.exc import SQLAlchemyError

@@ -39,6 +39,7 @@ OUTCOME_COLOURS = {
     "store-failed": "#ad1457",
     "failed": "#c62828",
     "cancelled": "#757575",
+    "interrupted": "#6a1b9a",
     "none": "#bdbdbd",
 }
 

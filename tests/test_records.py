@@ -22,9 +22,16 @@ from twisted.trial import unittest
 from ktstr_steps import cli
 from master.records import db, queries
 from master.records.models import VERSION_TABLE, Base, KernelBuild
-from master.records.service import SERVICE_NAME, RecordsService, get_records_service
+from master.records.service import (
+    SERVICE_NAME,
+    RecordsService,
+    RowSpooled,
+    get_records_service,
+)
 
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
+# The newest migration: the schema the code expects.
+HEAD = "0002_git_names_whole"
 
 # The build result object of docs/contracts.md, as `phase summary --json` prints it.
 RESULT = {
@@ -95,14 +102,14 @@ def engine(db_url):
 
 class TestMigrations:
     def test_upgrade_empty_db_creates_tables_with_own_version_table(self, db_url):
-        assert db.upgrade(db_url) == db.head_revision() == "0001_initial"
+        assert db.upgrade(db_url) == db.head_revision() == HEAD
         eng = db.make_engine(db_url)
         try:
             names = set(inspect(eng).get_table_names())
             assert {"kernel_builds", "matrix_runs", VERSION_TABLE} <= names
             # Buildbot's alembic table name is left alone.
             assert "alembic_version" not in names
-            assert db.current_revision(eng) == "0001_initial"
+            assert db.current_revision(eng) == HEAD
             idx = {i["name"] for i in inspect(eng).get_indexes("kernel_builds")}
             assert {"ix_kernel_builds_branch_started_at", "ix_kernel_builds_started_at"} <= idx
         finally:
@@ -110,7 +117,7 @@ class TestMigrations:
 
     def test_upgrade_twice_is_a_no_op_and_keeps_rows(self, engine, db_url):
         queries.insert_build(engine, build_row(buildid=1))
-        assert db.upgrade(db_url) == "0001_initial"
+        assert db.upgrade(db_url) == HEAD
         assert count(engine) == 1
 
     def test_models_match_migrations(self, engine):
@@ -139,7 +146,51 @@ class TestMigrations:
                 assert conn.scalar(text("SELECT version_num FROM alembic_version")) == (
                     "067_v4.3_add_codebase_data"
                 )
+            assert db.current_revision(eng) == HEAD
+        finally:
+            eng.dispose()
+
+    def test_old_schema_upgrades_keeps_rows_and_stores_long_git_names_whole(self, db_url):
+        # A database of the first release: its rows survive the upgrade unchanged, and
+        # afterwards git names longer than the old VARCHAR limits are stored whole.
+        from alembic import command
+
+        eng = db.make_engine(db_url)
+        try:
+            cfg = db._alembic_config()
+            with eng.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "0001_initial")
             assert db.current_revision(eng) == "0001_initial"
+            old_branch = "feature/" + "a" * 240  # fits the old String(255)
+            with eng.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO kernel_builds (buildid, branch, builder, kernel_outcome, "
+                        "result, make_s) VALUES (1, :b, 'linux-tiny', 'cached', 'success', 30.5)"
+                    ),
+                    {"b": old_branch},
+                )
+            assert db.upgrade(eng) == HEAD
+            old = queries.get_build(eng, buildid=1)
+            assert (old["branch"], old["builder"], old["kernel_outcome"], old["make_s"]) == (
+                old_branch, "linux-tiny", "cached", 30.5
+            )
+            long_branch = "topic/" + "/".join(["sched-ext-long-branch-name"] * 15)
+            assert len(long_branch) > 400
+            label = f"branch:linux/{long_branch}"
+            key = f"{long_branch.replace('/', '_')}-git-1a2b3c4-x86_64-kc0123abcd"
+            queries.insert_build(eng, build_row(
+                buildid=2, branch=long_branch, kernel_version=label, cache_key=key,
+                builder="poller-" + "x" * 250,
+            ))
+            new = queries.get_build(eng, buildid=2)
+            assert new["branch"] == long_branch
+            assert new["kernel_version"] == label and new["cache_key"] == key
+            assert [r["buildid"] for r in queries.branch_history(eng, long_branch)] == [2]
+            cols = {c["name"]: c["type"] for c in inspect(eng).get_columns("kernel_builds")}
+            for name in ("branch", "builder", "kernel_version", "cache_key"):
+                assert getattr(cols[name], "length", None) is None, name
         finally:
             eng.dispose()
 
@@ -188,6 +239,23 @@ class TestInsert:
         row = queries.get_build(engine, buildid=7)
         assert row["kernel_outcome"] == "cancelled" and row["result"] == "cancelled"
         assert row["branch"] == "main"  # columns the retry did not send are kept
+
+    def test_insert_only_never_overwrites_and_is_overwritten(self, engine):
+        # replace=False: the records service's row for a build that ended without its
+        # record step; the step's row (replace=True) wins whichever comes first.
+        step = queries.insert_build(engine, build_row(buildid=8, kernel_outcome="cached"))
+        same = queries.insert_build(
+            engine, {"buildid": 8, "kernel_outcome": "interrupted", "result": "retry"},
+            replace=False,
+        )
+        assert same == step and queries.get_build(engine, buildid=8)["kernel_outcome"] == "cached"
+        first = queries.insert_build(
+            engine, {"buildid": 9, "kernel_outcome": "interrupted"}, replace=False
+        )
+        assert queries.insert_build(engine, build_row(buildid=9)) == first
+        assert queries.get_build(engine, buildid=9)["kernel_outcome"] == "cached"
+        assert count(engine) == 2
+        assert queries.recorded_buildids(engine, [7, 8, 9, *range(1000, 1700)]) == {8, 9}
 
     def test_rows_without_buildid_are_separate(self, engine):
         a = queries.insert_build(engine, build_row())
@@ -485,10 +553,29 @@ class TestRecordsService(unittest.TestCase):
             eng.dispose()
 
     @defer.inlineCallbacks
-    def test_unreachable_db_fails_start_clearly(self):
-        svc = RecordsService(db_url="postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    def test_unreachable_db_at_start_does_not_stop_the_master(self):
+        # A records database that is down when the master starts must not keep the
+        # master (and every build) down: the service starts, says why, and spools.
+        svc = RecordsService(
+            db_url="postgresql+psycopg2://nobody@127.0.0.1:1/none",
+            spool_dir=str(self.tmp / "spool"),
+            retry_budget=0.3,
+        )
+        yield svc.startService()
+        self.addCleanup(svc.stopService)
+        self.assertIsNone(svc.engine)
+        status = svc.status()
+        self.assertFalse(status["open"])
+        self.assertIn("Connection refused", status["last_error"])
+        err = yield self.assertFailure(svc.record(build_row(buildid=5)), RowSpooled)
+        self.assertIn("connect", err.why)
+        self.assertEqual(svc.status()["spooled"], 1)
+
+    @defer.inlineCallbacks
+    def test_missing_driver_still_fails_start_clearly(self):
+        svc = RecordsService(db_url="postgresql+nosuchdriver://nobody@127.0.0.1:1/none")
         err = yield self.assertFailure(svc.startService(), db.RecordsError)
-        self.assertIn("cannot migrate records database", str(err))
+        self.assertIn("no database driver", str(err))
         self.assertIsNone(svc.engine)
 
 
@@ -531,6 +618,28 @@ class TestCli:
         with pytest.raises(SystemExit) as ei:
             cli.main(["records", "--db", db_url, "--limit", "0"])
         assert ei.value.code == 2
+
+    def test_spool_listing_needs_no_database(self, tmp_path, monkeypatch, capsys):
+        from master.records.spool import Spool
+
+        base = tmp_path / "master"
+        settings_file = tmp_path / "settings.toml"
+        settings_file.write_text(f'[master]\nbasedir = "{base}"\n')
+        monkeypatch.setenv("KTSTR_CI_SETTINGS", str(settings_file))
+        assert cli.main(["records", "--spool"]) == 0
+        assert "no rows spooled in" in capsys.readouterr().out
+        Spool(base / "records-spool").put(
+            queries.validate_build_row(build_row(buildid=12, branch="dev")),
+            why="database is locked",
+        )
+        assert cli.main(["records", "--spool"]) == 0
+        out = capsys.readouterr().out
+        assert f"1 row(s) spooled in {base / 'records-spool'}" in out
+        assert "build 12  dev  cached  spooled" in out and "database is locked" in out
+        assert cli.main(["records", "--spool", str(base / "records-spool"), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert [r["row"]["buildid"] for r in doc["spooled"]] == [12]
+        assert doc["rejected"] == 0 and doc["unreadable"] == []
 
     def test_missing_sqlite_file_is_a_clear_error_not_a_traceback(self, tmp_path):
         missing = tmp_path / "nowhere" / "records.sqlite"

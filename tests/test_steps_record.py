@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 from typing import Any
 
 from buildbot.process.results import CANCELLED, FAILURE, SUCCESS, WARNINGS
@@ -214,6 +215,44 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         d = self.run_step()
         d.addCallback(lambda _: self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1))
         return d
+
+    def test_spooled_row_says_recorded_late_and_warns(self) -> None:
+        # The records service could not write within its retry budget and spooled the
+        # row: the step says so, the build is not failed (the kernel is fine).
+        from master.records.service import RowSpooled
+
+        spooled = RowSpooled("database is locked", 1, Path("/m/records-spool"))
+        self.setup_ktstr_step(Record(records=FakeRecords(fail=spooled)), **WORKER_PROPS,
+                              **REACHED_LOOKUP)
+        self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
+        self.expect_outcome(
+            result=WARNINGS,
+            state_string="recorded late: database is locked; row spooled, written when the "
+            "database is back (warnings)",
+        )
+        self.expect_no_property("record_id")
+        self.expect_property("kernel_outcome", "cached")
+        self.expect_log_file("recorded late",
+                             re.compile(r"(?s).*1 row\(s\) waiting in /m/records-spool"))
+        d = self.run_step()
+        # Expected, not an error: nothing for the master's error log.
+        d.addCallback(lambda _: self.assertEqual(self.flushLoggedErrors(RowSpooled), []))
+        return d
+
+    def test_spooled_by_any_service_is_recognised_by_its_flag(self) -> None:
+        # The step does not import the master: any exception flagged "spooled" counts.
+        class Spooled(Exception):
+            spooled = True
+            why = "connection refused"
+
+        self.setup_ktstr_step(Record(records=FakeRecords(fail=Spooled("x"))), **WORKER_PROPS)
+        self.build.results = FAILURE
+        self.expect_outcome(
+            result=WARNINGS,
+            state_string="recorded late: connection refused; row spooled, written when the "
+            "database is back (warnings)",
+        )
+        return self.run_step()
 
 
 class TestRelease(KtstrStepMixin, unittest.TestCase):

@@ -80,6 +80,11 @@ class Record(KtstrCiStep):
 
     name = "record"
     description = ["recording"]
+    # The records service writes an "interrupted" row for a build of a builder whose
+    # factory has such a step when the build ends without running it (worker lost,
+    # master gone); it finds these steps by this attribute, not by class identity,
+    # because master.cfg re-imports the step modules on every reconfig.
+    writes_build_record = True
     subcommand = ("phase", "summary")
     phase = ""
     renderables = ["state"]
@@ -133,6 +138,16 @@ class Record(KtstrCiStep):
         try:
             rowid = await svc.record(row)
         except Exception as exc:
+            if getattr(exc, "spooled", False):
+                # The database could not take the row within the service's retry budget;
+                # the service keeps it and writes it when the database is back. The kernel
+                # build itself is fine: a warning, never a failure.
+                why = one_line(str(getattr(exc, "why", "") or exc)) or type(exc).__name__
+                self.descriptionDone = (
+                    f"recorded late: {why}; row spooled, written when the database is back"
+                )
+                await self.addCompleteLog("recorded late", f"{exc}\n")
+                return WARNINGS
             log.err(exc, "records service failed to write the kernel_builds row")
             self.descriptionDone = f"not recorded: {one_line(str(exc)) or type(exc).__name__}"
             return WARNINGS

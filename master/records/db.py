@@ -64,7 +64,17 @@ def sqlite_path(url: str | URL) -> Path | None:
     u = parse_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return None
-    return Path(u.database)
+    database = u.database
+    if str(u.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        # SQLite URI form (sqlite:///file:/path/x.sqlite?mode=ro&uri=true): the file is
+        # the path part; "file:" must not become a directory in the current one.
+        if u.query.get("mode") == "memory":
+            return None
+        database = database[len("file:") :]
+        for prefix in ("//localhost/", "///"):
+            if database.startswith(prefix):
+                database = "/" + database[len(prefix) :]
+    return Path(database)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -76,12 +86,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str | URL | None = None, *, must_exist: bool = False) -> Engine:
+def make_engine(
+    url: str | URL | None = None, *, must_exist: bool = False, busy_timeout: float = 30.0
+) -> Engine:
     """An engine for the records DB.
 
     ``must_exist`` is for readers (CLI, dashboard): a missing SQLite file is an
     error with a hint instead of an empty database silently created somewhere.
-    Writers get the file's directory created.
+    Writers get the file's directory created. ``busy_timeout`` is how long one
+    SQLite statement waits for another process's lock, and on a server how long
+    connecting may take, before the call fails (the records service retries
+    with its own, shorter, value).
     """
     u = parse_url(url if url is not None else default_url())
     backend = u.get_backend_name()
@@ -98,9 +113,12 @@ def make_engine(url: str | URL | None = None, *, must_exist: bool = False) -> En
                     f"(or pass --db URL / set {ENV_URL})"
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": busy_timeout}
     else:
         kwargs["pool_pre_ping"] = True
+        if backend == "postgresql" and u.get_driver_name() in ("psycopg2", "psycopg"):
+            # libpq's own default waits for the TCP timeout on an unreachable host.
+            kwargs["connect_args"] = {"connect_timeout": max(1, round(busy_timeout))}
     try:
         engine = create_engine(u, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:

@@ -31,9 +31,11 @@ from ktstr_steps.pipeline import OUTCOMES as PIPELINE_OUTCOMES
 # Alembic's version table for this schema; alembic's default name belongs to Buildbot.
 VERSION_TABLE = "ktstr_alembic_version"
 
-# The kernel outcomes of the build result object (docs/contracts.md) plus
-# "cancelled", which only the record step knows (the build was stopped).
-OUTCOMES: tuple[str, ...] = (*PIPELINE_OUTCOMES, "cancelled")
+# The kernel outcomes of the build result object (docs/contracts.md) plus two only the
+# master knows: "cancelled" (the record step saw the build stopped) and "interrupted"
+# (the build ended without its record step: worker lost, master gone; the records
+# service writes that row from the build's properties).
+OUTCOMES: tuple[str, ...] = (*PIPELINE_OUTCOMES, "cancelled", "interrupted")
 
 # Buildbot's result names, indexed by Buildbot's result integers
 # (buildbot.process.results: SUCCESS=0 ... CANCELLED=6).
@@ -131,18 +133,20 @@ class KernelBuild(Base):
     buildid: Mapped[int | None] = mapped_column(Integer, unique=True)
     builderid: Mapped[int | None] = mapped_column(Integer)
     build_number: Mapped[int | None] = mapped_column(Integer)
-    builder: Mapped[str | None] = mapped_column(String(200))
-    branch: Mapped[str | None] = mapped_column(String(255))
+    # Git names and what carries them (poller builders, matrix labels, git cache keys)
+    # are Text: git accepts names of any length, and a cut-off would refuse the row.
+    builder: Mapped[str | None] = mapped_column(Text)
+    branch: Mapped[str | None] = mapped_column(Text)
     revision: Mapped[str | None] = mapped_column(String(64))
     repository: Mapped[str | None] = mapped_column(Text)
-    kernel_version: Mapped[str | None] = mapped_column(String(64))
+    kernel_version: Mapped[str | None] = mapped_column(Text)
     profile: Mapped[str | None] = mapped_column(String(100))
     worker: Mapped[str | None] = mapped_column(String(200))
     host: Mapped[str | None] = mapped_column(String(200))
     llc_index: Mapped[int | None] = mapped_column(Integer)
     llc_cpus: Mapped[str | None] = mapped_column(String(200))
     make_jobs: Mapped[int | None] = mapped_column(Integer)
-    cache_key: Mapped[str | None] = mapped_column(String(255))
+    cache_key: Mapped[str | None] = mapped_column(Text)
     config_hash: Mapped[str | None] = mapped_column(String(16))
     kconfig_hash: Mapped[str | None] = mapped_column(String(16))
     extra_kconfig_hash: Mapped[str | None] = mapped_column(String(16))

@@ -206,11 +206,15 @@ def row_from_result(result: Mapping[str, Any], **build: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- writes
 
 
-def insert_build(engine: Engine, row: Mapping[str, Any]) -> int:
+def insert_build(engine: Engine, row: Mapping[str, Any], *, replace: bool = True) -> int:
     """Insert one build row, or update the row with the same ``buildid``; return its id.
 
     Update-by-buildid makes the record step idempotent: a retried or re-run
     step overwrites the columns it sends instead of adding a second row.
+    ``replace=False`` only inserts: an existing row of the buildid is left as it
+    is. The records service writes the rows of builds that ended without their
+    record step that way, so whichever of the two writers comes first, the
+    step's row is the one that stays.
     """
     clean = validate_build_row(row)
     buildid = clean.get("buildid")
@@ -222,6 +226,8 @@ def insert_build(engine: Engine, row: Mapping[str, Any]) -> int:
                         select(KernelBuild.id).where(KernelBuild.buildid == buildid)
                     )
                     if existing is not None:
+                        if not replace:
+                            return existing
                         fields = {k: v for k, v in clean.items() if k != "buildid"}
                         if fields:
                             session.execute(
@@ -363,6 +369,20 @@ def recent_builds(
         stmt = stmt.where(KernelBuild.branch == branch)
     with Session(engine) as session:
         return [_build_dict(b) for b in session.scalars(stmt)]
+
+
+def recorded_buildids(engine: Engine, buildids: Iterable[int]) -> set[int]:
+    """Which of these Buildbot build ids already have a row."""
+    wanted = sorted({int(b) for b in buildids})
+    found: set[int] = set()
+    with engine.connect() as conn:
+        # In chunks: SQLite caps the number of bound parameters of one statement.
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            found.update(
+                conn.scalars(select(KernelBuild.buildid).where(KernelBuild.buildid.in_(chunk)))
+            )
+    return found
 
 
 def branch_history(engine: Engine, branch: str, limit: int = 50) -> list[dict[str, Any]]:
