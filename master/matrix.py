@@ -63,7 +63,7 @@ class MatrixSettings:
 
 def load_matrix(settings: Settings) -> MatrixSettings:
     """The validated ``[matrix]`` table; :class:`SettingsError` names the key at fault."""
-    from ktstr_steps.buildsteps.matrix import parse_spec
+    from ktstr_steps.matrixspec import parse_spec
 
     table = settings.extensions.get("matrix") or {}
     r = _Reader(settings.source, table, "matrix.")
@@ -133,7 +133,7 @@ def load_matrix(settings: Settings) -> MatrixSettings:
 
 def branch_repos(m: MatrixSettings) -> list[str]:
     """Repositories named by ``branch:`` entries, in settings order."""
-    from ktstr_steps.buildsteps.matrix import parse_spec
+    from ktstr_steps.matrixspec import parse_spec
 
     out: list[str] = []
     for text in m.versions:

@@ -15,15 +15,13 @@ from ktstr_steps.buildsteps.matrix import (
     MatrixLookup,
     classify_cell,
     matrix_cell_factory,
-    parse_spec,
-    resolve_versions,
     summary_text,
-    unique_labels,
 )
 from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
+from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
 from ktstr_steps.util import KtstrError
 from master import builders, matrix, settings
 from master.schedulers import KtstrForceScheduler

@@ -22,9 +22,7 @@ Branch cells run the repository's push builder (same tree, same steps).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from buildbot.interfaces import IRenderable
@@ -50,118 +48,22 @@ from ktstr_steps.buildsteps.lookup import CACHE_HIT, CacheLookup, not_cache_hit,
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
-from ktstr_steps.refnames import RULE, branch_problem
+from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
 from ktstr_steps.util import KtstrError
 
 # Build properties of the parent run, read by the later steps of the same build.
 CELLS_PROP = "matrix_cells"
 RUN_ID_PROP = "matrix_run_id"
 TOTALS_PROP = "matrix_totals"
-BRANCH_PREFIX = "branch:"
 # Outcomes that mean "a kernel was built" (master/records/queries.py BUILT_OUTCOMES).
 BUILT_OUTCOMES = frozenset(
     {"cached", "dirty-not-cached", "non-git-not-cached", "changed-during-build", "store-failed"}
 )
-_REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RELEASES_TIMEOUT = 30.0
 # What a cell build knows: the fan-out sets the first two, the worker has tree_store.
 VERSION_PROP = Property("kernel_version")
 PROFILE_PROP = Property("profile")
 TREE_STORE_PROP = Property("tree_store")
-
-
-# ---------------------------------------------------------------- version specs
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One entry of ``matrix.versions``."""
-
-    text: str
-    kind: str  # exact | prefix | latest-stable | mainline | range | branch
-    repo: str | None = None
-    branch: str | None = None
-
-    @property
-    def needs_releases(self) -> bool:
-        return self.kind in ("prefix", "latest-stable", "mainline", "range")
-
-
-SPEC_FORMS = (
-    "an exact version (6.12.3, 6.15-rc3), a prefix (6.12), latest-stable, mainline, "
-    "a range (6.6..6.12) or branch:<repo>/<branch>"
-)
-
-
-def parse_spec(text: str) -> Spec:
-    """Classify a version spec without any I/O; ValueError says what is accepted."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"must be {SPEC_FORMS}, not {text!r}")
-    if text in ("latest-stable", "mainline"):
-        return Spec(text, text)
-    if text.startswith(BRANCH_PREFIX):
-        repo, sep, branch = text[len(BRANCH_PREFIX):].partition("/")
-        if not sep or not _REPO_NAME.match(repo):
-            raise ValueError(
-                f"{text!r} is not branch:<repo>/<branch> with a repository name from [[repos]]"
-            )
-        problem = branch_problem(branch)
-        if problem is not None:
-            raise ValueError(
-                f"{text!r}: the branch of branch:<repo>/<branch> cannot be built: {problem}; {RULE}"
-            )
-        return Spec(text, "branch", repo=repo, branch=branch)
-    if releases.is_range(text):
-        try:
-            releases.parse_range(text)
-        except KtstrError as exc:
-            raise ValueError(str(exc)) from None
-        return Spec(text, "range")
-    if releases.is_prefix(text):
-        return Spec(text, "prefix")
-    try:
-        releases.version_tuple(text)
-    except KtstrError:
-        raise ValueError(f"{text!r} is not a kernel version spec; use {SPEC_FORMS}") from None
-    return Spec(text, "exact")
-
-
-def resolve_versions(
-    specs: list[Spec], rows: list[releases.Release] | None, *, mirror: str | None = None
-) -> list[tuple[Spec, list[str]]]:
-    """Each spec with the cell labels it resolves to (versions, or ``branch:repo/branch``).
-
-    Blocking for a prefix of an EOL series (ktstr probes the mirror): run it in a thread.
-    """
-    out: list[tuple[Spec, list[str]]] = []
-    for spec in specs:
-        if spec.needs_releases and rows is None:
-            raise KtstrError(f"{spec.text}: releases.json is needed", kind="releases-fetch")
-        try:
-            if spec.kind in ("exact", "branch"):
-                labels = [spec.text]
-            elif spec.kind == "latest-stable":
-                labels = [releases.latest_stable(rows or [])]
-            elif spec.kind == "mainline":
-                labels = [releases.mainline(rows or [])]
-            elif spec.kind == "range":
-                labels = releases.expand_range(spec.text, rows or [])
-            else:
-                labels = [releases.resolve_prefix(spec.text, rows or [], mirror=mirror)]
-        except KtstrError as exc:
-            # Say which entry of matrix.versions could not be resolved.
-            raise KtstrError(f"{spec.text!r}: {exc}", kind=exc.kind) from None
-        out.append((spec, labels))
-    return out
-
-
-def unique_labels(resolved: list[tuple[Spec, list[str]]]) -> list[str]:
-    """The run's versions in settings order, each once (6.12 and 6.12.44 may be one)."""
-    seen: dict[str, None] = {}
-    for _, labels in resolved:
-        for label in labels:
-            seen.setdefault(label, None)
-    return list(seen)
 
 
 def summary_text(cells: int, built: int, hits: int, failed: int) -> str:
@@ -670,12 +572,9 @@ __all__ = [
     "MatrixFinish",
     "MatrixLookup",
     "MatrixResolve",
-    "Spec",
     "classify_cell",
     "matrix_cell_factory",
     "matrix_run_factory",
-    "parse_spec",
-    "resolve_versions",
     "summary_text",
 ]
 
