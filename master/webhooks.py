@@ -1,6 +1,7 @@
-"""External repositories: GitHub/GitLab push webhooks and git pollers of upstream trees.
+"""GitHub and GitLab push webhooks: ``/change_hook/github`` and ``/change_hook/gitlab``.
 
-Settings (``[external]``, see ``master/settings.default.toml``)::
+Settings: ``settings.external.webhooks`` (``[[external.webhooks]]`` of
+settings/default.toml)::
 
     [[external.webhooks]]
     repo = "sched-ext"            # a [[repos]] entry: its push builders build the push
@@ -9,16 +10,8 @@ Settings (``[external]``, see ``master/settings.default.toml``)::
     secret_file = ""              # "" = <paths.secrets>/webhooks/<service>-<repo>.secret
     strict = true                 # refuse deliveries without a signature/token
 
-    [[external.pollers]]
-    name = "sched-ext-next"       # builders <name>-<profile>, scheduler push-<name>
-    url = "https://git.kernel.org/pub/scm/linux/kernel/git/tj/sched_ext.git"
-    branches = ["for-next"]       # regular expressions, whole branch name
-    interval = 300                # seconds between polls
-    profiles = ["tiny"]           # profiles built for each new commit
-
-Webhooks are served at ``/change_hook/github`` and ``/change_hook/gitlab``.
-Like ``/change_hook/base`` they sit behind the hook user's HTTP Basic auth
-(``change_hook_auth`` covers every dialect), so the URL given to GitHub or
+Like ``/change_hook/base`` the webhooks sit behind the hook user's HTTP Basic
+auth (``change_hook_auth`` covers every dialect), so the URL given to GitHub or
 GitLab carries it: ``https://hook:<hook password>@ci.example.org/change_hook/github``.
 On top of that each delivery must carry the project's own secret:
 
@@ -38,227 +31,28 @@ so the repo's own push scheduler (:func:`master.schedulers.push_filter`)
 picks it up and its branch-safety and pattern filter applies as for pushes.
 Branch names that are not safe or match none of the repo's patterns, tag
 pushes and deletions produce no change; the answer and the master log say so.
-
-Pollers are Buildbot ``GitPoller`` change sources with ``pollAtLaunch=True``
-(Buildbot's first poll only records the branch heads, so polling at launch
-makes the first *new* commit build). Each poller gets builders
-``<name>-<profile>`` for every profile and a push scheduler for its
-``profiles``, exactly like a ``[[repos]]`` entry, and is added to the force
-form. Only ``refs/heads/*`` names that are safe and match ``branches`` are
-fetched at all; others are logged once.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 import json
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any, ClassVar
 
-from buildbot.config.errors import ConfigErrors
-from buildbot.plugins import changes
-from buildbot.process.factory import BuildFactory
 from buildbot.www.hooks.base import BaseHookHandler
 from twisted.internet import defer
 from twisted.python import log
 
 from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
-from master.settings import (
-    NAME_RE,
-    Repo,
-    Settings,
-    SettingsError,
-    _Reader,
-    ensure_secret,
-    read_secret,
-)
+from settings import Settings, Webhook, ensure_webhook_secrets, read_secret
 
-SERVICES = ("github", "gitlab")
-WEBHOOK_KEYS = ("repo", "service", "project", "secret_file", "strict")
-POLLER_KEYS = ("name", "url", "branches", "interval", "profiles")
-# GitHub "owner/name", GitLab "group/subgroup/project".
-PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
+# A change lists at most this many file names (a push can touch tens of thousands).
 MAX_FILES = 1000
-
-
-@dataclass(frozen=True)
-class Webhook:
-    service: str
-    project: str
-    repo: Repo
-    secret_file: Path
-    strict: bool
-
-    def matches(self, project: str) -> bool:
-        # GitHub and GitLab treat project paths case-insensitively.
-        return self.project.lower() == project.lower()
-
-
-@dataclass(frozen=True)
-class Poller:
-    name: str
-    url: str
-    branches: tuple[str, ...]
-    interval: int
-    profiles: tuple[str, ...]
-
-    def as_repo(self) -> Repo:
-        """The poller as a repository: same builders, scheduler and filter as ``[[repos]]``."""
-        return Repo(
-            name=self.name, url=self.url, hosted=False, branches=self.branches,
-            profiles=self.profiles,
-        )
-
-
-@dataclass(frozen=True)
-class External:
-    webhooks: tuple[Webhook, ...] = ()
-    pollers: tuple[Poller, ...] = ()
-
-
-# -- settings ----------------------------------------------------------------
-
-
-def parse(settings: Settings) -> External:
-    """Validate ``settings.extensions["external"]``; SettingsError names file and key."""
-    src = settings.source
-    table = settings.extensions.get("external") or {}
-    unknown = sorted(set(table) - {"webhooks", "pollers"})
-    if unknown:
-        raise SettingsError(
-            f"settings file {src}: external.{unknown[0]} is not a known key (webhooks, pollers)"
-        )
-    return External(
-        webhooks=_webhooks(settings, table.get("webhooks", [])),
-        pollers=_pollers(settings, table.get("pollers", [])),
-    )
-
-
-def _items(src: Path, key: str, items: Any) -> list[dict]:
-    if not isinstance(items, list):
-        raise SettingsError(f"settings file {src}: external.{key} must be an array of tables "
-                            f"([[external.{key}]])")
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise SettingsError(f"settings file {src}: external.{key}[{i}] must be a table")
-    return items
-
-
-def _check_keys(r: _Reader, item: dict, known: tuple[str, ...]) -> None:
-    unknown = sorted(set(item) - set(known))
-    if unknown:
-        raise r.err(unknown[0], f"is not a known key ({', '.join(known)})")
-
-
-def _webhooks(settings: Settings, items: Any) -> tuple[Webhook, ...]:
-    src = settings.source
-    repos = {r.name: r for r in settings.repos}
-    out: list[Webhook] = []
-    seen: set[tuple[str, str]] = set()
-    for i, item in enumerate(_items(src, "webhooks", items)):
-        r = _Reader(src, item, f"external.webhooks[{i}].")
-        _check_keys(r, item, WEBHOOK_KEYS)
-        repo_name = r.str("repo")
-        if repo_name not in repos:
-            raise r.err("repo", f"names the unknown repository {repo_name!r}; [[repos]] names: "
-                                f"{', '.join(sorted(repos))}")
-        service = r.str("service")
-        if service not in SERVICES:
-            raise r.err("service", f'must be "github" or "gitlab", not {service!r}')
-        project = r.str("project")
-        if not PROJECT_RE.match(project):
-            raise r.err("project", "must be the project path as the service names it, e.g. "
-                                   f'"owner/name" (GitHub) or "group/project" (GitLab), not {project!r}')
-        if (service, project.lower()) in seen:
-            raise r.err("project", f"{project!r} has a second {service} webhook entry")
-        seen.add((service, project.lower()))
-        secret = r.str("secret_file") if "secret_file" in item else ""
-        secret_file = (
-            _abspath(settings.root, secret) if secret
-            else settings.paths.secrets / "webhooks" / f"{service}-{repo_name}.secret"
-        )
-        strict = r.bool("strict") if "strict" in item else True
-        out.append(Webhook(service=service, project=project, repo=repos[repo_name],
-                           secret_file=secret_file, strict=strict))
-    # Two entries of one service sharing a secret file would let either
-    # project's secret sign deliveries for the other.
-    files = [(h.service, h.secret_file) for h in out]
-    for i, key in enumerate(files):
-        if key in files[:i]:
-            raise SettingsError(f"settings file {src}: external.webhooks[{i}].secret_file "
-                                f"{key[1]} is used by another {key[0]} entry; give each project "
-                                "its own secret")
-    return tuple(out)
-
-
-def _pollers(settings: Settings, items: Any) -> tuple[Poller, ...]:
-    src = settings.source
-    repo_names = {r.name for r in settings.repos}
-    out: list[Poller] = []
-    names: set[str] = set()
-    for i, item in enumerate(_items(src, "pollers", items)):
-        r = _Reader(src, item, f"external.pollers[{i}].")
-        _check_keys(r, item, POLLER_KEYS)
-        name = r.str("name")
-        if not NAME_RE.match(name):
-            raise r.err("name", f"must be letters, digits, '-' and '_', not {name!r}")
-        if name in names:
-            raise r.err("name", f"{name!r} is used twice")
-        if name in repo_names:
-            raise r.err("name", f"{name!r} is already a [[repos]] name; builders are named "
-                                "<name>-<profile>, so pick another name")
-        names.add(name)
-        url = r.str("url")
-        if not url.strip():
-            raise r.err("url", "must not be empty")
-        if url.startswith("-"):
-            raise r.err("url", f"must not start with '-' (git would read an option): {url!r}")
-        is_remote = "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url)
-        if not is_remote:
-            url = str(_abspath(settings.root, url))
-        # Required: following every branch of an upstream kernel tree is rarely meant.
-        branches = r.strlist("branches")
-        if not branches:
-            raise r.err("branches", 'must list at least one pattern, e.g. ["for-next"]')
-        for pat in branches:
-            try:
-                re.compile(pat)
-            except re.error as exc:
-                raise r.err("branches", f"has an invalid regular expression {pat!r}: {exc}") from None
-        interval = r.int("interval", 1, 7 * 24 * 3600)
-        profiles = r.strlist("profiles") if "profiles" in item else ["tiny"]
-        if not profiles:
-            raise r.err("profiles", "must name at least one profile")
-        for prof in profiles:
-            if prof not in settings.profiles:
-                raise r.err("profiles", f"names the unknown profile {prof!r}; known profiles "
-                                        f"(kconfig/profiles.toml): {', '.join(sorted(settings.profiles))}")
-        out.append(Poller(name=name, url=url, branches=tuple(branches), interval=interval,
-                          profiles=tuple(profiles)))
-    return tuple(out)
-
-
-def _abspath(root: Path, text: str) -> Path:
-    p = Path(text).expanduser()
-    return p if p.is_absolute() else root / p
-
-
-def ensure_secrets(settings: Settings) -> list[Path]:
-    """Generate every webhook secret file that does not exist yet; returns all of them."""
-    ext = parse(settings)
-    for hook in ext.webhooks:
-        ensure_secret(hook.secret_file)
-    return [h.secret_file for h in ext.webhooks]
-
-
-# -- webhooks ------------------------------------------------------------------
 
 
 class Refused(ValueError):
@@ -542,126 +336,14 @@ class GitLabHook(_WebhookHandler):
         ), "git"
 
 
-# -- pollers -------------------------------------------------------------------
-
-
-class BranchPicker:
-    """GitPoller ``branches`` callable: safe ``refs/heads/*`` names matching the patterns."""
-
-    def __init__(self, poller: Poller) -> None:
-        self.poller = poller
-        self.repo = poller.as_repo()
-        self._told: set[str] = set()
-
-    def __call__(self, ref: str) -> bool:
-        if not ref.startswith("refs/heads/"):
-            return False
-        branch = ref[len("refs/heads/"):]
-        problem = branch_problem(branch)
-        if problem is not None:
-            if branch not in self._told:  # once per name, not every poll
-                self._told.add(branch)
-                log.msg(f"ktstr-ci: poller {self.poller.name}: branch name {shown(branch)} of "
-                        f"{self.poller.url} is not built: {problem}")
-            return False
-        return self.repo.branch_wanted(branch)
-
-    # Buildbot compares change sources on reconfig; equal settings = same poller.
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BranchPicker) and other.poller == self.poller
-
-    def __hash__(self) -> int:
-        return hash(self.poller)
-
-
-def git_poller(poller: Poller) -> changes.GitPoller:
-    return changes.GitPoller(
-        repourl=poller.url,
-        name=poller.name,
-        branches=BranchPicker(poller),
-        pollInterval=poller.interval,
-        # The first poll only records the heads; polling at launch makes the
-        # first new upstream commit after a (re)start build.
-        pollAtLaunch=True,
-        workdir=f"gitpoller-{poller.name}",
-        project=poller.name,
-    )
-
-
-def clone_factory(template: BuildFactory, old_url: str, new_url: str) -> BuildFactory:
-    """``template`` with every step argument equal to ``old_url`` replaced by ``new_url``.
-
-    ``configure`` is not given the factory function ``build_config`` used, so a
-    poller's builders reuse a repo builder's steps of the same profile.
-    """
-    def swap(v: Any) -> Any:
-        return new_url if v == old_url else v
-
-    out = copy.copy(template)
-    out.steps = []
-    for sf in template.steps:
-        new = copy.copy(sf)
-        new.args = tuple(swap(a) for a in sf.args)
-        new.kwargs = {k: swap(v) for k, v in sf.kwargs.items()}
-        out.steps.append(new)
-    return out
-
-
-# -- configure ---------------------------------------------------------------
-
-
-def configure(c: dict[str, Any], settings: Settings, specs: list[Any], *,
-              factory: Callable[..., BuildFactory] | None = None) -> None:
-    """Add webhooks (www dialects), pollers (change sources, builders, schedulers) to ``c``."""
-    try:
-        ext = parse(settings)
-    except SettingsError as exc:
-        # One clear line in checkconfig / the master log instead of a traceback.
-        raise ConfigErrors([str(exc)]) from None
-    for service in SERVICES:
-        hooks = [h for h in ext.webhooks if h.service == service]
-        if not hooks:
+def configure(c: dict[str, Any], settings: Settings) -> None:
+    """Add a www change hook dialect per service that has ``[[external.webhooks]]`` entries."""
+    hooks = settings.external.webhooks
+    ensure_webhook_secrets(settings)
+    for service, cls in (("github", GitHubHook), ("gitlab", GitLabHook)):
+        mine = [h for h in hooks if h.service == service]
+        if not mine:
             continue  # an unconfigured dialect is refused by Buildbot ("not whitelisted")
-        for h in hooks:
-            ensure_secret(h.secret_file)
-        cls = GitHubHook if service == "github" else GitLabHook
         c["www"].setdefault("change_hook_dialects", {})[service] = {
-            "custom_class": cls, "hooks": hooks,
+            "custom_class": cls, "hooks": mine,
         }
-    if ext.pollers:
-        _configure_pollers(c, settings, specs, ext.pollers, factory)
-
-
-def _configure_pollers(c: dict[str, Any], settings: Settings, specs: list[Any],
-                       pollers: Iterable[Poller], factory: Callable[..., BuildFactory] | None
-                       ) -> None:
-    from master.builders import build_builders
-    from master.schedulers import FORCE_NAME, build_schedulers, builder_name, force_scheduler
-
-    repos = tuple(p.as_repo() for p in pollers)
-    if factory is None:
-        template_repo = settings.repos[0]
-        by_name = {b.name: b for b in c["builders"]}
-
-        def factory(*, repourl: str, profile: str, **_: Any) -> BuildFactory:
-            template = by_name[builder_name(template_repo, profile)].factory
-            return clone_factory(template, template_repo.url, repourl)
-
-    sub = replace(settings, repos=repos)
-    new_builders = build_builders(sub, specs, factory)
-    taken = {b.name for b in c["builders"]}
-    for b in new_builders:
-        if b.name in taken:
-            raise ConfigErrors([f"settings file {settings.source}: external.pollers: builder "
-                                f"{b.name} already exists; rename the poller"])
-    c["builders"] += new_builders
-    c.setdefault("change_source", []).extend(git_poller(p) for p in pollers)
-    # Push schedulers (push-<name>, same filter and collapsing as pushes here).
-    c["schedulers"] += [s for s in build_schedulers(sub) if s.name != FORCE_NAME]
-    # The force form lists the pollers' builders and URLs too.
-    for i, s in enumerate(c["schedulers"]):
-        if s.name == FORCE_NAME:
-            names = list(s.builderNames) + [b.name for b in new_builders]
-            c["schedulers"][i] = force_scheduler(
-                replace(settings, repos=settings.repos + repos), names
-            )
