@@ -53,13 +53,13 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 run: setup
-	$(PY) -m workers.service start
+	$(PY) -m launcher start
 
 stop: venv
-	$(PY) -m workers.service stop
+	$(PY) -m launcher stop
 
 status: venv
-	$(PY) -m workers.service status
+	$(PY) -m launcher status
 
 bench: setup
 	$(PY) bench/run.py

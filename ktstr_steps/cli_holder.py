@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ktstr_steps.util import LABEL, KtstrError, parse_seconds
 
@@ -135,12 +134,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = hs.add_parser("list", help="all holders under the run directory")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_list)
-
-
-def main(argv: list[str] | None = None) -> int:  # pragma: no cover - convenience
-    from ktstr_steps.cli import main as cli_main
-
-    return cli_main(["holder", *(argv if argv is not None else sys.argv[1:])])
 
 
 __all__ = ["register", "KtstrError", "LABEL"]

@@ -33,7 +33,6 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,42 +48,15 @@ from ktstr_steps.buildsteps.artifacts import (
     PUBLISHED_NAMES,
     SERVICE_NAME,
 )
-from master.settings import Settings, SettingsError, _abspath, _Reader, read_users
+from settings import Settings, read_users
 
 DASHBOARD_NAME = "artifacts"
 URL_PATH = f"plugins/wsgi_dashboards/{DASHBOARD_NAME}/"
-_KEYS = ("dir", "max_age_days", "max_builds", "sweep_minutes", "max_file_mb")
 _BUILDER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
 # A crashed publish leaves a .partial-* directory; older than this it is debris.
 PARTIAL_MAX_AGE = 24 * 3600
 _TEXT_FILES = {".config", "metadata.json", "files.json", "SHA256SUMS"}
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ArtifactSettings:
-    root: Path
-    max_age_days: int  # 0 = keep regardless of age
-    max_builds: int  # per builder; 0 = no limit
-    sweep_minutes: int
-    max_file_mb: int  # per uploaded file; 0 = no limit
-
-
-def parse(settings: Settings) -> ArtifactSettings:
-    table = settings.extensions.get("artifacts") or {}
-    r = _Reader(settings.source, table, "artifacts.")
-    unknown = sorted(set(table) - set(_KEYS))
-    if unknown:
-        raise r.err(unknown[0], f"is not a known key ({', '.join(_KEYS)})")
-    root = r.str("dir")
-    return ArtifactSettings(
-        # "" = inside the master's directory: master data that moves with master.basedir.
-        root=_abspath(settings.root, root) if root else settings.master.basedir / "artifacts",
-        max_age_days=r.int("max_age_days", 0, 36500),
-        max_builds=r.int("max_builds", 0, 1_000_000),
-        sweep_minutes=r.int("sweep_minutes", 1, 7 * 24 * 60),
-        max_file_mb=r.int("max_file_mb", 0, 1 << 20),
-    )
 
 
 # -- retention (plain functions: tests call them directly too) ---------------------------
@@ -332,13 +304,9 @@ def make_app(root: Path, *, users_file: Path | None = None) -> Flask:
     return app
 
 
-def configure(c: dict[str, Any], settings: Any, specs: list[Any]) -> None:
-    """Add the artifacts service and its web app to ``c`` (``[artifacts]``)."""
-    try:
-        cfg = parse(settings)
-    except SettingsError as exc:
-        config.error(str(exc))
-        return
+def configure(c: dict[str, Any], settings: Settings, specs: list[Any]) -> None:
+    """Add the artifacts service and its web app to ``c`` (``settings.artifacts``)."""
+    cfg = settings.artifacts
     c["services"].append(
         ArtifactsService(
             root=str(cfg.root),
@@ -355,4 +323,4 @@ def configure(c: dict[str, Any], settings: Any, specs: list[Any]) -> None:
     c["www"].setdefault("plugins", {}).setdefault("wsgi_dashboards", []).append(dash)
 
 
-__all__ = ["ArtifactsService", "configure", "make_app", "parse", "prune_builder", "sweep"]
+__all__ = ["ArtifactsService", "configure", "make_app", "prune_builder", "sweep"]

@@ -22,14 +22,16 @@ import logging
 import secrets as _secrets
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from buildbot.config.errors import ConfigErrors
 from buildbot.plugins import util, worker
 from buildbot.process.factory import BuildFactory
 
 from master.schedulers import build_schedulers, builder_name, collapse_push_requests
-from master.settings import Settings, read_secret
 from master.www import www_config
+from settings import REPO_ROOT, Settings, SettingsError, load, read_secret
 from workers.spec import WorkerSpec, worker_specs
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,19 @@ def build_builders(
     return out
 
 
+def load_settings(path: Path | str | None = None, *, root: Path = REPO_ROOT) -> Settings:
+    """``settings.load()`` for the master configuration.
+
+    A settings mistake becomes Buildbot's ``ConfigErrors`` with the one line
+    that names the file and the key, so checkconfig and the master log show
+    that line instead of a traceback.
+    """
+    try:
+        return load(path, root=root)
+    except SettingsError as exc:
+        raise ConfigErrors([str(exc)]) from None
+
+
 def build_config(
     settings: Settings,
     *,
@@ -135,12 +150,13 @@ def build_config(
     if RecordsService is not None:
         c["services"].append(RecordsService(db_url=settings.databases.records))
     # Feature modules add their builders, schedulers, services and web pieces.
-    from master import artifacts, external, matrix, push_spool, tryjobs
+    from master import artifacts, matrix, pollers, push_spool, tryjobs, webhooks
 
     push_spool.configure(c, settings)
     matrix.configure(c, settings, specs)
     tryjobs.configure(c, settings, specs)
+    webhooks.configure(c, settings)
     # Pollers build other repositories with the same factory as pushes.
-    external.configure(c, settings, specs, factory=factory)
+    pollers.configure(c, settings, specs, factory=factory)
     artifacts.configure(c, settings, specs)
     return c

@@ -3,7 +3,7 @@
 Data on stdout (a text table, or with ``--json`` one ``{"builds": [...]}``
 object); ``--spool`` lists the rows the master keeps in its spool while the
 database cannot take them, without opening the database. Problems such as a missing SQLite file become ``ktstr-ci: error: ...``
-through :func:`ktstr_steps.cli.main`, never a traceback.
+through :func:`launcher.cli.main`, never a traceback.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def spool_dir(given: str) -> Path:
     """The spool directory: the one given, else the one of the master in the settings."""
     if given:
         return Path(given)
-    from master import settings
+    import settings
     from master.records.spool import SPOOL_DIRNAME
 
     try:

@@ -37,7 +37,7 @@ from twisted.python import log
 from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
 from master.hooks import spool
 from master.schedulers import push_scheduler_name
-from master.settings import Settings
+from settings import Settings
 
 DRAIN_INTERVAL_S = 2.0
 # How soon to look again while the master is still starting.

@@ -38,8 +38,8 @@ from buildbot.schedulers.forcesched import (
 )
 from twisted.internet import defer
 
-from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
-from master.settings import Repo, Settings, is_safe_branch
+from ktstr_steps.refnames import RULE, branch_problem, is_safe_branch, revision_problem, shown
+from settings import Repo, Settings
 
 PUSH_PREFIX = "push-"
 FORCE_NAME = "force"

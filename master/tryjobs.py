@@ -28,10 +28,7 @@ Send one (see :func:`try_command` for the exact argv)::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Generator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from buildbot import config
@@ -43,80 +40,14 @@ from twisted.internet import defer
 
 from ktstr_steps.buildsteps.checkout import KernelCheckout
 from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
-from master.settings import (
-    NAME_RE,
-    Repo,
-    Settings,
-    SettingsError,
-    _abspath,
-    _Reader,
-    ensure_users,
-)
+from settings import Settings, TrySettings, ensure_users
 
 SCHEDULER_NAME = "try"
 BUILDER_PREFIX = "try-"
-_KEYS = ("port", "bind", "users", "users_file", "repo", "profiles")
-_USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-@dataclass(frozen=True)
-class TrySettings:
-    port: int  # 0 = no try scheduler
-    bind: str
-    users: tuple[str, ...]
-    users_file: Path
-    repo: Repo
-    profiles: tuple[str, ...]
-
-    @property
-    def strport(self) -> str:
-        return f"tcp:{self.port}:interface={self.bind}"
 
 
 def builder_name(profile: str) -> str:
     return f"{BUILDER_PREFIX}{profile}"
-
-
-def parse(settings: Settings) -> TrySettings:
-    """``[try]`` of the settings, validated; errors name the file and the key."""
-    table = settings.extensions.get("try") or {}
-    r = _Reader(settings.source, table, "try.")
-    unknown = sorted(set(table) - set(_KEYS))
-    if unknown:
-        raise r.err(unknown[0], f"is not a known key ({', '.join(_KEYS)})")
-    port = r.int("port", 0, 65535)
-    if port and port in (settings.web.port, settings.master.pb_port):
-        # The PB port of the workers has its own users; the web port speaks HTTP.
-        raise r.err("port", f"must differ from web.port and master.pb_port, not {port}")
-    users = tuple(r.strlist("users"))
-    for name in users:
-        if not _USER_RE.match(name):
-            raise r.err("users", f"names {name!r}; use letters, digits, '_', '.' and '-'")
-    if port and not users:
-        raise r.err("users", "must name at least one user when try.port is set")
-    repo_name = r.str("repo")
-    repo = next((x for x in settings.repos if x.name == repo_name), None) if repo_name else (
-        settings.repos[0])
-    if repo is None:
-        known = ", ".join(x.name for x in settings.repos)
-        raise r.err("repo", f"names the unknown repository {repo_name!r} (known: {known})")
-    profiles = tuple(r.strlist("profiles")) or tuple(sorted(settings.profiles))
-    for prof in profiles:
-        if prof not in settings.profiles or not NAME_RE.match(prof):
-            raise r.err("profiles", f"names the unknown profile {prof!r}; known: "
-                        f"{', '.join(sorted(settings.profiles))}")
-    users_file = r.str("users_file")
-    return TrySettings(
-        port=port,
-        bind=r.str("bind") or "127.0.0.1",
-        users=users,
-        # "" = beside the other generated secrets, so a settings file that moves
-        # paths.secrets (a test, a second instance) moves this one too.
-        users_file=_abspath(settings.root, users_file) if users_file else (
-            settings.paths.secrets / "try-users.json"),
-        repo=repo,
-        profiles=profiles,
-    )
 
 
 def try_command(cfg: TrySettings, *, user: str, password: str, branch: str, profile: str,
@@ -226,13 +157,9 @@ def try_factory(push_factory: BuildFactory) -> BuildFactory:
     return out
 
 
-def configure(c: dict[str, Any], settings: Any, specs: list[Any]) -> None:
-    """Add the try builders and the ``Try_Userpass`` scheduler to ``c`` (``[try]``)."""
-    try:
-        cfg = parse(settings)
-    except SettingsError as exc:
-        config.error(str(exc))
-        return
+def configure(c: dict[str, Any], settings: Settings, specs: list[Any]) -> None:
+    """Add the try builders and the ``Try_Userpass`` scheduler to ``c`` (``settings.try_``)."""
+    cfg = settings.try_
     if not cfg.port:
         return
     users = ensure_users(cfg.users_file, cfg.users)

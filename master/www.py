@@ -31,7 +31,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 
 from master.changehook import BaseChangeHook
 from master.frontdoor import SiteAuth
-from master.settings import Settings, read_secret, read_users
+from settings import Settings, read_secret, read_users
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def hook_checker(settings: Settings) -> InMemoryUsernamePasswordDatabaseDontUse:
     if password is None:
         log.warning(
             "ktstr-ci: hook password file %s is missing; the change hook refuses every request "
-            "until `make run` (workers.service start) generates it",
+            "until `make run` (python -m launcher start) generates it",
             settings.hook.password_file,
         )
         password = _secrets.token_urlsafe(32)

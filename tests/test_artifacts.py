@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
+import settings as settings_mod
 from ktstr_steps.cache import KernelMetadata
 from master import artifacts, tryjobs
-from master import settings as settings_mod
 from tests.conftest import VENV_BIN
 from tests.fakekernel import git, make_fake_kernel
 from tests.servicekit import SUCCESS, ServiceKit, free_port
@@ -185,7 +185,7 @@ def test_try_build_downloads_the_patched_kernel(ak: ServiceKit, tmp_path: Path) 
     patch = tmp_path / "dl.diff"
     patch.write_text(git(tree, "diff"))
     git(tree, "checkout", "--", "init/main.c")
-    cfg = tryjobs.parse(settings_mod.load(ak.settings_file, root=ak.root))
+    cfg = settings_mod.load(ak.settings_file, root=ak.root).try_
     password = json.loads(cfg.users_file.read_text())["try"]
     argv = tryjobs.try_command(cfg, user="try", password=password, branch="main",
                                profile="tiny", diff=str(patch))
@@ -331,19 +331,18 @@ def test_settings_errors_name_the_key(tmp_path: Path) -> None:
                         ({"max_age_days": "30"}, "artifacts.max_age_days"),
                         ({"sweep_minutes": 0}, "artifacts.sweep_minutes"),
                         ({"colour": "red"}, "artifacts.colour")):
-        s = _with_extension(base, "artifacts", table)
         with pytest.raises(settings_mod.SettingsError, match=want.replace(".", r"\.")):
-            artifacts.parse(s)
-    cfg = artifacts.parse(base)
+            _with_table(base, "artifacts", table)
+    cfg = base.artifacts
     assert cfg.root == base.master.basedir / "artifacts"
     assert (cfg.max_age_days, cfg.max_builds) == (30, 20)
 
 
-def _with_extension(s: settings_mod.Settings, name: str, table: dict) -> settings_mod.Settings:
-    import dataclasses
-
-    ext = {**s.extensions, name: {**s.extensions[name], **table}}
-    return dataclasses.replace(s, extensions=ext)
+def _with_table(s: settings_mod.Settings, name: str, table: dict) -> settings_mod.Settings:
+    """``s`` loaded again with these keys of ``[name]`` in a settings file of its own."""
+    path = s.root / f"{name}-settings.toml"
+    path.write_text(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+    return settings_mod.load(path, root=s.root)
 
 
 def test_anonymous_read_off_asks_for_a_login(tmp_path: Path) -> None:

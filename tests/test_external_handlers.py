@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from master import external
-from master.settings import Repo
+from master import webhooks
+from settings import Repo, Webhook
 
 REPO = Repo(name="gh", url="/srv/gh.git", hosted=False, branches=(".*",), profiles=("tiny",))
 PAYLOAD = json.loads((Path(__file__).parent / "payloads" / "github-push.json").read_text())
@@ -42,7 +42,7 @@ class FakeRequest:
         return SimpleNamespace(host="127.0.0.1")
 
 
-def handler(cls: type, hooks: list[external.Webhook]) -> Any:
+def handler(cls: type, hooks: list[Webhook]) -> Any:
     return cls(SimpleNamespace(), {"hooks": hooks})
 
 
@@ -52,12 +52,12 @@ def result(d: Any) -> Any:
     return out[0]
 
 
-def hook(tmp_path: Path, service: str, strict: bool, secret: str | None = "s3cret") -> external.Webhook:
+def hook(tmp_path: Path, service: str, strict: bool, secret: str | None = "s3cret") -> Webhook:
     f = tmp_path / f"{service}.secret"
     if secret is not None:
         f.write_text(secret + "\n")
     project = "sched-ext/linux" if service == "github" else "kernel/sched-ext-linux"
-    return external.Webhook(service=service, project=project, repo=REPO, secret_file=f,
+    return Webhook(service=service, project=project, repo=REPO, secret_file=f,
                             strict=strict)
 
 
@@ -71,25 +71,25 @@ def github_request(sign_with: str | None) -> FakeRequest:
 
 
 def test_github_unsigned_is_accepted_only_when_not_strict(tmp_path: Path) -> None:
-    lenient = handler(external.GitHubHook, [hook(tmp_path, "github", strict=False)])
+    lenient = handler(webhooks.GitHubHook, [hook(tmp_path, "github", strict=False)])
     changes, src = result(lenient.getChanges(github_request(None)))
     assert src == "git" and [c["revision"] for c in changes] == [PAYLOAD["after"]]
     assert changes[0]["repository"] == "/srv/gh.git" and changes[0]["project"] == "gh"
-    strict = handler(external.GitHubHook, [hook(tmp_path, "github", strict=True)])
+    strict = handler(webhooks.GitHubHook, [hook(tmp_path, "github", strict=True)])
     failure = result(strict.getChanges(github_request(None)))
-    assert failure.check(external.Refused) and "unsigned delivery" in str(failure.value)
+    assert failure.check(webhooks.Refused) and "unsigned delivery" in str(failure.value)
 
 
 def test_github_wrong_signature_is_refused_even_when_not_strict(tmp_path: Path) -> None:
-    lenient = handler(external.GitHubHook, [hook(tmp_path, "github", strict=False)])
+    lenient = handler(webhooks.GitHubHook, [hook(tmp_path, "github", strict=False)])
     failure = result(lenient.getChanges(github_request("guess")))
-    assert failure.check(external.Refused) and "signature mismatch" in str(failure.value)
+    assert failure.check(webhooks.Refused) and "signature mismatch" in str(failure.value)
 
 
 def test_missing_secret_file_refuses(tmp_path: Path) -> None:
-    h = handler(external.GitHubHook, [hook(tmp_path, "github", strict=True, secret=None)])
+    h = handler(webhooks.GitHubHook, [hook(tmp_path, "github", strict=True, secret=None)])
     failure = result(h.getChanges(github_request("s3cret")))
-    assert failure.check(external.Refused)
+    assert failure.check(webhooks.Refused)
 
 
 @pytest.mark.parametrize("token, ok", [(None, True), ("s3cret", True), ("bad", False)])
@@ -98,20 +98,20 @@ def test_gitlab_not_strict(tmp_path: Path, token: str | None, ok: bool) -> None:
     headers = {"Content-Type": "application/json", "X-Gitlab-Event": "Push Hook"}
     if token is not None:
         headers["X-Gitlab-Token"] = token
-    h = handler(external.GitLabHook, [hook(tmp_path, "gitlab", strict=False)])
+    h = handler(webhooks.GitLabHook, [hook(tmp_path, "gitlab", strict=False)])
     out = result(h.getChanges(FakeRequest(json.dumps(payload).encode(), headers)))
     if ok:
         changes, _ = out
         assert [c["revision"] for c in changes] == [payload["checkout_sha"]]
         assert changes[0]["branch"] == "scx-topology"
     else:
-        assert out.check(external.Refused)
+        assert out.check(webhooks.Refused)
 
 
 def test_revision_must_be_a_commit_id(tmp_path: Path) -> None:
     p = dict(PAYLOAD, after="HEAD~1; reboot")
     body = json.dumps(p).encode()
     req = FakeRequest(body, {"Content-Type": "application/json", "X-GitHub-Event": "push"})
-    h = handler(external.GitHubHook, [hook(tmp_path, "github", strict=False)])
+    h = handler(webhooks.GitHubHook, [hook(tmp_path, "github", strict=False)])
     failure = result(h.getChanges(req))
-    assert failure.check(external.Refused) and "is not a commit id" in str(failure.value)
+    assert failure.check(webhooks.Refused) and "is not a commit id" in str(failure.value)

@@ -26,11 +26,10 @@ from typing import Any
 
 import pytest
 
+import settings as settings_mod
 from ktstr_steps.refnames import shown
-from master import external
-from master import settings as settings_mod
+from launcher.service import Service
 from tests.servicekit import ServiceKit
-from workers.service import Service
 
 PAYLOADS = Path(__file__).resolve().parent / "payloads"
 GH_PROJECT = "sched-ext/linux"
@@ -73,7 +72,7 @@ class ExternalKit(ServiceKit):
         return (self.settings.master.basedir / "twistd.log").read_text(errors="replace")
 
     def secret(self, service: str) -> str:
-        hook = next(h for h in external.parse(self.settings).webhooks if h.service == service)
+        hook = next(h for h in self.settings.external.webhooks if h.service == service)
         value = settings_mod.read_secret(hook.secret_file)
         assert value, f"{hook.secret_file} was not generated"
         return value
@@ -511,7 +510,7 @@ def test_github_form_encoded_delivery_builds(kit: ExternalKit) -> None:
 
 
 def test_rotated_secret_applies_without_a_restart(kit: ExternalKit) -> None:
-    hook = next(h for h in external.parse(kit.settings).webhooks if h.service == "gitlab")
+    hook = next(h for h in kit.settings.external.webhooks if h.service == "gitlab")
     old = kit.secret("gitlab")
     hook.secret_file.write_text("rotated-token-0123456789\n")
     try:

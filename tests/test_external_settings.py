@@ -17,7 +17,8 @@ from buildbot.config.errors import ConfigErrors
 from buildbot.schedulers.basic import AnyBranchScheduler
 from buildbot.schedulers.forcesched import ForceScheduler
 
-from master import builders, external, settings
+import settings
+from master import builders, webhooks
 from tests.conftest import REPO, VENV_BIN
 from tests.servicekit import standin_factory
 from workers.spec import WorkerSpec
@@ -90,12 +91,12 @@ def specs(tmp_path: Path, s: settings.Settings) -> list[WorkerSpec]:
 
 def test_default_table_is_empty() -> None:
     s = settings.load(settings.DEFAULT_FILE)
-    assert external.parse(s) == external.External()
+    assert s.external == settings.ExternalSettings()
 
 
 def test_good_table_parses(tmp_path: Path) -> None:
     s = load(tmp_path, GOOD_WEBHOOKS + GOOD_POLLERS)
-    ext = external.parse(s)
+    ext = s.external
     gh, gl = ext.webhooks
     assert (gh.service, gh.project, gh.repo.name, gh.strict) == (
         "github", "sched-ext/linux", "gh", True)
@@ -113,7 +114,7 @@ def test_good_table_parses(tmp_path: Path) -> None:
 def test_relative_poller_url_is_made_absolute(tmp_path: Path) -> None:
     s = load(tmp_path, '[[external.pollers]]\nname = "up"\nurl = "mirrors/up.git"\n'
                        'branches = ["main"]\ninterval = 60\n')
-    (p,) = external.parse(s).pollers
+    (p,) = s.external.pollers
     assert p.url == str(tmp_path / "mirrors" / "up.git")
     assert p.profiles == ("tiny",)  # like [[repos]]
 
@@ -159,16 +160,16 @@ POLL = '[[external.pollers]]\nname = "up"\nurl = "/srv/up.git"\nbranches = ["mai
 ])
 def test_errors_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
     with pytest.raises(settings.SettingsError) as exc:
-        external.parse(load(tmp_path, toml))
+        load(tmp_path, toml)
     text = str(exc.value)
     assert message in text
     assert str(tmp_path / "settings.toml") in text  # and the file
 
 
 def test_configure_turns_a_bad_table_into_one_config_error(tmp_path: Path) -> None:
-    s = load(tmp_path, HOOK.replace('"github"', '"svn"'))
+    path = write_settings(tmp_path, HOOK.replace('"github"', '"svn"'))
     with pytest.raises(ConfigErrors) as exc:
-        builders.build_config(s, factory=standin_factory, specs=specs(tmp_path, s))
+        builders.load_settings(path, root=tmp_path)
     assert exc.value.errors == [
         f"settings file {tmp_path / 'settings.toml'}: external.webhooks[0].service must be "
         "\"github\" or \"gitlab\", not 'svn'"
@@ -188,8 +189,8 @@ def test_config_webhooks(tmp_path: Path) -> None:
     c = builders.build_config(s, factory=standin_factory, specs=specs(tmp_path, s))
     dialects = c["www"]["change_hook_dialects"]
     assert set(dialects) == {"base", "github", "gitlab"}
-    assert dialects["github"]["custom_class"] is external.GitHubHook
-    assert dialects["gitlab"]["custom_class"] is external.GitLabHook
+    assert dialects["github"]["custom_class"] is webhooks.GitHubHook
+    assert dialects["gitlab"]["custom_class"] is webhooks.GitLabHook
     assert [h.project for h in dialects["github"]["hooks"]] == ["sched-ext/linux"]
     # The Basic auth in front of /change_hook stays (it covers every dialect).
     assert len(c["www"]["change_hook_auth"]) == 1

@@ -15,7 +15,8 @@ from buildbot.schedulers.basic import AnyBranchScheduler
 from buildbot.schedulers.forcesched import ForceScheduler, ValidationError
 from buildbot.www.authz import endpointmatchers as em
 
-from master import builders, schedulers, settings, www
+import settings
+from master import builders, schedulers, www
 from master.changehook import BaseChangeHook
 from master.frontdoor import SiteAuth
 from tests.conftest import REPO, VENV_BIN

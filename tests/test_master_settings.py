@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from master import settings as S
+import settings as S
+from ktstr_steps.refnames import is_safe_branch
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +153,7 @@ def test_unknown_profile_lists_known_ones(tmp_path: Path) -> None:
      ("a" * 251, False), ("dir/HEAD", True)],
 )
 def test_safe_branch_names(name: str, ok: bool) -> None:
-    assert S.is_safe_branch(name) is ok
+    assert is_safe_branch(name) is ok
 
 
 def test_secrets_generated_private_and_stable(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from buildbot.config.errors import ConfigErrors
 from buildbot.process.properties import Property
 
+import settings
 from ktstr_steps import releases
 from ktstr_steps.buildsteps.lookup import not_cache_hit
 from ktstr_steps.buildsteps.matrix import (
@@ -23,7 +24,7 @@ from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
 from ktstr_steps.util import KtstrError
-from master import builders, matrix, settings
+from master import builders, matrix
 from master.schedulers import KtstrForceScheduler
 from workers.spec import WorkerSpec
 
@@ -55,7 +56,7 @@ def specs(tmp_path: Path) -> list[WorkerSpec]:
 
 def test_defaults_are_disabled_and_valid(tmp_path: Path) -> None:
     s = settings.load(settings.DEFAULT_FILE, root=tmp_path)
-    m = matrix.load_matrix(s)
+    m = s.matrix
     assert m.enabled is False
     assert m.versions == ("latest-stable",) and m.profiles == ("tiny",)
     assert (m.hour, m.minute) == (3, 0)
@@ -85,7 +86,7 @@ cpu_cap = 2
 
 def test_enabled_matrix_configures_builders_and_schedulers(tmp_path: Path) -> None:
     s = load(tmp_path, ENABLED)
-    m = matrix.load_matrix(s)
+    m = s.matrix
     assert (m.hour, m.minute, m.cpu_cap) == (21, 45, 2)
     assert m.mirror == "http://127.0.0.1:1/pub/linux/kernel"  # trailing "/" dropped
     settings.ensure_secret(s.worker_password_file("h-llc0"))
@@ -156,15 +157,14 @@ def test_enabled_matrix_configures_builders_and_schedulers(tmp_path: Path) -> No
 def test_bad_matrix_settings_name_the_key(tmp_path: Path, table: str, key: str,
                                           words: str) -> None:
     enabled = "" if table.startswith("enabled") else "enabled = true\n"
-    s = load(tmp_path, f"[matrix]\n{enabled}{table}\n")
     with pytest.raises(settings.SettingsError) as err:
-        matrix.load_matrix(s)
+        load(tmp_path, f"[matrix]\n{enabled}{table}\n")
     msg = str(err.value)
     assert f"{key} " in msg and words in msg
     assert str(tmp_path / "s.toml") in msg
     # The master configuration says the same in one line, without a traceback.
     with pytest.raises(ConfigErrors) as cfg_err:
-        matrix.configure({"workers": [], "builders": [], "schedulers": []}, s, specs(tmp_path))
+        builders.load_settings(tmp_path / "s.toml", root=tmp_path)
     assert cfg_err.value.errors == [msg]
 
 

@@ -8,7 +8,7 @@ topology of one LLC over CPUs 0-1. Host 2 is a network namespace
 topology (two one-CPU LLC groups through ``KTSTR_SYSFS_ROOT``), kernel cache,
 tree store, holder run dir, ``/tmp`` (ktstr's LLC lock files) and copied
 worker passwords, started by the worker-host tooling
-(``python -m workers.service start --workers-only``). The master's PB port
+(``python -m launcher start --workers-only``). The master's PB port
 listens on the host end of the veth pair only; host 1's worker connects there
 too. Host 2 fetches from the master host's bare repository by its path: the
 namespaces split the network, not the filesystem.
@@ -118,7 +118,7 @@ url = {json.dumps(str(kit.repo_path))}
         ]
 
     def service(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "workers.service", *args]
+        argv = [sys.executable, "-m", "launcher", *args]
         return subprocess.run(self.net.argv(argv, binds=self.binds), env=self.env, cwd=REPO,
                               capture_output=True, text=True, timeout=timeout)
 

@@ -1,4 +1,4 @@
-"""``workers.service start --workers-only``: the worker-host tooling's refusals and failures.
+"""``python -m launcher start --workers-only``: the worker-host tooling's refusals and failures.
 
 The happy path runs in tests/test_multihost.py (inside a network namespace).
 Here, on loopback: a host with no listed worker, missing password files, and
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from master import settings as settings_mod
+import settings as settings_mod
+from launcher.service import Service, ServiceError
 from tests.servicekit import REPO, ServiceKit
-from workers.service import Service, ServiceError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -89,7 +89,7 @@ def test_wrong_password_is_not_connected_and_says_where_to_look(tmp_path: Path) 
         pw.write_text("not-what-the-master-has\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("KTSTR_")}
         env["KTSTR_CI_SETTINGS"] = str(path)
-        cmd = [sys.executable, "-m", "workers.service"]
+        cmd = [sys.executable, "-m", "launcher"]
         try:
             res = subprocess.run([*cmd, "start", "--workers-only", "--timeout", "8"], env=env,
                                  cwd=REPO, capture_output=True, text=True, timeout=60)

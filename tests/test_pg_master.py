@@ -3,7 +3,7 @@
 The cluster is a throwaway one of tests/pg.py, started for this module and
 removed at its end (the test asserts that no postgres process is left). The
 two databases are two *databases* of that cluster (``ktci_buildbot`` and
-``ktci_records``), as in master/settings.postgres-example.toml: Buildbot's
+``ktci_records``), as in settings/postgres-example.toml: Buildbot's
 schema and ours never share a namespace or an alembic version table.
 
 Also here: the documented example settings file loads, validates and turns into
@@ -23,14 +23,14 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from master import settings as settings_mod
+import settings as settings_mod
 from tests.fakekernel import tree_files
 from tests.pg import PgCluster
 from tests.servicekit import REPO, ServiceKit
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.timeout(300)]
 
-EXAMPLE = REPO / "master" / "settings.postgres-example.toml"
+EXAMPLE = REPO / "settings" / "postgres-example.toml"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from sqlalchemy import func, inspect, select, text
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from ktstr_steps import cli
+from launcher import cli
 from master.records import db, queries
 from master.records.models import VERSION_TABLE, Base, KernelBuild
 from master.records.service import (

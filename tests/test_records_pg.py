@@ -75,7 +75,7 @@ class TestCliPg(base.TestCli):
     test_missing_sqlite_file_is_a_clear_error_not_a_traceback = None
 
     def test_unknown_server_database_is_a_clear_error(self, db_url, capsys):
-        from ktstr_steps import cli
+        from launcher import cli
 
         bad = db_url.rsplit("/", 1)[0] + "/no_such_db"
         assert cli.main(["records", "--db", bad]) == 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from master import settings as settings_mod
+import settings as settings_mod
 from master import tryjobs
 from tests.conftest import VENV_BIN
 from tests.fakekernel import git, make_fake_kernel
@@ -44,7 +44,7 @@ class TryKit:
         self.kit = kit
         self.port = try_port
         self.tree = tree
-        self.cfg = tryjobs.parse(settings_mod.load(kit.settings_file, root=kit.root))
+        self.cfg = settings_mod.load(kit.settings_file, root=kit.root).try_
 
     def password(self, user: str = "try") -> str:
         return json.loads(self.cfg.users_file.read_text())[user]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 from buildbot.config.errors import ConfigErrors
 
+import settings as settings_mod
 from master import builders, tryjobs
-from master import settings as settings_mod
 from tests.servicekit import standin_factory
 from workers.spec import WorkerSpec
 
@@ -21,12 +21,18 @@ def base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> settings_mod.Settin
 
 
 def with_try(s: settings_mod.Settings, **table: object) -> settings_mod.Settings:
-    ext = {**s.extensions, "try": {**s.extensions["try"], **table}}
-    return dataclasses.replace(s, extensions=ext)
+    """``s`` loaded again with these ``[try]`` keys in a settings file of its own."""
+    path = try_file(s)
+    path.write_text("[try]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+    return settings_mod.load(path, root=s.root)
+
+
+def try_file(s: settings_mod.Settings) -> Path:
+    return s.root / "try-settings.toml"
 
 
 def test_defaults(base: settings_mod.Settings) -> None:
-    cfg = tryjobs.parse(base)
+    cfg = base.try_
     assert (cfg.port, cfg.bind, cfg.users) == (8031, "127.0.0.1", ("try",))
     assert cfg.users_file == base.paths.secrets / "try-users.json"
     assert cfg.repo == base.repos[0]
@@ -46,8 +52,8 @@ def test_defaults(base: settings_mod.Settings) -> None:
 ])
 def test_bad_settings_name_the_key(base: settings_mod.Settings, table: dict, key: str) -> None:
     with pytest.raises(settings_mod.SettingsError, match=key.replace(".", r"\.")) as exc:
-        tryjobs.parse(with_try(base, **table))
-    assert str(base.source) in str(exc.value)
+        with_try(base, **table)
+    assert str(try_file(base)) in str(exc.value)
 
 
 def test_unknown_key_in_a_settings_file_is_refused(tmp_path: Path) -> None:
@@ -110,5 +116,7 @@ def test_port_zero_means_no_try(base: settings_mod.Settings, tmp_path: Path) -> 
 
 
 def test_bad_settings_are_config_errors(base: settings_mod.Settings) -> None:
+    with pytest.raises(settings_mod.SettingsError):
+        with_try(base, port=8010)
     with pytest.raises(ConfigErrors, match=r"try\.port"):
-        tryjobs.configure({"builders": [], "schedulers": []}, with_try(base, port=8010), [])
+        builders.load_settings(try_file(base), root=base.root)

@@ -1,4 +1,4 @@
-"""`make run` / `make stop` / `make status` (python -m workers.service) on a temp var dir.
+"""`make run` / `make stop` / `make status` (python -m launcher) on a temp var dir.
 
 Runs the real command with the checkout's master.cfg (the real factory and
 records service), settings pointing every path into the temp dir and free ports.
@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from master import settings
+import settings
 from tests.conftest import REPO
 from tests.servicekit import ServiceKit
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 def service(kit: ServiceKit, action: str, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "workers.service", action, *extra],
+        [sys.executable, "-m", "launcher", action, *extra],
         cwd=REPO, env=kit.env, capture_output=True, text=True, timeout=180,
     )
 
@@ -104,7 +104,7 @@ def test_bad_settings_are_reported(tmp_path: Path) -> None:
 
 
 def test_local_settings_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.service import ensure_local_settings
+    from launcher.actions import ensure_local_settings
 
     monkeypatch.delenv(settings.ENV_VAR, raising=False)
     ensure_local_settings(tmp_path)

@@ -88,7 +88,7 @@ def test_launcher_writes_the_pid_and_counts_starts(tmp_path: Path) -> None:
 
 
 def service_cmd(kit: ServiceKit, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workers.service", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=REPO,
                           env=kit.env, capture_output=True, text=True, timeout=180)
 
 

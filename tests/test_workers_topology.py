@@ -8,52 +8,50 @@ from pathlib import Path
 
 import pytest
 
-from master import settings
+import settings
 from tests.conftest import REPO
 from tests.servicekit import write_fake_sysfs
+from workers import llc_groups
 from workers import spec as wspec
-from workers import topology
 
 
-def test_sysfs_reader_groups_by_llc(tmp_path: Path) -> None:
+def test_groups_by_llc(tmp_path: Path) -> None:
     root = write_fake_sysfs(tmp_path / "sys", [[0, 1], [2, 3]])
-    groups = topology.read_sysfs_llcs(str(root))
+    groups = llc_groups.llc_groups(root)
     assert [(g.index, g.cpus, g.node) for g in groups] == [(0, (0, 1), 0), (1, (2, 3), 0)]
-    # a root that holds sys/ works too
-    assert topology.read_sysfs_llcs(str(tmp_path)) == groups
 
 
-def test_sysfs_reader_without_cache_info(tmp_path: Path) -> None:
+def test_groups_without_cache_info(tmp_path: Path) -> None:
     cpu = tmp_path / "devices" / "system" / "cpu"
     for c in range(3):
         (cpu / f"cpu{c}").mkdir(parents=True)
     (cpu / "online").write_text("0-2\n")
-    [g] = topology.read_sysfs_llcs(str(tmp_path))
+    [g] = llc_groups.llc_groups(tmp_path)
     assert g.cpus == (0, 1, 2)
 
 
-def test_sysfs_reader_unreadable(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="cannot read the online CPU list"):
-        topology.read_sysfs_llcs(str(tmp_path))
+def test_groups_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="cannot read this host's LLC topology: sysfs unreadable"):
+        llc_groups.llc_groups(tmp_path)
 
 
 def test_llc_groups_honours_ktstr_sysfs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KTSTR_SYSFS_ROOT", str(write_fake_sysfs(tmp_path, [[0], [1], [2, 3]])))
-    assert [g.cpus for g in topology.llc_groups()] == [(0,), (1,), (2, 3)]
+    assert [g.cpus for g in llc_groups.llc_groups()] == [(0,), (1,), (2, 3)]
     monkeypatch.setenv("KTSTR_SYSFS_ROOT", str(tmp_path / "missing"))
     with pytest.raises(RuntimeError, match="KTSTR_SYSFS_ROOT"):
-        topology.llc_groups()
+        llc_groups.llc_groups()
 
 
 def test_real_host_groups_cover_online_cpus() -> None:
     from ktstr_steps.util import parse_cpulist
 
-    groups = topology.llc_groups()
+    groups = llc_groups.llc_groups()
     assert [g.index for g in groups] == list(range(len(groups)))
     online = parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
     assert sorted(c for g in groups for c in g.cpus) == online
-    # the stand-in reader agrees with ktstr_steps.topology on this host
-    assert topology.read_sysfs_llcs("/sys") == groups
+    # the default root is the real /sys
+    assert llc_groups.llc_groups(Path("/sys")) == groups
 
 
 def test_map_cpus() -> None:

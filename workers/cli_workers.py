@@ -2,7 +2,8 @@
 
 ``ktstr-ci workers list [--json]`` shows the workers the settings define
 (name, LLC group, recorded CPUs, the CPUs the process is pinned to and why
-they differ); ``start``/``stop``/``status`` are ``make run``/``stop``/``status``.
+they differ). The launcher adds ``start``/``stop``/``status`` (``make
+run``/``stop``/``status``) to the same command (``launcher/cli.py``).
 """
 
 from __future__ import annotations
@@ -14,21 +15,18 @@ import sys
 from ktstr_steps.util import KtstrError, format_cpulist
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add ``workers list``; returns the actions of ``workers`` for the launcher's."""
     p = subparsers.add_parser("workers", help="the master and LLC-pinned workers of this host")
     sub = p.add_subparsers(dest="workers_command", required=True, metavar="ACTION")
     ls = sub.add_parser("list", help="workers of this host (one per LLC group)")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_list)
-    for action in ("start", "stop", "status"):
-        a = sub.add_parser(action, help=f"{action} the master and workers (make {action if action != 'start' else 'run'})")
-        if action == "status":
-            a.add_argument("--json", action="store_true")
-        a.set_defaults(func=_service, action=action)
+    return sub
 
 
 def _list(args: argparse.Namespace) -> int:
-    from master.settings import SettingsError, load
+    from settings import SettingsError, load
     from workers.spec import worker_specs
 
     try:
@@ -53,12 +51,3 @@ def _list(args: argparse.Namespace) -> int:
         if r["pin_note"]:
             print(f"  note: {r['pin_note']}", file=sys.stderr)
     return 0
-
-
-def _service(args: argparse.Namespace) -> int:
-    from workers import service
-
-    argv = [args.action]
-    if getattr(args, "json", False):
-        argv.append("--json")
-    return service.main(argv)

@@ -1,8 +1,8 @@
 """Worker specs: which buildbot-workers this host runs, their names, CPUs and paths.
 
 Both sides compute the same list from the settings: ``master/builders.py``
-registers the workers on the master, ``workers/service.py`` creates and starts
-them. With ``workers.mode = "auto"`` that is one worker per LLC group of this
+registers the workers on the master, the launcher (``launcher/service.py``)
+creates and starts them. With ``workers.mode = "auto"`` that is one worker per LLC group of this
 host (``<host>-llc<index>``); with ``"list"`` the listed ones.
 
 Faked topologies (``KTSTR_SYSFS_ROOT``) may record CPUs this host does not
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr_steps.util import format_cpulist
-from master.settings import Settings
-from workers.topology import llc_groups
+from settings import Settings
+from workers.llc_groups import llc_groups
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from master.hooks.spool import spool_dir
-from master.settings import REPO_ROOT, Repo, Settings
+from settings import REPO_ROOT, Repo, Settings
 
 CONFIG_NAME = "ktstr-ci-hook.json"
 HOOKS = {"pre-receive": "pre_receive", "post-receive": "post_receive"}

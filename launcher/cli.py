@@ -1,5 +1,11 @@
 """The ``ktstr-ci`` command: one argparse tree, each area registering its own subcommands.
 
+The pipeline registers ``kernel``, ``phase``, ``holder`` and the host
+commands, the master ``records``, the workers ``workers list``, and the
+launcher ``workers start|stop|status`` (``make run|stop|status``). The
+assembly lives here because the launcher is the one package that may import
+all of them.
+
 Diagnostics go to stderr, data to stdout; ``--json`` output is one object on
 stdout. A :class:`~ktstr_steps.util.KtstrError` becomes ``ktstr-ci: error: ...``
 and exit status 1; argparse usage errors exit 2 (as clap does for ktstr).
@@ -11,12 +17,13 @@ import argparse
 import json
 import sys
 
+from ktstr_steps import cli_holder, cli_host, cli_kernel
 from ktstr_steps.util import LABEL, KtstrError
+from master import cli_records
+from workers import cli_workers
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ktstr_steps import cli_holder, cli_host, cli_kernel
-
     parser = argparse.ArgumentParser(
         prog=LABEL,
         description="ktstr's kernel build pipeline as a command and as CI worker phases.",
@@ -25,19 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     cli_kernel.register(sub)
     cli_host.register(sub)
     cli_holder.register(sub)
-    try:
-        from master import cli_records
-    except ImportError:  # a worker-only install has no master package
-        cli_records = None
-    if cli_records is not None:
-        cli_records.register(sub)
-    try:
-        from workers import cli_workers
-    except ImportError:
-        cli_workers = None
-    if cli_workers is not None:
-        cli_workers.register(sub)
+    cli_records.register(sub)
+    actions = cli_workers.register(sub)
+    for action in ("start", "stop", "status"):
+        make = "run" if action == "start" else action
+        a = actions.add_parser(action, help=f"{action} the master and workers (make {make})")
+        if action == "status":
+            a.add_argument("--json", action="store_true")
+        a.set_defaults(func=_service, action=action)
     return parser
+
+
+def _service(args: argparse.Namespace) -> int:
+    from launcher import actions
+
+    argv = [args.action]
+    if getattr(args, "json", False):
+        argv.append("--json")
+    return actions.main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
