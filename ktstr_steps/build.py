@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr_steps import cache, pipeline, releases, source
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import say
 from ktstr_steps.pipeline import BuildState, timed
-from ktstr_steps.util import KtstrError, bypass_llc_locks, say
+from ktstr_steps.planner import bypass_llc_locks
 
 
 @dataclass

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.flock import (
     flock_poll,
     format_holders,
@@ -46,8 +47,8 @@ from ktstr_steps.flock import (
     try_flock,
 )
 from ktstr_steps.keys import key_problem, validate_image_name, validate_key
+from ktstr_steps.messages import LABEL, warn
 from ktstr_steps.strip import StripError, strip_vmlinux
-from ktstr_steps.util import LABEL, KtstrError, warn
 
 METADATA = "metadata.json"
 PROVENANCE = "ktstr-ci.json"

@@ -1,7 +1,7 @@
 """The ``ktstr-ci`` command: one argparse tree, each area registering its own subcommands.
 
 Diagnostics go to stderr, data to stdout; ``--json`` output is one object on
-stdout. A :class:`~ktstr_steps.util.KtstrError` becomes ``ktstr-ci: error: ...``
+stdout. A :class:`~ktstr_steps.errors.KtstrError` becomes ``ktstr-ci: error: ...``
 and exit status 1; argparse usage errors exit 2 (as clap does for ktstr).
 """
 
@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 
-from ktstr_steps.util import LABEL, KtstrError
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import LABEL
 
 
 def build_parser() -> argparse.ArgumentParser:

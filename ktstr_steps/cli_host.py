@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +49,9 @@ def cmd_topology(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from ktstr_steps import planner
+    from ktstr_steps.messages import say
+    from ktstr_steps.planner import bypass_llc_locks
     from ktstr_steps.topology import HostTopology
-    from ktstr_steps.util import bypass_llc_locks, say
 
     planner.refuse_cap_with_bypass(args.cpu_cap)
     if bypass_llc_locks():
@@ -68,7 +69,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"bypass": False, **plan.to_json(), "cap": cap}))
     else:
-        from ktstr_steps.util import format_cpulist
+        from ktstr_steps.cpulist import format_cpulist
 
         print(f"llcs:      {', '.join(map(str, plan.llcs))}")
         print(f"cpus:      {format_cpulist(plan.cpus)} ({len(plan.cpus)})")
@@ -139,7 +140,7 @@ def collect_locks(lock_dir: Path, root: Path | None) -> list[dict]:
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
-    from ktstr_steps.util import warn
+    from ktstr_steps.messages import warn
 
     try:
         root = cache_root()

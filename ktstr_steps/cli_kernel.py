@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from ktstr_steps.util import LABEL, KtstrError, int_at_least, parse_seconds
+from ktstr_steps.cli_values import int_at_least, parse_seconds
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import LABEL
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -16,7 +16,7 @@ the host's LLC-group workers, often at the same moment. So, unlike
   after a cache eviction is incremental), keyed like ktstr keys tarball
   builds, so two profiles of one version never share a ``.config``.
 
-Progress lines are ``ktstr-ci: progress: download: ...`` (util.Progress).
+Progress lines are ``ktstr-ci: progress: download: ...`` (messages.Progress).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr_steps import flock, releases
-from ktstr_steps.util import LABEL, KtstrError, Progress, say, warn
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import LABEL, Progress, say, warn
 
 _CHUNK = 1 << 16
 _USER_AGENT = f"{LABEL} (download cache)"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 
 # statfs f_type magics ktstr refuses for lock files (reference §4.4): flock on
 # these is emulated, local-only or silently a no-op.

@@ -17,8 +17,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.keys import crc32_hex
 from ktstr_steps.make import run_make
-from ktstr_steps.util import KtstrError, Progress, crc32_hex, kconfig_dir, warn
+from ktstr_steps.messages import Progress, warn
+from ktstr_steps.paths import kconfig_dir
 
 BASE_CONFIGS = ("defconfig", "tinyconfig", "allnoconfig")
 

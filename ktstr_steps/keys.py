@@ -8,11 +8,17 @@ are found by ktstr under exactly the key it would compute.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError, crc32_hex
+from ktstr_steps.errors import KtstrError
 
 _NAMED_BASES = ("defconfig", "tinyconfig", "allnoconfig")
+
+
+def crc32_hex(data: bytes) -> str:
+    """IEEE CRC32 as 8 lowercase hex digits, as in every ktstr key and hash field."""
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
 
 
 def kconfig_suffix(kconfig_hash: str, extra_hash: str | None = None) -> str:

@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError, Progress
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import Progress
 
 # ktstr's limit for the inherit-stdio runner (mrproper, defconfig, olddefconfig).
 DEFAULT_TIMEOUT = 1800.0
@@ -425,7 +426,7 @@ def find_image(src: Path, arch: str) -> Path:
 
 
 def vmlinux_message(src: Path) -> str:
-    """ktstr's vmlinux line, to print with ``util.say`` (the absent case carries ``warning:``)."""
+    """ktstr's vmlinux line, to print with ``messages.say`` (the absent case carries ``warning:``)."""
     vmlinux = Path(src) / "vmlinux"
     try:
         size = vmlinux.stat().st_size

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 
 from ktstr_steps import releases
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.refnames import RULE, branch_problem
-from ktstr_steps.util import KtstrError
 
 BRANCH_PREFIX = "branch:"
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")

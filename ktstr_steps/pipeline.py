@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ktstr_steps import cache, kconfig, keys, make
-from ktstr_steps.util import LABEL, KtstrError, crc32_hex, say, warn
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import LABEL, say, warn
 
 OUTCOMES = (
     "cached",

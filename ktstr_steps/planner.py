@@ -27,18 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ktstr_steps import flock
+from ktstr_steps.cpulist import format_cpulist, parse_cpulist
+from ktstr_steps.errors import KtstrError, ResourceContention
 from ktstr_steps.flock import FileLock, Holder
+from ktstr_steps.messages import LABEL, Progress, say
 from ktstr_steps.topology import HostTopology
-from ktstr_steps.util import (
-    LABEL,
-    KtstrError,
-    Progress,
-    ResourceContention,
-    bypass_llc_locks,
-    format_cpulist,
-    parse_cpulist,
-    say,
-)
 
 DEFAULT_LOCK_DIR = Path("/tmp")
 DEFAULT_FRACTION = 0.30  # share of the allowed CPUs a build takes without --cpu-cap
@@ -111,6 +104,11 @@ CAP_BYPASS_CONFLICT = (
     "--cpu-cap conflicts with KTSTR_BYPASS_LLC_LOCKS=1; unset one of them. "
     "--cpu-cap is a resource contract; bypass disables the contract entirely."
 )
+
+
+def bypass_llc_locks() -> bool:
+    """ktstr's rule: any non-empty KTSTR_BYPASS_LLC_LOCKS (even "0") bypasses."""
+    return bool(os.environ.get("KTSTR_BYPASS_LLC_LOCKS"))
 
 
 def refuse_cap_with_bypass(cli_value: int | str | None, *, env: Mapping = os.environ) -> None:

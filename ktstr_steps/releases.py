@@ -32,7 +32,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ktstr_steps.util import LABEL, KtstrError, Progress, say, warn
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import LABEL, Progress, say, warn
 
 DEFAULT_RELEASES_URL = "https://www.kernel.org/releases.json"
 DEFAULT_MIRROR = "https://cdn.kernel.org/pub/linux/kernel"

@@ -30,7 +30,9 @@ from pathlib import Path
 
 from ktstr_steps import flock
 from ktstr_steps.buildprocs import describe, kill_build
-from ktstr_steps.util import KtstrError, format_cpulist, parse_cpulist, say, warn
+from ktstr_steps.cpulist import format_cpulist, parse_cpulist
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import say, warn
 
 CGROUP2_SUPER_MAGIC = 0x63677270
 SANDBOX_PREFIX = "ktstr-build-"

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Literal
 
 from ktstr_steps import keys, releases
-from ktstr_steps.util import KtstrError, Progress, crc32_hex, say
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import Progress, say
 
 SourceKind = Literal["local", "git", "tarball"]
 

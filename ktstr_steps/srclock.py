@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 from ktstr_steps import flock
+from ktstr_steps.errors import ResourceContention
 from ktstr_steps.flock import FileLock, Holder
-from ktstr_steps.util import LABEL, ResourceContention, crc32_hex, say
+from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import LABEL, say
 
 LOCK_DIR_NAME = ".locks"
 

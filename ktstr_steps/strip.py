@@ -35,7 +35,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError, warn
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import warn
 
 KEEP_SECTIONS = frozenset({"", ".shstrtab", ".symtab", ".strtab", ".bss", ".rodata", ".BTF"})
 NOBITS_SECTIONS = frozenset({".data", ".data..percpu", ".init.data"})

@@ -21,7 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError, format_cpulist, parse_cpulist, warn
+from ktstr_steps.cpulist import format_cpulist, parse_cpulist
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import warn
 
 UNREACHABLE = 255  # ktstr's distance for a node it knows nothing about
 _NODE_RE = re.compile(r"^node(\d+)$")

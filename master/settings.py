@@ -303,7 +303,7 @@ def load_profiles() -> dict[str, Profile]:
     pipeline module provides it (it knows the fragment rules); the names come
     from the TOML either way.
     """
-    from ktstr_steps.util import kconfig_dir
+    from ktstr_steps.paths import kconfig_dir
 
     path = kconfig_dir() / "profiles.toml"
     data = _read_toml(path)
@@ -436,7 +436,7 @@ def _build(data: dict, src: Path, root: Path) -> Settings:
 
 
 def _listed_workers(src: Path, items: Any) -> tuple[ListedWorker, ...]:
-    from ktstr_steps.util import parse_cpulist
+    from ktstr_steps.cpulist import parse_cpulist
 
     if not isinstance(items, list):
         raise SettingsError(f"settings file {src}: workers.list must be an array of tables")

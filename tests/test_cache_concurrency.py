@@ -15,7 +15,7 @@ import pytest
 
 from ktstr_steps import cache
 from ktstr_steps.cache import KernelMetadata, KernelSource, ValidEntry
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 from tests.test_cache import hold_lock, lock_is_free
 from tests.test_strip import build_vmlinux
 

@@ -16,7 +16,8 @@ import pytest
 
 from ktstr_steps import kconfig as kc
 from ktstr_steps import make as mk
-from ktstr_steps.util import KtstrError, Progress
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import Progress
 from tests.fakekernel import make_fake_kernel
 
 MV = mk.make_vars("x86_64")

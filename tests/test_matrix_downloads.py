@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import downloads
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 from tests.kernelorg import KernelOrg
 
 

@@ -21,8 +21,8 @@ from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
-from ktstr_steps.util import KtstrError
 from master import builders, matrix, settings
 from master.schedulers import KtstrForceScheduler
 from workers.spec import WorkerSpec

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import releases
-from ktstr_steps.util import KtstrError, Progress
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import Progress
 from tests.kernelorg import KernelOrg, make_tarball  # kernel_org: registered in conftest.py
 
 # ---------------------------------------------------------------- locations

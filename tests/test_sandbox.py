@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import sandbox as sb
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.sandbox import BuildSandbox, CgroupEnv, DegradeKind
-from ktstr_steps.util import KtstrError
 
 V1_ROOT = Path("/sys/fs/cgroup/cpuset")
 UNIFIED = Path("/sys/fs/cgroup/unified")
@@ -247,7 +247,7 @@ import os, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from pathlib import Path
 from ktstr_steps.sandbox import BuildSandbox, CgroupEnv
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 # imports done as root (the venv's interpreter lives under /root), then drop to nobody
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 env = CgroupEnv(v1_parent=Path({str(v1_parent)!r}))

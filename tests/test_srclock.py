@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import flock
+from ktstr_steps.errors import KtstrError, ResourceContention
 from ktstr_steps.srclock import acquire_source_tree_lock, source_lock_path
-from ktstr_steps.util import KtstrError, ResourceContention
 
 # A second build of the same tree, in its own process: prints its JSON when it
 # finally holds the lock.

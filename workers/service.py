@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ktstr_steps.util import format_cpulist
+from ktstr_steps.cpulist import format_cpulist
 from master import hooks
 from master import settings as settings_mod
 from master.settings import REPO_ROOT, Settings, ensure_secret, ensure_users

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps.util import parse_cpulist
+from ktstr_steps.cpulist import parse_cpulist
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def llc_groups() -> list[LLCGroup]:
         from ktstr_steps.topology import HostTopology  # type: ignore[import-not-found]
     except ImportError:
         return read_sysfs_llcs()
-    from ktstr_steps.util import KtstrError
+    from ktstr_steps.errors import KtstrError
 
     try:
         topo = HostTopology.from_sysfs()

@@ -48,8 +48,8 @@ from ktstr_steps.buildsteps.lookup import CACHE_HIT, CacheLookup, not_cache_hit,
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
-from ktstr_steps.util import KtstrError
 
 # Build properties of the parent run, read by the later steps of the same build.
 CELLS_PROP = "matrix_cells"

@@ -26,7 +26,7 @@ from ktstr_steps.buildsteps.base import (
     parse_json_object,
     state_path,
 )
-from ktstr_steps.util import format_cpulist, parse_cpulist
+from ktstr_steps.cpulist import format_cpulist, parse_cpulist
 
 # Phase names of the build result object's "phases" map; each is a "<phase>_s" column.
 PHASES = ("reserve", "source_lock", "lookup", "configure", "make", "validate",

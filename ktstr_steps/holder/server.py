@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr_steps.buildprocs import describe, kill_build, marker
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.holder import link as link_mod
 from ktstr_steps.holder.state import (
     create_time,
@@ -54,7 +55,7 @@ from ktstr_steps.holder.state import (
     state_path,
     write_json_atomic,
 )
-from ktstr_steps.util import LABEL, KtstrError, say, warn
+from ktstr_steps.messages import LABEL, say, warn
 
 POLL = 0.5  # owner / lifetime check interval: "releases within seconds"
 LINK_POLL = 1.0  # the master connection is read from /proc: a little less often
@@ -359,8 +360,8 @@ class Holder:
 
     def _lock_source(self, req: dict, emit: Callable[[str], None]) -> dict:
         from ktstr_steps import cache
+        from ktstr_steps.planner import bypass_llc_locks
         from ktstr_steps.srclock import acquire_source_tree_lock
-        from ktstr_steps.util import bypass_llc_locks
 
         with self.lock:
             if self.stop.is_set() or self.released is not None:

@@ -18,7 +18,9 @@ from pathlib import Path
 import psutil
 
 from ktstr_steps.buildprocs import describe, kill_build, marker
-from ktstr_steps.util import KtstrError, crc32_hex, say, warn
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import say, warn
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 

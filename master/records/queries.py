@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ktstr_steps.util import format_cpulist
+from ktstr_steps.cpulist import format_cpulist
 from master.records.db import InvalidRecord
 from master.records.models import (
     BUILD_COLUMNS,
