@@ -71,7 +71,7 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
     state = BuildState()
     tmp: Path | None = None
     reservation = None
-    srclock = None
+    tree_lock = None
     try:
         state = pipeline.init_state(
             profile=req.profile, base_config=req.base_config, extra_kconfig=req.extra_kconfig
@@ -123,15 +123,15 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
         state.make_jobs = reservation.make_jobs
         # -- source-tree lock (§1.3 step 2, §4) --
         if state.kind == "local" and not bypass_llc_locks():
-            from ktstr_steps.srclock import acquire_source_tree_lock
+            from ktstr_steps.tree_lock import acquire_source_tree_lock
 
             with timed(state, "source_lock"):
-                srclock = acquire_source_tree_lock(
+                tree_lock = acquire_source_tree_lock(
                     Path(state.canonical_path or state.source_dir),
                     root,
                     wait=req.wait or None,
                 )
-            if srclock.waited and not req.force and recheck_after_wait(state, req):
+            if tree_lock.waited and not req.force and recheck_after_wait(state, req):
                 return state
         pipeline.run_kernel_phases(state, clean=req.clean)
     except KtstrError as exc:
@@ -142,8 +142,8 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
         traceback.print_exc()
         state.fail(KtstrError(f"internal error: {exc!r}", kind="internal"))
     finally:
-        if srclock is not None:
-            srclock.release()
+        if tree_lock is not None:
+            tree_lock.release()
         if reservation is not None:
             reservation.release()
         pipeline.remove_tree(tmp)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr_steps.errors import KtstrError
+from ktstr_steps.kbuild import run_make
 from ktstr_steps.keys import crc32_hex
-from ktstr_steps.make import run_make
 from ktstr_steps.messages import Progress, warn
 from ktstr_steps.paths import kconfig_dir
 

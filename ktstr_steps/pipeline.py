@@ -15,7 +15,7 @@ Deliberate changes from ktstr (each fixes a defect of reference §14):
   since ``mrproper`` deletes it before configure (§14.7).
 - The configure probe counts only semantic lines (§14.8, in kconfig.py).
 - compile_commands.json is generated from the ``.cmd`` files, so it never
-  rebuilds the tree (make.py).
+  rebuilds the tree (kbuild.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ktstr_steps import cache, kconfig, keys, make
+from ktstr_steps import cache, kbuild, kconfig, keys
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.keys import crc32_hex
 from ktstr_steps.messages import LABEL, say, warn
@@ -352,7 +352,7 @@ def phase_clean(state: BuildState, *, clean: bool) -> None:
         say("--clean is only meaningful with --source (downloaded sources start clean)")
         return
     say("make mrproper")
-    make.run_make(Path(state.source_dir), ["mrproper"], make_vars=make.make_vars(state.arch))
+    kbuild.run_make(Path(state.source_dir), ["mrproper"], make_vars=kbuild.make_vars(state.arch))
 
 
 def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
@@ -375,7 +375,7 @@ def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
                     src,
                     fragment,
                     base_config=state.base_config,
-                    make_vars=make.make_vars(state.arch),
+                    make_vars=kbuild.make_vars(state.arch),
                 )
                 if extra is not None:
                     for d in kconfig.dropped_lines(src, extra):
@@ -389,12 +389,12 @@ def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
 
 def phase_make(state: BuildState, *, jobs: int | None = None) -> None:
     src = Path(state.source_dir)
-    n = jobs or state.make_jobs or make.available_parallelism()
+    n = jobs or state.make_jobs or kbuild.available_parallelism()
     state.make_jobs = n
     with timed(state, "make"):
         try:
-            # No log_path: make.py keeps the log only when the build fails.
-            res = make.run_make_streamed(src, jobs=n, make_vars=make.make_vars(state.arch))
+            # No log_path: kbuild.py keeps the log only when the build fails.
+            res = kbuild.run_make_streamed(src, jobs=n, make_vars=kbuild.make_vars(state.arch))
         except KtstrError as exc:
             res = getattr(exc, "result", None)
             if res is not None:
@@ -431,8 +431,8 @@ def phase_compile_commands(state: BuildState) -> Path | None:
     if state.is_temp:
         return None
     with timed(state, "compile_commands"):
-        return make.generate_compile_commands(
-            Path(state.source_dir), make_vars=make.make_vars(state.arch)
+        return kbuild.generate_compile_commands(
+            Path(state.source_dir), make_vars=kbuild.make_vars(state.arch)
         )
 
 
@@ -442,9 +442,9 @@ def phase_store(state: BuildState) -> None:
 
     src = Path(state.source_dir)
     with timed(state, "store"):
-        image = make.find_image(src, state.arch)
+        image = kbuild.find_image(src, state.arch)
         vmlinux = src / "vmlinux"
-        say(make.vmlinux_message(src))
+        say(kbuild.vmlinux_message(src))
         config = src / ".config"
         state.config_hash = crc32_hex(config.read_bytes()) if config.is_file() else None
         if state.is_dirty:

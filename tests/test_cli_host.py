@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import cli_host, flock, planner
-from ktstr_steps.srclock import acquire_source_tree_lock
+from ktstr_steps.tree_lock import acquire_source_tree_lock
 from tests import sysfs_fixtures
 
 HOLD = """

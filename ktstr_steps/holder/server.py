@@ -107,7 +107,7 @@ class Holder:
         self.args = args
         self.relay = relay
         self.res: Any = None
-        self.srclock: Any = None
+        self.tree_lock: Any = None
         self.source: str | None = None
         self.stop = threading.Event()
         self.reason = "released"
@@ -187,8 +187,8 @@ class Holder:
             "owner_pid": self.args.owner_pid,
             "max_lifetime": self.args.max_lifetime,
             "started_at": self.started,
-            "source_lock": {"source": self.source, "lockfile": str(self.srclock.path)}
-            if self.srclock is not None else None,
+            "source_lock": {"source": self.source, "lockfile": str(self.tree_lock.path)}
+            if self.tree_lock is not None else None,
             "log": str(log_path(self.name)),
             "master_link": self.args.master_link if self.link is not None else None,
             "tag": self.tag,
@@ -221,7 +221,7 @@ class Holder:
             if survivors:
                 warn(f"holder {self.name}: processes {survivors} survive SIGKILL "
                      "(uninterruptible sleep?); releasing anyway")
-            src, self.srclock = self.srclock, None
+            src, self.tree_lock = self.tree_lock, None
             try:
                 if src is not None:
                     src.release()
@@ -352,7 +352,7 @@ class Holder:
                                           "error": f"holder {self.name} is releasing "
                                                    f"({self.reason})"}) + "\n").encode())
                 return
-            src = [self.srclock.fd] if self.srclock is not None and self.srclock.fd is not None else []
+            src = [self.tree_lock.fd] if self.tree_lock is not None and self.tree_lock.fd is not None else []
             plan = self.res.plan if self.res is not None else None
             llc = [lk.fd for lk in (plan.locks if plan is not None else []) if lk.fd is not None]
             msg = json.dumps({"ok": True, "fds": {"source": len(src), "llc": len(llc)}}) + "\n"
@@ -361,14 +361,14 @@ class Holder:
     def _lock_source(self, req: dict, emit: Callable[[str], None]) -> dict:
         from ktstr_steps import cache
         from ktstr_steps.planner import bypass_llc_locks
-        from ktstr_steps.srclock import acquire_source_tree_lock
+        from ktstr_steps.tree_lock import acquire_source_tree_lock
 
         with self.lock:
             if self.stop.is_set() or self.released is not None:
                 return {"ok": False, "error": f"holder {self.name} is releasing", "kind": "holder-error"}
-            if self.srclock is not None:
+            if self.tree_lock is not None:
                 if self.source == req.get("source"):
-                    return {"ok": True, "lock": {"lockfile": str(self.srclock.path), "waited_seconds": 0.0,
+                    return {"ok": True, "lock": {"lockfile": str(self.tree_lock.path), "waited_seconds": 0.0,
                                                  "holders_seen": []}}
                 return {"ok": False, "kind": "holder-error",
                         "error": f"holder {self.name} already holds the source lock of {self.source}"}
@@ -385,7 +385,7 @@ class Holder:
                 lk.release()  # release raced the wait: do not hold past our own release
                 return {"ok": False, "error": f"holder {self.name} was released while waiting",
                         "kind": "holder-error"}
-            self.srclock, self.source = lk, req["source"]
+            self.tree_lock, self.source = lk, req["source"]
             self.write_state()
         return {"ok": True, "lock": lk.to_json()}
 

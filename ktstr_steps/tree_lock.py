@@ -7,7 +7,7 @@ cache root, not /tmp, so tmp cleaners cannot unlink a lock file in use.
 Seed behaviour: on contention announce the holder and *block* (the waiter is
 visible in /proc/locks as a ``->`` line) instead of failing. Our addition:
 ``wait=N`` polls for at most N seconds and then fails with a clear error. The
-caller re-checks the cache after a wait (``SourceLock.waited > 0``) — the seed
+caller re-checks the cache after a wait (``TreeLock.waited > 0``) — the seed
 promised that in a comment but did not do it.
 """
 
@@ -36,7 +36,7 @@ def source_lock_path(canonical: Path | bytes | str, cache_root: Path) -> Path:
     return Path(cache_root) / LOCK_DIR_NAME / f"source-{crc32_hex(_raw(canonical))}.lock"
 
 
-class SourceLock(FileLock):
+class TreeLock(FileLock):
     """The exclusive source-tree flock; ``waited`` seconds spent blocked, ``holders_seen``."""
 
     def __init__(
@@ -59,7 +59,7 @@ def acquire_source_tree_lock(
     cache_root: Path,
     *,
     wait: float | None = None,
-) -> SourceLock:
+) -> TreeLock:
     """Take the tree's exclusive lock; on contention announce the holder, then wait.
 
     ``wait=None`` blocks in flock(2) for as long as it takes (seed). ``wait=N``
@@ -70,7 +70,7 @@ def acquire_source_tree_lock(
     fd = flock.open_lockfile(path)  # creates .locks/ on demand; refuses remote fs
     try:
         if flock.try_flock(fd, exclusive=True):
-            return SourceLock(path, fd)
+            return TreeLock(path, fd)
         seen = flock.holders(path)
         shown = os.fsdecode(_raw(canonical))
         holder_text = (
@@ -90,7 +90,7 @@ def acquire_source_tree_lock(
                 f"{wait:g}s (lockfile {path}); holders:\n{flock.format_holders(now)}\n"
                 f"Wait for the peer to finish, or run `{LABEL} locks` to identify it."
             )
-        return SourceLock(path, fd, waited=time.monotonic() - start, holders_seen=seen)
+        return TreeLock(path, fd, waited=time.monotonic() - start, holders_seen=seen)
     except BaseException:
         os.close(fd)
         raise
