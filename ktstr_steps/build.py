@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr_steps import cache, pipeline, releases, source
+from ktstr_steps.buildstate import BuildState, timed
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.messages import say
-from ktstr_steps.pipeline import BuildState, timed
 from ktstr_steps.planner import bypass_llc_locks
+from ktstr_steps.results import Outcome
 
 
 @dataclass
@@ -147,7 +148,7 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
         if reservation is not None:
             reservation.release()
         pipeline.remove_tree(tmp)
-        if tmp is not None and state.outcome != "cached" and state.is_temp:
+        if tmp is not None and state.outcome != Outcome.CACHED and state.is_temp:
             # The source-tree image went with the temp dir.
             if state.image_path and state.image_path.startswith(str(tmp)):
                 state.image_path = None

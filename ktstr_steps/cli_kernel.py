@@ -146,14 +146,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         for e in s.errors:
             print(f"{LABEL}: error: {e['message']}", file=sys.stderr)
     if len(states) == 1:
-        _emit(args, states[0].result())
+        _emit(args, states[0].result().to_json())
     else:
         _emit(
             args,
             {
                 "ok": not failed,
                 "range": args.version,
-                "builds": [s.result() for s in states],
+                "builds": [s.result().to_json() for s in states],
             },
         )
         if failed:
@@ -210,13 +210,13 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_phase(args: argparse.Namespace) -> int:
-    from ktstr_steps import pipeline
+    from ktstr_steps.buildstate import BuildState
 
     phase = args.phase
     if phase == "lookup":
-        state = pipeline.BuildState()
+        state = BuildState()
     else:
-        state = pipeline.BuildState.load(args.state)
+        state = BuildState.load(args.state)
     out: dict = {}
     guard = None
     try:
@@ -244,7 +244,7 @@ def cmd_phase(args: argparse.Namespace) -> int:
             state.save(args.state)
     obj = {"phase": phase, "ok": state.ok, "errors": state.errors, **out}
     if phase == "summary":
-        obj = state.result()
+        obj = state.result().to_json()
     _emit(args, obj)
     return 0 if state.ok else 1
 
@@ -268,6 +268,7 @@ def _missing_json(m) -> dict:
 
 def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
     from ktstr_steps import pipeline, source
+    from ktstr_steps.buildstate import timed
 
     if phase == "lookup":
         new = pipeline.init_state(
@@ -282,7 +283,7 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
                 tree_store=args.tree_store, mirror=args.mirror, rc_mirror=args.rc_mirror,
                 force=args.force,
             )  # fmt: skip
-        with pipeline.timed(state, "lookup"):
+        with timed(state, "lookup"):
             src = source.acquire_local(args.source)
             pipeline.apply_source(state, src)
             pipeline.compute_key(state, src, clean=args.clean)

@@ -292,11 +292,12 @@ def lookup_version(
 ) -> dict:
     """``phase lookup --version V``: key and lookup without I/O; on a miss, fetch and extract.
 
-    ``state`` is a fresh :class:`pipeline.BuildState` from ``init_state``. A hit
+    ``state`` is a fresh :class:`~ktstr_steps.buildstate.BuildState` from ``init_state``. A hit
     returns before anything is downloaded (ktstr's tarball keys are known from
     the version alone). Returns the lookup phase's JSON fields.
     """
     from ktstr_steps import pipeline, source
+    from ktstr_steps.buildstate import timed
 
     releases.version_tuple(version)
     if not download_cache or not tree_store:
@@ -304,7 +305,7 @@ def lookup_version(
             "phase lookup --version needs --download-cache DIR and --tree-store DIR",
             kind="usage",
         )
-    with pipeline.timed(state, "lookup"):
+    with timed(state, "lookup"):
         probe = source.AcquiredSource(
             src_dir=Path("."), kind="tarball", version=version, is_git=True
         )
@@ -329,10 +330,10 @@ def lookup_version(
     if tree.is_dir():
         say(f"reusing the extracted tree {tree}")
     else:
-        with pipeline.timed(state, "download"):
+        with timed(state, "download"):
             fetched = fetch_tarball(version, download_cache, mirror=mirror, rc_mirror=rc_mirror)
         out.update(downloaded=fetched.downloaded, tarball=str(fetched.path))
-        with pipeline.timed(state, "extract"):
+        with timed(state, "extract"):
             extract_tree(fetched.path, version, tree)
     src = source.AcquiredSource(
         src_dir=tree, kind="tarball", version=version, canonical_path=tree.resolve(),

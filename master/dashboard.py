@@ -23,23 +23,23 @@ from flask import Flask, abort, current_app, render_template, request, url_for
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ktstr_steps.results import PHASES, RECORDED_OUTCOMES, Outcome
 from master.records import db, queries
-from master.records.models import OUTCOMES, PHASES
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_NAME = "ktstr"
 
-# Outcome → CSS colour, shared by badges and the trend bars.
-OUTCOME_COLOURS = {
-    "cached": "#2e7d32",
-    "cache-hit": "#1565c0",
-    "dirty-not-cached": "#ef6c00",
-    "non-git-not-cached": "#8d6e63",
-    "changed-during-build": "#f9a825",
-    "store-failed": "#ad1457",
-    "failed": "#c62828",
-    "cancelled": "#757575",
-    "interrupted": "#6a1b9a",
+# Outcome → CSS colour, shared by badges and the trend bars; "none" is a row without one.
+OUTCOME_COLOURS: dict[str, str] = {
+    Outcome.CACHED: "#2e7d32",
+    Outcome.CACHE_HIT: "#1565c0",
+    Outcome.DIRTY_NOT_CACHED: "#ef6c00",
+    Outcome.NON_GIT_NOT_CACHED: "#8d6e63",
+    Outcome.CHANGED_DURING_BUILD: "#f9a825",
+    Outcome.STORE_FAILED: "#ad1457",
+    Outcome.FAILED: "#c62828",
+    Outcome.CANCELLED: "#757575",
+    Outcome.INTERRUPTED: "#6a1b9a",
     "none": "#bdbdbd",
 }
 
@@ -200,7 +200,7 @@ def create_app(db_url: str | Engine | None = None, *, cache_root: str | None = N
         duration=_duration,
         colours=OUTCOME_COLOURS,
         phases=PHASES,
-        outcomes=OUTCOMES,
+        outcomes=RECORDED_OUTCOMES,
         bb_root=_bb_root,
         dashboard_name=name,
     )

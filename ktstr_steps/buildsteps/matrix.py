@@ -44,21 +44,18 @@ from twisted.internet.utils import getProcessOutputAndValue
 from ktstr_steps import releases
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, one_line
 from ktstr_steps.buildsteps.checkout import KernelCheckout
-from ktstr_steps.buildsteps.lookup import CACHE_HIT, CacheLookup, not_cache_hit, take_lookup
+from ktstr_steps.buildsteps.lookup import CacheLookup, not_cache_hit, take_lookup
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
+from ktstr_steps.results import BUILT_OUTCOMES, Outcome
 
 # Build properties of the parent run, read by the later steps of the same build.
 CELLS_PROP = "matrix_cells"
 RUN_ID_PROP = "matrix_run_id"
 TOTALS_PROP = "matrix_totals"
-# Outcomes that mean "a kernel was built" (master/records/queries.py BUILT_OUTCOMES).
-BUILT_OUTCOMES = frozenset(
-    {"cached", "dirty-not-cached", "non-git-not-cached", "changed-during-build", "store-failed"}
-)
 RELEASES_TIMEOUT = 30.0
 # What a cell build knows: the fan-out sets the first two, the worker has tree_store.
 VERSION_PROP = Property("kernel_version")
@@ -72,9 +69,9 @@ def summary_text(cells: int, built: int, hits: int, failed: int) -> str:
 
 def classify_cell(results: int | None, outcome: str | None) -> str:
     """built | cache_hits | failed, the way the run row counts a finished cell."""
-    if results not in (SUCCESS, WARNINGS) or outcome in (None, "failed", "cancelled"):
+    if results not in (SUCCESS, WARNINGS) or outcome in (None, Outcome.FAILED, Outcome.CANCELLED):
         return "failed"
-    if outcome == CACHE_HIT:
+    if outcome == Outcome.CACHE_HIT:
         return "cache_hits"
     return "built" if outcome in BUILT_OUTCOMES else "failed"
 
