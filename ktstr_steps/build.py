@@ -11,9 +11,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps import cache, pipeline, releases, source
+from ktstr_steps import cache, pipeline, source
 from ktstr_steps.buildstate import BuildState, timed
 from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg.releases import resolve_version
 from ktstr_steps.messages import say
 from ktstr_steps.planner import bypass_llc_locks
 from ktstr_steps.results import Outcome
@@ -41,7 +42,7 @@ def resolve_versions(req: BuildRequest) -> list[str | None]:
     if req.source is not None or req.git is not None:
         return [None]
     spec = None if req.version in (None, "latest-stable") else req.version
-    versions = releases.resolve_version(spec, releases_url_flag=req.releases_url, mirror=req.mirror)
+    versions = resolve_version(spec, releases_url_flag=req.releases_url, mirror=req.mirror)
     return list(versions)
 
 

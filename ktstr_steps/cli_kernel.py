@@ -170,7 +170,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ktstr_steps import cache, kconfig, releases
+    from ktstr_steps import cache, kconfig
+    from ktstr_steps.kernelorg import releases
 
     root = cache.cache_root()
     active: set[str] | None = None
@@ -276,9 +277,9 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
         )
         state.__dict__.update(new.__dict__)
         if args.version is not None:
-            from ktstr_steps import downloads
+            from ktstr_steps.release_tree import lookup_version
 
-            return downloads.lookup_version(
+            return lookup_version(
                 state, args.version, download_cache=args.download_cache,
                 tree_store=args.tree_store, mirror=args.mirror, rc_mirror=args.rc_mirror,
                 force=args.force,

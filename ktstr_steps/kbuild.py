@@ -243,6 +243,26 @@ def _emit(line: str) -> None:
     sys.stderr.flush()
 
 
+def _run_guarded(
+    proc: subprocess.Popen, on_line: Callable[[str], None], deadline: float | None
+) -> tuple[bool, int]:
+    """Pump ``proc``'s output to ``on_line`` until it exits or ``deadline`` passes:
+    (finished in time, exit status). Its process group is killed on the deadline,
+    Ctrl-C and SIGTERM (which then exits like the signal would)."""
+    with _SigtermGuard() as guard:
+        try:
+            finished = _pump(proc, on_line, deadline)
+        except KeyboardInterrupt:
+            _kill_group(proc)
+            raise
+        except _Terminated:
+            _kill_group(proc)
+            guard.after_kill()
+        if not finished:
+            _kill_group(proc)
+        return finished, proc.wait()
+
+
 def run_make(
     src: Path,
     targets: Sequence[str],
@@ -259,21 +279,11 @@ def run_make(
     args = [*targets, *make_vars]
     shown = " ".join(args)
     proc = _spawn(["make", *args], Path(src))
-    with _SigtermGuard() as guard:
-        try:
-            finished = _pump(proc, _emit, time.monotonic() + timeout)
-        except KeyboardInterrupt:
-            _kill_group(proc)
-            raise
-        except _Terminated:
-            _kill_group(proc)
-            guard.after_kill()
-        if not finished:
-            _kill_group(proc)
-            raise KtstrError(
-                f"make {shown} timed out after {timeout:g}s; child killed", kind="make-timeout"
-            )
-        rc = proc.wait()
+    finished, rc = _run_guarded(proc, _emit, time.monotonic() + timeout)
+    if not finished:
+        raise KtstrError(
+            f"make {shown} timed out after {timeout:g}s; child killed", kind="make-timeout"
+        )
     if rc != 0:
         raise KtstrError(f"make {shown} failed (exit status {rc}) in {src}", kind="make-failed")
 
@@ -360,20 +370,8 @@ def run_make_streamed(
                 on_line(line)
 
         proc = _spawn(["make", *args], Path(src))
-        with _SigtermGuard() as guard:
-            try:
-                finished = _pump(
-                    proc, handle, None if timeout is None else time.monotonic() + timeout
-                )
-            except KeyboardInterrupt:
-                _kill_group(proc)
-                raise
-            except _Terminated:
-                _kill_group(proc)
-                guard.after_kill()
-            if not finished:
-                _kill_group(proc)
-            rc = proc.wait()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        finished, rc = _run_guarded(proc, handle, deadline)
 
     result = MakeResult(
         returncode=rc,

@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ktstr_steps import keys, releases
+from ktstr_steps import keys
 from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg.releases import Release
+from ktstr_steps.kernelorg.tarballs import download_tarball
+from ktstr_steps.kernelorg.versions import is_range
 from ktstr_steps.keys import crc32_hex
 from ktstr_steps.messages import Progress, say
 
@@ -386,18 +389,18 @@ def acquire_tarball(
     mirror: str | None = None,
     rc_mirror: str | None = None,
     sha256: str | None = None,
-    release_rows: list[releases.Release] | None = None,
+    release_rows: list[Release] | None = None,
 ) -> AcquiredSource:
-    """Download and extract an exact release (resolve prefixes/ranges first) (§9.3)."""
+    """Download and extract an exact release (resolve prefixes/ranges first)."""
     # "6.12" is both a prefix and the exact 6.12.0 release; callers resolve
     # first, so here it means the exact release.
-    if releases.is_range(version) or version in ("latest", "mainline"):
+    if is_range(version) or version in ("latest", "mainline"):
         raise KtstrError(
             f"acquire_tarball needs an exact version, got {version!r}; resolve it with "
             "releases.resolve_version first",
             kind="bad-version",
         )
-    src = releases.download_tarball(
+    src = download_tarball(
         version, tmp_dir, mirror=mirror, rc_mirror=rc_mirror, sha256=sha256,
         releases=release_rows,
     )  # fmt: skip

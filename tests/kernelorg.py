@@ -63,7 +63,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ktstr_steps import releases as releases_mod
+from ktstr_steps.kernelorg import releases as releases_mod
 
 # Newest first, as kernel.org lists them. The stable/longterm rows have
 # patch >= 8 except 6.16.3, so "latest" skips it for 6.15.11 like ktstr does.

@@ -9,7 +9,6 @@ import pytest
 from buildbot.config.errors import ConfigErrors
 from buildbot.process.properties import Property
 
-from ktstr_steps import releases
 from ktstr_steps.buildsteps.lookup import not_cache_hit
 from ktstr_steps.buildsteps.matrix import (
     MatrixLookup,
@@ -22,6 +21,7 @@ from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
 from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg import releases
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
 from master import builders, matrix, settings
 from master.schedulers import KtstrForceScheduler
