@@ -79,26 +79,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cache_root() -> Path | None:
-    """The kernel cache root: ``ktstr_steps.cache.cache_root()`` when present, else ktstr's rules."""
-    try:
-        from ktstr_steps import cache  # type: ignore[attr-defined]
-    except ImportError:
-        cache = None
-    if cache is not None and hasattr(cache, "cache_root"):
-        return Path(cache.cache_root())
-    env = os.environ.get("KTSTR_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg) / "ktstr" / "kernels"
-    home = os.environ.get("HOME")
-    if home and home != "/" and os.path.isabs(home):
-        return Path(home) / ".cache" / "ktstr" / "kernels"
-    return None
-
-
 _LLC_RE = re.compile(r"^ktstr-(llc|cpu)-(\d+)\.lock$")
 
 
@@ -140,10 +120,11 @@ def collect_locks(lock_dir: Path, root: Path | None) -> list[dict]:
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
+    from ktstr_steps.cache import cache_root
     from ktstr_steps.messages import warn
 
     try:
-        root = cache_root()
+        root: Path | None = cache_root()
     except KtstrError as exc:
         warn(f"cache root unavailable ({exc}); listing only {args.lock_dir} locks")
         root = None

@@ -170,7 +170,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ktstr_steps import cache, kconfig
+    from ktstr_steps import cache, cli_render, kconfig
     from ktstr_steps.kernelorg import releases
 
     root = cache.cache_root()
@@ -184,9 +184,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     entries = cache.list_entries(root)
     current = kconfig.kconfig_hash()
     if args.json:
-        _emit(args, cache.list_json(entries, current, active, fetch_error))
+        _emit(args, cli_render.list_json(entries, current, active, fetch_error))
         return 0
-    out, err = cache.render_list_text(entries, root, current, active, fetch_error)
+    out, err = cli_render.render_list_text(entries, root, current, active, fetch_error)
     if err:
         sys.stderr.write(err if err.endswith("\n") else err + "\n")
     if out:

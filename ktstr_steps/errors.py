@@ -26,3 +26,10 @@ class ResourceContention(KtstrError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, kind="resource-contention")
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OS error as ktstr prints one (Rust's ``io::Error``): ``<strerror> (os error N)``."""
+    if exc.errno:
+        return f"{exc.strerror} (os error {exc.errno})"
+    return str(exc)

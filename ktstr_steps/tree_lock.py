@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 from ktstr_steps import flock
+from ktstr_steps.cache.root import LOCK_DIR
 from ktstr_steps.errors import ResourceContention
 from ktstr_steps.flock import FileLock, Holder
 from ktstr_steps.keys import crc32_hex
 from ktstr_steps.messages import LABEL, say
-
-LOCK_DIR_NAME = ".locks"
 
 
 def _raw(canonical: Path | bytes | str) -> bytes:
@@ -33,7 +32,7 @@ def _raw(canonical: Path | bytes | str) -> bytes:
 
 def source_lock_path(canonical: Path | bytes | str, cache_root: Path) -> Path:
     """``<cache_root>/.locks/source-{crc32}.lock``; the path is not canonicalised here."""
-    return Path(cache_root) / LOCK_DIR_NAME / f"source-{crc32_hex(_raw(canonical))}.lock"
+    return Path(cache_root) / LOCK_DIR / f"source-{crc32_hex(_raw(canonical))}.lock"
 
 
 class TreeLock(FileLock):

@@ -13,7 +13,6 @@ from it. Flask runs in the reactor's thread pool, so the synchronous
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from flask import Flask, abort, current_app, render_template, request, url_for
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ktstr_steps import cache
 from ktstr_steps.results import PHASES, RECORDED_OUTCOMES, Outcome
 from master.records import db, queries
 
@@ -67,30 +67,16 @@ class _Records:
 
 
 def _live_cache(root: str | None) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """The kernel cache on this master's disk via ``ktstr_steps.cache.list_entries``.
+    """The kernel cache on this master's disk, by ktstr's root rule unless ``root`` is given.
 
-    Returns (entries, note). The cache module belongs to the pipeline and may
-    be missing or differently shaped; the page then shows a note instead.
+    Returns (entries, note). The listing is a bonus: when the root cannot be
+    resolved or read, the page shows the note and the records half still renders.
     """
     try:
-        from ktstr_steps import cache as kcache  # type: ignore[attr-defined]
-    except ImportError:
-        return None, "live cache listing unavailable (ktstr_steps.cache not installed)"
-    lister = getattr(kcache, "list_entries", None)
-    if lister is None:
-        return None, "live cache listing unavailable (ktstr_steps.cache has no list_entries)"
-    if root is None:
-        root_fn = getattr(kcache, "cache_root", None)
-        if callable(root_fn):
-            root = str(root_fn())
-        else:
-            # ktstr's rule: $KTSTR_CACHE_DIR, else $XDG_CACHE_HOME/ktstr/kernels.
-            xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-            root = os.environ.get("KTSTR_CACHE_DIR") or os.path.join(xdg, "ktstr", "kernels")
-    try:
-        raw = lister(Path(root))
-    except Exception as exc:  # the listing is a bonus; the records half must still render
-        return None, f"cannot list the kernel cache at {root}: {exc}"
+        root = str(root) if root is not None else str(cache.cache_root())
+        raw = cache.list_entries(Path(root))
+    except Exception as exc:  # KtstrError for the root, OSError or anything from a bad entry
+        return None, f"cannot list the kernel cache at {root or 'its root'}: {exc}"
     out = []
     for e in raw or []:
         if dataclasses.is_dataclass(e) and not isinstance(e, type):
