@@ -87,6 +87,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "make":
             p.add_argument("--jobs", type=int_at_least(1), metavar="N")
         p.set_defaults(func=cmd_phase)
+    pub = psub.add_parser(
+        "publish", help="gather the built kernel's downloadable files; print what to upload")
+    _state_arg(pub)
+    pub.add_argument("--out", type=Path, metavar="DIR",
+                     help="where the files go (default: publish/ next to the state file)")
+    pub.set_defaults(func=cmd_publish)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -248,6 +254,26 @@ def cmd_phase(args: argparse.Namespace) -> int:
         obj = state.result().to_json()
     _emit(args, obj)
     return 0 if state.ok else 1
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """``phase publish``: reads the state, never changes it (publishing never fails a build)."""
+    from ktstr_steps import bundle
+    from ktstr_steps.buildstate import BuildState
+
+    state = BuildState.load(args.state)
+    out_dir = args.out or args.state.parent / bundle.DEFAULT_DIR
+    # Stripping vmlinux is work of this build: inside its reservation, like the store's.
+    guard = _join_holder(state, state.holder) if state.holder else None
+    try:
+        out = bundle.prepare(state, out_dir)
+        if guard is not None and guard.lost:
+            raise KtstrError(guard.lost, kind="reservation-lost")
+    finally:
+        if guard is not None:
+            guard.stop()
+    _emit(args, out)
+    return 0
 
 
 def _join_holder(state, name: str):

@@ -130,6 +130,7 @@ ERROR_KINDS: Mapping[str, str] = {
     "bad-cache-key": "the cache key breaks ktstr's key rules",
     "bad-image-name": "the kernel image name is not a plain file name",
     "bad-metadata": "cache metadata that cannot be written",
+    "publish-failed": "the built kernel's files could not be gathered for publishing",
     # why a cache entry is corrupt (ktstr's error_kind values of `kernel list --json`)
     "missing": "the entry has no metadata.json",
     "unreadable": "the entry's metadata.json cannot be read",
