@@ -1,6 +1,6 @@
-"""``kernel build`` in one process: acquire, look up, reserve, lock, build, store (§1.1, §1.3).
+"""``kernel build`` in one process: acquire, look up, reserve, lock, build, store (ktstr's order).
 
-Teardown order on every path (§1.4): source-tree lock, then the cgroup
+Teardown order on every path, as in ktstr: source-tree lock, then the cgroup
 sandbox, then the LLC flocks (the reservation releases its sandbox first),
 then the temporary source directory.
 """
@@ -38,7 +38,7 @@ class BuildRequest:
 
 
 def resolve_versions(req: BuildRequest) -> list[str | None]:
-    """The versions this request builds: [None] for --source/--git, else resolved (§9.2)."""
+    """The versions this request builds: [None] for --source/--git, else resolved."""
     if req.source is not None or req.git is not None:
         return [None]
     spec = None if req.version in (None, "latest-stable") else req.version
@@ -80,7 +80,7 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
         )
         cap = planner.resolve_cap(req.cpu_cap)
         root = cache.cache_root()
-        # -- acquire (§1.1 step 5) --
+        # -- acquire the source --
         with timed(state, "acquire"):
             if req.source is not None:
                 src = source.acquire_local(req.source)
@@ -105,7 +105,7 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
                 src = source.acquire_tarball(version, tmp, mirror=req.mirror)
         pipeline.apply_source(state, src)
         pipeline.compute_key(state, src, clean=req.clean)
-        # -- cache check (§1.1 step 6) / --force probe (step 7) --
+        # -- cache check, or with --force a probe that nobody uses the entry --
         if not req.force:
             with timed(state, "lookup"):
                 entry = pipeline.lookup_cached(state)
@@ -114,7 +114,7 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
                 return state
         else:
             cache.force_probe(state.cache_key)
-        # -- reservation (§1.3 step 1) --
+        # -- reservation: LLC flocks and the sandbox --
         from ktstr_steps.reservation import acquire_build_reservation
 
         with timed(state, "reserve"):
@@ -123,7 +123,7 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
             state.llcs = list(reservation.plan.llcs)
             state.llc_cpus = list(reservation.plan.cpus)
         state.make_jobs = reservation.make_jobs
-        # -- source-tree lock (§1.3 step 2, §4) --
+        # -- source-tree lock, held to the end of the build --
         if state.kind == "local" and not bypass_llc_locks():
             from ktstr_steps.tree_lock import acquire_source_tree_lock
 

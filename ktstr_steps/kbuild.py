@@ -1,5 +1,5 @@
 """Running kbuild's make: config/mrproper runner, the streamed build, image lookup,
-compile_commands.json (reference §6, §1.3 steps 6 and 8-10).
+compile_commands.json.
 
 Every make call of one build gets the same variables (:func:`make_vars`): kbuild
 records each object's command line and rebuilds objects whose flags changed, so
@@ -196,7 +196,7 @@ def _spawn(argv: list[str], cwd: Path) -> subprocess.Popen:
 
 def _split_lines(buf: bytearray) -> list[str]:
     """Take complete lines out of ``buf``: trailing \\n and a preceding \\r stripped,
-    invalid UTF-8 replaced, interior \\r kept (reference §6)."""
+    invalid UTF-8 replaced, interior \\r kept, as ktstr splits make's output."""
     out = []
     while True:
         i = buf.find(b"\n")

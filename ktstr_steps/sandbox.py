@@ -1,6 +1,6 @@
 """The build sandbox: a cgroup that confines a build to the plan's CPUs and NUMA nodes.
 
-cgroup v2 follows ktstr (reference §3.1–3.5) step by step: statfs magic on the
+cgroup v2 follows ktstr step by step: statfs magic on the
 cgroup root, the ``0::`` path, ``cpuset`` in ``cgroup.controllers``,
 ``+cpuset`` into ``cgroup.subtree_control``, ``mkdir ktstr-build-{ns}-{pid}``,
 then ``cpuset.cpus`` → ``cpuset.mems`` → ``cgroup.procs`` with read-back of the
@@ -11,7 +11,7 @@ Debian with ``systemd.unified_cgroup_hierarchy=0`` or this CI machine, have the
 cpuset controller bound to a v1 hierarchy and NONE in the unified mount, so a
 v2-only port could never confine a build there. Selection: v2 when its cpuset
 is usable, else v1 cpuset, else degrade (silent without a cap, an error with
-remedies with one — ktstr's rule, §3.1).
+remedies with one — ktstr's rule).
 
 Tests redirect every path through :class:`CgroupEnv` (the seam); production
 code uses the defaults.
@@ -70,7 +70,7 @@ def _write_direct(path: Path, text: str) -> None:
 
 
 def write_cgroup_file(path: Path, text: str, *, timeout: float = WRITE_TIMEOUT) -> None:
-    """Write one cgroup control file, giving up after ``timeout`` seconds (ktstr §3.4).
+    """Write one cgroup control file, giving up after ``timeout`` seconds (as ktstr does).
 
     The write runs in a daemon thread because a blocked write(2) cannot be
     interrupted from Python; on timeout the thread is abandoned (it dies with
@@ -110,7 +110,7 @@ class CgroupEnv:
     writer: Callable[[Path, str], None] = field(default=write_cgroup_file)
     rmdir: Callable[[Path], None] = field(default=os.rmdir)
 
-    # --- v2 discovery (ktstr §3.1 A–C) ---------------------------------------
+    # --- v2 discovery: cgroup2 mount, our cgroup, its cpuset controller -------
 
     def v2_parent_or_degrade(self) -> Path | DegradeKind:
         if self.v2_parent is not None:
@@ -322,7 +322,7 @@ def sweep_dir(
     writer: Callable[[Path, str], None] = write_cgroup_file,
     rmdir: Callable[[Path], None] = os.rmdir,
 ) -> list[Path]:
-    """Remove ``ktstr-build-*`` children of ``parent`` whose pid is dead and mtime old (§3.5)."""
+    """Remove ``ktstr-build-*`` children of ``parent`` whose pid is dead and mtime old."""
     removed: list[Path] = []
     now = time.time() if now is None else now
     try:
@@ -383,7 +383,7 @@ class BuildSandbox:
 
         ``hard`` is "a cap was given": degrade becomes an error with remedies.
         Errors that are not a "this host can't" condition are fatal either way
-        (ktstr §3.1), and the child cgroup is removed before raising.
+        (ktstr's rule), and the child cgroup is removed before raising.
         """
         env = env or CgroupEnv()
         cpus, mems = sorted(set(cpus)), sorted(set(mems))
@@ -406,7 +406,7 @@ class BuildSandbox:
             reasons.append(got)
         if hard:
             raise remedies_error(reasons)
-        # Without a cap ktstr degrades silently (§14.3): the LLC flocks still
+        # Without a cap ktstr degrades silently: the LLC flocks still
         # coordinate with perf-mode peers, only kernel enforcement is missing.
         return cls("none", None, env=env, degraded=reasons, cpus=cpus, mems=mems)
 

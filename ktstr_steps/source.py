@@ -1,4 +1,4 @@
-"""Kernel source acquisition: local tree, shallow git clone, or release tarball (reference §9).
+"""Kernel source acquisition: local tree, shallow git clone, or release tarball.
 
 Every git call goes through :func:`_git`: argv lists only, user-supplied URLs
 and refs after ``--`` or as ``--opt=value`` so they can never be read as
@@ -8,8 +8,8 @@ options, no terminal prompts, and a scrubbed environment so an inherited
 One deliberate difference from ktstr: ``--source`` must look like a kernel
 tree (top-level ``Makefile`` and ``Kconfig``). ktstr only checks "is a
 directory" there and fails later inside ``make defconfig``; the check costs
-two stat calls and turns a typo into a clear message (the wording is the one
-ktstr uses for path specs, §11 row 46).
+two stat calls and turns a typo into a clear message (in the wording ktstr
+uses for a bad path spec).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class GitState:
 
 
 def inspect_git(path: str | os.PathLike[str]) -> GitState:
-    """ktstr's dirty/HEAD inspection of a local tree (§9.5), side-effect free.
+    """ktstr's dirty/HEAD inspection of a local tree, side-effect free.
 
     Discovery goes upward, so a plain directory inside another repository is
     judged by that repository. Not a repository → ``is_git=False, dirty=True``.
@@ -228,7 +228,7 @@ class AcquiredSource:
     arch: ArchInfo = field(default_factory=arch_info)
 
     def source_meta(self) -> dict[str, object]:
-        """metadata.json's ``source`` object (§7.4), tagged on ``type``."""
+        """metadata.json's ``source`` object, tagged on ``type``."""
         if self.kind == "tarball":
             return {"type": "tarball"}
         if self.kind == "git":
@@ -241,11 +241,11 @@ class AcquiredSource:
 
     @property
     def cacheable(self) -> bool:
-        """Dirty or non-git local trees are built but never stored (§1.3 step 11)."""
+        """Dirty or non-git local trees are built but never stored."""
         return not self.is_dirty and self.is_git
 
     def cache_key(self, kc_suffix: str) -> str:
-        """The ktstr cache key (§7.3) for this source and kconfig suffix."""
+        """The ktstr cache key for this source and kconfig suffix."""
         arch = self.arch.arch
         if self.kind == "tarball":
             assert self.version is not None
@@ -270,7 +270,7 @@ def _require_kernel_tree(p: Path, what: str) -> None:
 
 
 def acquire_local(path: str | os.PathLike[str]) -> AcquiredSource:
-    """A user's tree (``--source``): canonical path, git state, ``.config`` CRC (§9.5)."""
+    """A user's tree (``--source``): canonical path, git state, ``.config`` CRC."""
     p = Path(path)
     if not p.exists():
         raise KtstrError(
@@ -312,7 +312,7 @@ def acquire_local(path: str | os.PathLike[str]) -> AcquiredSource:
 def acquire_git(
     url: str, ref: str, tmp_dir: str | os.PathLike[str], *, timeout: float = 3600.0
 ) -> AcquiredSource:
-    """Shallow clone of ``ref`` (branch, tag or full commit sha) into ``tmp_dir/linux`` (§9.4)."""
+    """Shallow clone of ``ref`` (branch, tag or full commit sha) into ``tmp_dir/linux``."""
     if not url or url.startswith("-"):
         raise KtstrError(
             f"invalid git URL {url!r}: must not be empty or start with '-'", kind="bad-git-url"

@@ -1,4 +1,4 @@
-"""Strip a vmlinux to the sections ktstr reads (reference §7.6), with objcopy.
+"""Strip a vmlinux to the sections ktstr reads, with objcopy.
 
 ktstr rewrites the ELF with the ``object`` crate: ``.symtab``, ``.strtab``,
 ``.shstrtab``, ``.BTF``, ``.bss`` and ``.rodata`` keep their bytes;

@@ -1,14 +1,14 @@
-"""The source-tree lock: one build per local kernel tree at a time (reference §4).
+"""The source-tree lock: one build per local kernel tree at a time.
 
 ``<cache_root>/.locks/source-{crc32 of the canonical path bytes}.lock``, held
 exclusively from after the LLC reservation to the end of the build. Under the
 cache root, not /tmp, so tmp cleaners cannot unlink a lock file in use.
 
-Seed behaviour: on contention announce the holder and *block* (the waiter is
+ktstr's behaviour: on contention announce the holder and *block* (the waiter is
 visible in /proc/locks as a ``->`` line) instead of failing. Our addition:
 ``wait=N`` polls for at most N seconds and then fails with a clear error. The
-caller re-checks the cache after a wait (``TreeLock.waited > 0``) — the seed
-promised that in a comment but did not do it.
+caller re-checks the cache after a wait (``TreeLock.waited > 0``), which ktstr
+meant to do but does not: a peer that just built the same kernel is a cache hit.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def acquire_source_tree_lock(
 ) -> TreeLock:
     """Take the tree's exclusive lock; on contention announce the holder, then wait.
 
-    ``wait=None`` blocks in flock(2) for as long as it takes (seed). ``wait=N``
+    ``wait=None`` blocks in flock(2) for as long as it takes (as ktstr). ``wait=N``
     polls and raises ResourceContention after N seconds. Nothing stays held or
     open on any error path (including KeyboardInterrupt while blocked).
     """

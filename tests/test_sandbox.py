@@ -313,7 +313,7 @@ def test_v2_sequence_and_drain_to_root(tmp_path: Path) -> None:
         ("cgroup.procs", "4242"),
     ]
     box.teardown()
-    # ktstr §3.3: v2 drains into the ROOT cgroup.procs, then removes the child.
+    # As ktstr does: v2 drains into the ROOT cgroup.procs, then removes the child.
     assert writes[-1] == ("cgroup.procs", "4242")
     assert (env.cgroup_root / "cgroup.procs").read_text().split() == ["4242"]
     assert not box.path.exists()

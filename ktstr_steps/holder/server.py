@@ -373,7 +373,7 @@ class Holder:
                 return {"ok": False, "kind": "holder-error",
                         "error": f"holder {self.name} already holds the source lock of {self.source}"}
         if (self.res is not None and self.res.bypass) or bypass_llc_locks():
-            # ktstr takes no source-tree lock under KTSTR_BYPASS_LLC_LOCKS (§4.1)
+            # ktstr takes no source-tree lock under KTSTR_BYPASS_LLC_LOCKS
             return {"ok": True, "lock": {"lockfile": None, "waited_seconds": 0.0, "holders_seen": []}}
         try:
             with self.relay.sink(emit):

@@ -277,7 +277,7 @@ def resolve_prefix(prefix: str, releases: list[Release], *, mirror: str | None =
 
 
 def expand_range(spec: str, releases: list[Release]) -> list[str]:
-    """Stable/longterm versions inside [A, B], ascending (§9.2).
+    """Stable/longterm versions inside [A, B], ascending.
 
     As in ktstr, an endpoint without a patch level means ``.0``: ``6.1..6.12``
     stops before 6.12.1; write ``6.1..6.13`` to include the 6.12 series.
