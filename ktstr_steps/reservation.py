@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ktstr_steps.cgroups import CgroupEnv
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.messages import LABEL, warn
 from ktstr_steps.planner import bypass_llc_locks
-from ktstr_steps.sandbox import BuildSandbox, CgroupEnv
+from ktstr_steps.sandbox import BuildSandbox
 
 BYPASS_CONFLICT = (
     f"{LABEL}: --cpu-cap conflicts with KTSTR_BYPASS_LLC_LOCKS=1; unset one of them. "

@@ -87,7 +87,7 @@ def _enter(st: dict) -> None:
     os.environ[MARKER_ENV] = marker(name, st["pid"])
     sandbox = st.get("sandbox") or {}
     if sandbox.get("path"):
-        from ktstr_steps.sandbox import write_cgroup_file
+        from ktstr_steps.cgroups import write_cgroup_file
 
         try:
             write_cgroup_file(Path(sandbox["path"]) / "cgroup.procs", str(os.getpid()))
@@ -163,7 +163,7 @@ class ReservationGuard:
             warn(f"processes {survivors} of the build survive SIGKILL")
         self._close("source")
         if path is not None and path.exists():
-            from ktstr_steps.sandbox import remove_stale_sandbox
+            from ktstr_steps.cgroups import remove_stale_sandbox
 
             remove_stale_sandbox(path, sb.get("kind", "v1"))
         self._close("llc")

@@ -147,7 +147,7 @@ def end_dead_holder(state: dict) -> list[str]:
     command's own guard releases them once the build's processes are dead).
     Returns what was cleaned, as the ``released`` words of ``holder release``.
     """
-    from ktstr_steps.sandbox import remove_stale_sandbox
+    from ktstr_steps.cgroups import remove_stale_sandbox
 
     name, pid = state.get("name", "?"), state.get("pid")
     tag = marker(name, pid) if pid else None
