@@ -33,7 +33,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ktstr_steps import kconfig, make  # noqa: E402
+from ktstr_steps import kbuild, kconfig  # noqa: E402
 from tests.fakekernel import GIT_ENV  # noqa: E402
 from tests.servicekit import ServiceKit  # noqa: E402
 from tests.test_realkernel import extract_linux_source, git_commit_all  # noqa: E402
@@ -54,7 +54,7 @@ def timed(fn) -> float:
 
 def plain_configure(tree: Path) -> None:
     """What the service's configure phase does, by hand: tinyconfig + ktstr.kconfig + olddefconfig."""
-    mv = make.make_vars("x86_64")
+    mv = kbuild.make_vars("x86_64")
     sh(["make", *mv, "tinyconfig"], tree)
     with open(tree / ".config", "a") as f:
         f.write(kconfig.baked_fragment())
@@ -62,7 +62,7 @@ def plain_configure(tree: Path) -> None:
 
 
 def plain_make(tree: Path) -> None:
-    sh(["make", f"-j{JOBS}", *make.make_vars("x86_64")], tree, stderr=subprocess.DEVNULL)
+    sh(["make", f"-j{JOBS}", *kbuild.make_vars("x86_64")], tree, stderr=subprocess.DEVNULL)
 
 
 def touch_one_file(tree: Path, n: int) -> None:

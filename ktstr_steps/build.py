@@ -1,6 +1,6 @@
-"""``kernel build`` in one process: acquire, look up, reserve, lock, build, store (§1.1, §1.3).
+"""``kernel build`` in one process: acquire, look up, reserve, lock, build, store (ktstr's order).
 
-Teardown order on every path (§1.4): source-tree lock, then the cgroup
+Teardown order on every path, as in ktstr: source-tree lock, then the cgroup
 sandbox, then the LLC flocks (the reservation releases its sandbox first),
 then the temporary source directory.
 """
@@ -11,9 +11,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps import cache, pipeline, releases, source
-from ktstr_steps.pipeline import BuildState, timed
-from ktstr_steps.util import KtstrError, bypass_llc_locks, say
+from ktstr_steps import cache, pipeline, source
+from ktstr_steps.buildstate import BuildState, timed
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg.releases import resolve_version
+from ktstr_steps.messages import say
+from ktstr_steps.planner import bypass_llc_locks
+from ktstr_steps.results import Outcome
 
 
 @dataclass
@@ -34,11 +38,11 @@ class BuildRequest:
 
 
 def resolve_versions(req: BuildRequest) -> list[str | None]:
-    """The versions this request builds: [None] for --source/--git, else resolved (§9.2)."""
+    """The versions this request builds: [None] for --source/--git, else resolved."""
     if req.source is not None or req.git is not None:
         return [None]
     spec = None if req.version in (None, "latest-stable") else req.version
-    versions = releases.resolve_version(spec, releases_url_flag=req.releases_url, mirror=req.mirror)
+    versions = resolve_version(spec, releases_url_flag=req.releases_url, mirror=req.mirror)
     return list(versions)
 
 
@@ -69,14 +73,14 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
     state = BuildState()
     tmp: Path | None = None
     reservation = None
-    srclock = None
+    tree_lock = None
     try:
         state = pipeline.init_state(
             profile=req.profile, base_config=req.base_config, extra_kconfig=req.extra_kconfig
         )
         cap = planner.resolve_cap(req.cpu_cap)
         root = cache.cache_root()
-        # -- acquire (§1.1 step 5) --
+        # -- acquire the source --
         with timed(state, "acquire"):
             if req.source is not None:
                 src = source.acquire_local(req.source)
@@ -101,7 +105,7 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
                 src = source.acquire_tarball(version, tmp, mirror=req.mirror)
         pipeline.apply_source(state, src)
         pipeline.compute_key(state, src, clean=req.clean)
-        # -- cache check (§1.1 step 6) / --force probe (step 7) --
+        # -- cache check, or with --force a probe that nobody uses the entry --
         if not req.force:
             with timed(state, "lookup"):
                 entry = pipeline.lookup_cached(state)
@@ -110,7 +114,7 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
                 return state
         else:
             cache.force_probe(state.cache_key)
-        # -- reservation (§1.3 step 1) --
+        # -- reservation: LLC flocks and the sandbox --
         from ktstr_steps.reservation import acquire_build_reservation
 
         with timed(state, "reserve"):
@@ -119,17 +123,17 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
             state.llcs = list(reservation.plan.llcs)
             state.llc_cpus = list(reservation.plan.cpus)
         state.make_jobs = reservation.make_jobs
-        # -- source-tree lock (§1.3 step 2, §4) --
+        # -- source-tree lock, held to the end of the build --
         if state.kind == "local" and not bypass_llc_locks():
-            from ktstr_steps.srclock import acquire_source_tree_lock
+            from ktstr_steps.tree_lock import acquire_source_tree_lock
 
             with timed(state, "source_lock"):
-                srclock = acquire_source_tree_lock(
+                tree_lock = acquire_source_tree_lock(
                     Path(state.canonical_path or state.source_dir),
                     root,
                     wait=req.wait or None,
                 )
-            if srclock.waited and not req.force and recheck_after_wait(state, req):
+            if tree_lock.waited and not req.force and recheck_after_wait(state, req):
                 return state
         pipeline.run_kernel_phases(state, clean=req.clean)
     except KtstrError as exc:
@@ -140,12 +144,12 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
         traceback.print_exc()
         state.fail(KtstrError(f"internal error: {exc!r}", kind="internal"))
     finally:
-        if srclock is not None:
-            srclock.release()
+        if tree_lock is not None:
+            tree_lock.release()
         if reservation is not None:
             reservation.release()
         pipeline.remove_tree(tmp)
-        if tmp is not None and state.outcome != "cached" and state.is_temp:
+        if tmp is not None and state.outcome != Outcome.CACHED and state.is_temp:
             # The source-tree image went with the temp dir.
             if state.image_path and state.image_path.startswith(str(tmp)):
                 state.image_path = None

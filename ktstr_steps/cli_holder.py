@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ktstr_steps.util import LABEL, KtstrError, parse_seconds
+from ktstr_steps.cli_values import parse_seconds
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import LABEL
 
 
 def _emit(args: argparse.Namespace, obj: dict, human: str) -> None:

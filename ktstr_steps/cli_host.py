@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +49,9 @@ def cmd_topology(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from ktstr_steps import planner
+    from ktstr_steps.messages import say
+    from ktstr_steps.planner import bypass_llc_locks
     from ktstr_steps.topology import HostTopology
-    from ktstr_steps.util import bypass_llc_locks, say
 
     planner.refuse_cap_with_bypass(args.cpu_cap)
     if bypass_llc_locks():
@@ -68,7 +69,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"bypass": False, **plan.to_json(), "cap": cap}))
     else:
-        from ktstr_steps.util import format_cpulist
+        from ktstr_steps.cpulist import format_cpulist
 
         print(f"llcs:      {', '.join(map(str, plan.llcs))}")
         print(f"cpus:      {format_cpulist(plan.cpus)} ({len(plan.cpus)})")
@@ -76,26 +77,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"make -j:   {plan.make_jobs}")
         print(f"cross-node: {'yes' if plan.cross_node else 'no'}")
     return 0
-
-
-def cache_root() -> Path | None:
-    """The kernel cache root: ``ktstr_steps.cache.cache_root()`` when present, else ktstr's rules."""
-    try:
-        from ktstr_steps import cache  # type: ignore[attr-defined]
-    except ImportError:
-        cache = None
-    if cache is not None and hasattr(cache, "cache_root"):
-        return Path(cache.cache_root())
-    env = os.environ.get("KTSTR_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg) / "ktstr" / "kernels"
-    home = os.environ.get("HOME")
-    if home and home != "/" and os.path.isabs(home):
-        return Path(home) / ".cache" / "ktstr" / "kernels"
-    return None
 
 
 _LLC_RE = re.compile(r"^ktstr-(llc|cpu)-(\d+)\.lock$")
@@ -139,10 +120,11 @@ def collect_locks(lock_dir: Path, root: Path | None) -> list[dict]:
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
-    from ktstr_steps.util import warn
+    from ktstr_steps.cache import cache_root
+    from ktstr_steps.messages import warn
 
     try:
-        root = cache_root()
+        root: Path | None = cache_root()
     except KtstrError as exc:
         warn(f"cache root unavailable ({exc}); listing only {args.lock_dir} locks")
         root = None

@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from ktstr_steps.util import LABEL, KtstrError, int_at_least, parse_seconds
+from ktstr_steps.cli_values import int_at_least, parse_seconds
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import LABEL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,6 +87,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "make":
             p.add_argument("--jobs", type=int_at_least(1), metavar="N")
         p.set_defaults(func=cmd_phase)
+    pub = psub.add_parser(
+        "publish", help="gather the built kernel's downloadable files; print what to upload")
+    _state_arg(pub)
+    pub.add_argument("--out", type=Path, metavar="DIR",
+                     help="where the files go (default: publish/ next to the state file)")
+    pub.set_defaults(func=cmd_publish)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -144,14 +152,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         for e in s.errors:
             print(f"{LABEL}: error: {e['message']}", file=sys.stderr)
     if len(states) == 1:
-        _emit(args, states[0].result())
+        _emit(args, states[0].result().to_json())
     else:
         _emit(
             args,
             {
                 "ok": not failed,
                 "range": args.version,
-                "builds": [s.result() for s in states],
+                "builds": [s.result().to_json() for s in states],
             },
         )
         if failed:
@@ -168,7 +176,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ktstr_steps import cache, kconfig, releases
+    from ktstr_steps import cache, cli_render, kconfig
+    from ktstr_steps.kernelorg import releases
 
     root = cache.cache_root()
     active: set[str] | None = None
@@ -181,9 +190,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     entries = cache.list_entries(root)
     current = kconfig.kconfig_hash()
     if args.json:
-        _emit(args, cache.list_json(entries, current, active, fetch_error))
+        _emit(args, cli_render.list_json(entries, current, active, fetch_error))
         return 0
-    out, err = cache.render_list_text(entries, root, current, active, fetch_error)
+    out, err = cli_render.render_list_text(entries, root, current, active, fetch_error)
     if err:
         sys.stderr.write(err if err.endswith("\n") else err + "\n")
     if out:
@@ -208,13 +217,13 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_phase(args: argparse.Namespace) -> int:
-    from ktstr_steps import pipeline
+    from ktstr_steps.buildstate import BuildState
 
     phase = args.phase
     if phase == "lookup":
-        state = pipeline.BuildState()
+        state = BuildState()
     else:
-        state = pipeline.BuildState.load(args.state)
+        state = BuildState.load(args.state)
     out: dict = {}
     guard = None
     try:
@@ -242,9 +251,29 @@ def cmd_phase(args: argparse.Namespace) -> int:
             state.save(args.state)
     obj = {"phase": phase, "ok": state.ok, "errors": state.errors, **out}
     if phase == "summary":
-        obj = state.result()
+        obj = state.result().to_json()
     _emit(args, obj)
     return 0 if state.ok else 1
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """``phase publish``: reads the state, never changes it (publishing never fails a build)."""
+    from ktstr_steps import bundle
+    from ktstr_steps.buildstate import BuildState
+
+    state = BuildState.load(args.state)
+    out_dir = args.out or args.state.parent / bundle.DEFAULT_DIR
+    # Stripping vmlinux is work of this build: inside its reservation, like the store's.
+    guard = _join_holder(state, state.holder) if state.holder else None
+    try:
+        out = bundle.prepare(state, out_dir)
+        if guard is not None and guard.lost:
+            raise KtstrError(guard.lost, kind="reservation-lost")
+    finally:
+        if guard is not None:
+            guard.stop()
+    _emit(args, out)
+    return 0
 
 
 def _join_holder(state, name: str):
@@ -266,6 +295,7 @@ def _missing_json(m) -> dict:
 
 def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
     from ktstr_steps import pipeline, source
+    from ktstr_steps.buildstate import timed
 
     if phase == "lookup":
         new = pipeline.init_state(
@@ -273,14 +303,14 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
         )
         state.__dict__.update(new.__dict__)
         if args.version is not None:
-            from ktstr_steps import downloads
+            from ktstr_steps.release_tree import lookup_version
 
-            return downloads.lookup_version(
+            return lookup_version(
                 state, args.version, download_cache=args.download_cache,
                 tree_store=args.tree_store, mirror=args.mirror, rc_mirror=args.rc_mirror,
                 force=args.force,
             )  # fmt: skip
-        with pipeline.timed(state, "lookup"):
+        with timed(state, "lookup"):
             src = source.acquire_local(args.source)
             pipeline.apply_source(state, src)
             pipeline.compute_key(state, src, clean=args.clean)

@@ -2,8 +2,8 @@
 
 Locks are BSD ``flock``s on files opened ``O_CREAT|O_RDWR|O_CLOEXEC`` with mode
 0666, one open file description per lock, so two threads of one process
-contend like two processes (reference §13). Holders are read from
-``/proc/locks`` (reference §4.3): only FLOCK lines count, ``->`` lines are
+contend like two processes. Holders are read from
+``/proc/locks``: only FLOCK lines count, ``->`` lines are
 waiters, and a lock file is matched by ``major:minor:inode``.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import psutil
 
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 
-# statfs f_type magics ktstr refuses for lock files (reference §4.4): flock on
+# statfs f_type magics ktstr refuses for lock files: flock on
 # these is emulated, local-only or silently a no-op.
 REMOTE_FS = {
     0x6969: "NFS",
@@ -124,7 +124,7 @@ def flock_poll(
 
 
 def block_flock(fd: int, *, exclusive: bool) -> None:
-    """Blocking flock: the waiter shows in /proc/locks as a ``->`` line (seed behaviour)."""
+    """Blocking flock: the waiter shows in /proc/locks as a ``->`` line (as ktstr's does)."""
     fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
 
 

@@ -1,7 +1,7 @@
 """Kernel config: the baked fragment, --extra-kconfig, profiles, configure,
-override/dropped warnings and post-build validation (reference §5).
+override/dropped warnings and post-build validation.
 
-Fixes over ktstr (reference §14.8): the "already configured?" probe looks only
+Fixes over ktstr: the "already configured?" probe looks only
 at semantic lines (assignments and ``is not set`` directives), takes the last
 line per symbol (kbuild's last-assignment-wins, so baked + user lines on the
 same symbol do not make the probe unsatisfiable) and treats ``CONFIG_X=n`` as
@@ -17,8 +17,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps.make import run_make
-from ktstr_steps.util import KtstrError, Progress, crc32_hex, kconfig_dir, warn
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kbuild import run_make
+from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import Progress, warn
+from ktstr_steps.paths import kconfig_dir
 
 BASE_CONFIGS = ("defconfig", "tinyconfig", "allnoconfig")
 
@@ -406,7 +409,7 @@ def _restore(src: Path, before: bytes | None) -> None:
 
 # --- validation ------------------------------------------------------------
 
-# ktstr's critical options and hints (seed list; every one is =y in ktstr.kconfig).
+# ktstr's critical options and their hints, as ktstr lists them (every one is =y in ktstr.kconfig).
 CRITICAL_OPTIONS: tuple[tuple[str, str], ...] = (
     (
         "CONFIG_SCHED_CLASS_EXT",

@@ -1,4 +1,4 @@
-"""Kernel cache keys: ktstr's formats (reference §7.3) and validation.
+"""Kernel cache keys: ktstr's formats and validation, and the CRC32 every key and hash uses.
 
 One extension: a base config other than ``defconfig`` is part of the build's
 identity, so it gets its own suffix. ktstr only ever builds from defconfig and
@@ -8,11 +8,17 @@ are found by ktstr under exactly the key it would compute.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError, crc32_hex
+from ktstr_steps.errors import KtstrError
 
 _NAMED_BASES = ("defconfig", "tinyconfig", "allnoconfig")
+
+
+def crc32_hex(data: bytes) -> str:
+    """IEEE CRC32 as 8 lowercase hex digits, as in every ktstr key and hash field."""
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
 
 
 def kconfig_suffix(kconfig_hash: str, extra_hash: str | None = None) -> str:
@@ -35,7 +41,7 @@ def tarball_key(version: str, arch: str, suffix: str) -> str:
 
 def git_key(ref: str, hash7: str, arch: str, suffix: str) -> str:
     """ktstr puts the ref in verbatim, so a ref with ``/`` (``refs/tags/v6.14``) can
-    never be cached there (reference §14.6). We fold separators to ``_``: ktstr
+    never be cached there. We fold separators to ``_``: ktstr
     could not store such keys at all, so nothing it wrote is shadowed."""
     safe_ref = ref.replace("/", "_").replace("\\", "_")
     return f"{safe_ref}-git-{hash7}-{arch}-{suffix}"
@@ -64,7 +70,7 @@ def key_problem(key: str) -> str | None:
     if key.startswith(".tmp-"):
         return "cache key must not start with the reserved '.tmp-' prefix"
     if key.startswith("."):
-        # Dot-names are never listed as entries (§7.2): such a store would be invisible.
+        # Dot-names are never listed as entries: such a store would be invisible.
         return "cache key must not start with '.'"
     return None
 

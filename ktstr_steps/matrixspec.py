@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ktstr_steps import releases
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg import releases
+from ktstr_steps.kernelorg.versions import is_prefix, is_range, parse_range, version_tuple
 from ktstr_steps.refnames import RULE, branch_problem
-from ktstr_steps.util import KtstrError
 
 BRANCH_PREFIX = "branch:"
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -57,16 +58,16 @@ def parse_spec(text: str) -> Spec:
                 f"{text!r}: the branch of branch:<repo>/<branch> cannot be built: {problem}; {RULE}"
             )
         return Spec(text, "branch", repo=repo, branch=branch)
-    if releases.is_range(text):
+    if is_range(text):
         try:
-            releases.parse_range(text)
+            parse_range(text)
         except KtstrError as exc:
             raise ValueError(str(exc)) from None
         return Spec(text, "range")
-    if releases.is_prefix(text):
+    if is_prefix(text):
         return Spec(text, "prefix")
     try:
-        releases.version_tuple(text)
+        version_tuple(text)
     except KtstrError:
         raise ValueError(f"{text!r} is not a kernel version spec; use {SPEC_FORMS}") from None
     return Spec(text, "exact")

@@ -1,49 +1,36 @@
-"""ktstr's kernel build pipeline (reference §1), phase by phase.
+"""ktstr's kernel build pipeline, phase by phase: identity, lookup, configure, make, validate, store.
 
-A build's state is a :class:`BuildState`, JSON-serialisable so the phases can
-run in one process (``ktstr-ci kernel build``) or as separate commands driven
-by Buildbot steps (``ktstr-ci phase ...``), which persist it in a state file.
-Each phase function mutates the state and records its duration; errors are
-:class:`KtstrError` and leave the outcome ``failed``.
+Each phase function mutates a :class:`~ktstr_steps.buildstate.BuildState` and
+records its duration; errors are :class:`KtstrError` and leave the outcome
+``failed``.
 
-Deliberate changes from ktstr (each fixes a defect of reference §14):
+Deliberate changes from ktstr, each fixing one of its defects:
 
 - A cfg-keyed lookup miss falls back to the entry built from the same commit
   without a ``.config`` when that entry's final ``config_hash`` equals the
-  tree's current ``.config``: ktstr rebuilds the kernel it just built (§14.7).
+  tree's current ``.config``: ktstr rebuilds the kernel it just built.
 - ``--clean`` on a local tree keys the build as if ``.config`` were absent,
-  since ``mrproper`` deletes it before configure (§14.7).
-- The configure probe counts only semantic lines (§14.8, in kconfig.py).
+  since ``mrproper`` deletes it before configure.
+- The configure probe counts only semantic lines (in kconfig.py).
 - compile_commands.json is generated from the ``.cmd`` files, so it never
-  rebuilds the tree (make.py).
+  rebuilds the tree (kbuild.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 
-from ktstr_steps import cache, kconfig, keys, make
-from ktstr_steps.util import LABEL, KtstrError, crc32_hex, say, warn
-
-OUTCOMES = (
-    "cached",
-    "cache-hit",
-    "dirty-not-cached",
-    "non-git-not-cached",
-    "changed-during-build",
-    "store-failed",
-    "failed",
-)
+from ktstr_steps import cache, kbuild, kconfig, keys
+from ktstr_steps.buildstate import BuildState, timed
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import LABEL, say, warn
+from ktstr_steps.results import Outcome, error_json
 
 DIRTY_TREE_CACHE_SKIP_HINT = (
     "skipping cache — working tree has uncommitted changes; commit or stash to enable caching"
@@ -54,176 +41,6 @@ NON_GIT_TREE_CACHE_SKIP_HINT = (
     f"`{LABEL} kernel build VERSION` (a released kernel) or "
     f"`{LABEL} kernel build --git URL --ref REF` (a git tree) — to enable caching"
 )
-
-
-@dataclass
-class BuildState:
-    """Everything one build knows; persisted between phase commands."""
-
-    # source (from acquisition)
-    source_dir: str = ""
-    kind: str = "local"  # local | git | tarball
-    version: str | None = None
-    ref: str | None = None
-    git_hash: str | None = None
-    canonical_path: str | None = None
-    is_temp: bool = False
-    is_dirty: bool = False
-    is_git: bool = False
-    config_crc: str | None = None
-    # sha256 of `git diff HEAD` when a git tree is dirty (try builds): which change was built.
-    diff_hash: str | None = None
-    source_meta: dict = field(default_factory=dict)
-    # identity
-    arch: str = ""
-    image_name: str = ""
-    image_rel: str = ""
-    base_config: str = "defconfig"
-    profile: str | None = None
-    extra_kconfig: str | None = None  # fragment text (profile fragments + --extra-kconfig)
-    kconfig_hash: str = ""
-    extra_kconfig_hash: str | None = None
-    cache_key: str = ""
-    # reservation
-    make_jobs: int | None = None
-    llcs: list[int] = field(default_factory=list)
-    llc_cpus: list[int] = field(default_factory=list)
-    holder: str | None = None
-    # results
-    outcome: str | None = None
-    entry_dir: str | None = None
-    image_path: str | None = None
-    config_hash: str | None = None
-    make_warnings: int = 0
-    make_errors: int = 0
-    failed_target: str | None = None
-    make_log: str | None = None
-    overrides: list[dict] = field(default_factory=list)
-    dropped: list[dict] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
-    phases: dict[str, float] = field(default_factory=dict)
-
-    # -- persistence --------------------------------------------------------
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> BuildState:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise KtstrError(
-                f"build state {path} does not exist: run `{LABEL} phase lookup --state {path} "
-                "--source DIR` first",
-                kind="no-state",
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise KtstrError(f"build state {path} is unreadable: {exc}", kind="bad-state") from exc
-        redo = f"it is written by `{LABEL} phase lookup`: run the build again from lookup"
-        if not isinstance(data, dict):
-            raise KtstrError(
-                f"build state {path} holds a JSON {type(data).__name__}, not an object; {redo}",
-                kind="bad-state",
-            )
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for name, value in data.items():
-            if name in fields and not _is_type(value, str(fields[name].type)):
-                raise KtstrError(
-                    f"build state {path}: {name} must be {fields[name].type}, not "
-                    f"{json.dumps(value)[:40]}; {redo}",
-                    kind="bad-state",
-                )
-        return cls(**{k: v for k, v in data.items() if k in fields})
-
-    # -- bookkeeping --------------------------------------------------------
-    def warn(self, msg: str) -> None:
-        warn(msg)
-        self.warnings.append(msg)
-
-    def fail(self, exc: KtstrError) -> None:
-        self.outcome = "failed"
-        self.errors.append({"kind": exc.kind, "message": str(exc)})
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome != "failed"
-
-    def result(self) -> dict:
-        """The build result object of docs/contracts.md."""
-        return {
-            "ok": self.ok,
-            "outcome": self.outcome,
-            "cache_key": self.cache_key or None,
-            "entry_dir": self.entry_dir,
-            "image_path": self.image_path,
-            "config_hash": self.config_hash,
-            "kconfig_hash": self.kconfig_hash or None,
-            "extra_kconfig_hash": self.extra_kconfig_hash,
-            "dirty": self.is_dirty,
-            "is_git": self.is_git,
-            "git_hash": self.git_hash,
-            "diff_hash": self.diff_hash,
-            "source": self.source_meta,
-            "source_dir": self.source_dir,
-            "version": self.version,
-            "base_config": self.base_config,
-            "profile": self.profile,
-            "make_jobs": self.make_jobs,
-            "llcs": self.llcs,
-            "llc_cpus": self.llc_cpus,
-            "make_warnings": self.make_warnings,
-            "make_errors": self.make_errors,
-            "failed_target": self.failed_target,
-            "make_log": self.make_log,
-            "overrides": self.overrides,
-            "dropped": self.dropped,
-            "warnings": self.warnings,
-            "errors": self.errors,
-            "phases": self.phases,
-        }
-
-
-_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
-    "str": str, "bool": bool, "int": int, "float": (int, float), "dict": dict, "list": list,
-}  # fmt: skip
-
-
-def _is_type(value: object, annotation: str) -> bool:
-    """Whether a JSON value fits a BuildState annotation such as ``list[int]`` or ``str | None``."""
-    for alt in (a.strip() for a in annotation.split("|")):
-        base, _, inner = alt.partition("[")
-        inner = inner[:-1] if inner.endswith("]") else inner
-        if base == "None":
-            if value is None:
-                return True
-            continue
-        if isinstance(value, bool) and base != "bool":
-            continue  # JSON true is not a number here
-        typ = _JSON_TYPES.get(base)
-        if typ is None:
-            return True  # not a JSON type: nothing to check here
-        if not isinstance(value, typ):
-            continue
-        if base == "list" and inner and not all(_is_type(v, inner) for v in value):
-            continue
-        if base == "dict" and inner:
-            key_t, _, val_t = inner.partition(",")
-            if not all(_is_type(k, key_t) and _is_type(v, val_t) for k, v in value.items()):
-                continue
-        return True
-    return False
-
-
-@contextmanager
-def timed(state: BuildState, phase: str) -> Iterator[None]:
-    start = time.monotonic()
-    try:
-        yield
-    finally:
-        state.phases[phase] = round(state.phases.get(phase, 0.0) + time.monotonic() - start, 3)
 
 
 # -- identity ----------------------------------------------------------------
@@ -319,7 +136,8 @@ def compute_key(state: BuildState, src, *, clean: bool = False) -> str:
 
 
 def lookup_cached(state: BuildState) -> cache.CacheEntry | None:
-    """Cache lookup for the state's key, with the §14.7 fallback for cfg-keyed local trees."""
+    """Cache lookup for the state's key; a cfg-keyed local tree falls back to the entry built
+    from the same commit without a ``.config`` when its final config is the tree's."""
     if state.is_dirty:
         return None
     entry = cache.lookup(state.cache_key)
@@ -332,7 +150,7 @@ def lookup_cached(state: BuildState) -> cache.CacheEntry | None:
 
 
 def mark_hit(state: BuildState, entry: cache.CacheEntry) -> None:
-    state.outcome = "cache-hit"
+    state.outcome = Outcome.CACHE_HIT
     state.entry_dir = str(entry.path)
     state.image_path = str(entry.image_path)
     state.config_hash = entry.metadata.config_hash
@@ -350,7 +168,7 @@ def phase_clean(state: BuildState, *, clean: bool) -> None:
         say("--clean is only meaningful with --source (downloaded sources start clean)")
         return
     say("make mrproper")
-    make.run_make(Path(state.source_dir), ["mrproper"], make_vars=make.make_vars(state.arch))
+    kbuild.run_make(Path(state.source_dir), ["mrproper"], make_vars=kbuild.make_vars(state.arch))
 
 
 def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
@@ -373,7 +191,7 @@ def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
                     src,
                     fragment,
                     base_config=state.base_config,
-                    make_vars=make.make_vars(state.arch),
+                    make_vars=kbuild.make_vars(state.arch),
                 )
                 if extra is not None:
                     for d in kconfig.dropped_lines(src, extra):
@@ -387,12 +205,12 @@ def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
 
 def phase_make(state: BuildState, *, jobs: int | None = None) -> None:
     src = Path(state.source_dir)
-    n = jobs or state.make_jobs or make.available_parallelism()
+    n = jobs or state.make_jobs or kbuild.available_parallelism()
     state.make_jobs = n
     with timed(state, "make"):
         try:
-            # No log_path: make.py keeps the log only when the build fails.
-            res = make.run_make_streamed(src, jobs=n, make_vars=make.make_vars(state.arch))
+            # No log_path: kbuild.py keeps the log only when the build fails.
+            res = kbuild.run_make_streamed(src, jobs=n, make_vars=kbuild.make_vars(state.arch))
         except KtstrError as exc:
             res = getattr(exc, "result", None)
             if res is not None:
@@ -429,27 +247,27 @@ def phase_compile_commands(state: BuildState) -> Path | None:
     if state.is_temp:
         return None
     with timed(state, "compile_commands"):
-        return make.generate_compile_commands(
-            Path(state.source_dir), make_vars=make.make_vars(state.arch)
+        return kbuild.generate_compile_commands(
+            Path(state.source_dir), make_vars=kbuild.make_vars(state.arch)
         )
 
 
 def phase_store(state: BuildState) -> None:
-    """Find the image, dirty gate, post-build re-check, metadata, atomic store (§1.3 9–14)."""
+    """Find the image, dirty gate, post-build re-check, metadata, atomic store, in ktstr's order."""
     from ktstr_steps import source
 
     src = Path(state.source_dir)
     with timed(state, "store"):
-        image = make.find_image(src, state.arch)
+        image = kbuild.find_image(src, state.arch)
         vmlinux = src / "vmlinux"
-        say(make.vmlinux_message(src))
+        say(kbuild.vmlinux_message(src))
         config = src / ".config"
         state.config_hash = crc32_hex(config.read_bytes()) if config.is_file() else None
         if state.is_dirty:
             say(f"kernel built at {image}")
             hint = DIRTY_TREE_CACHE_SKIP_HINT if state.is_git else NON_GIT_TREE_CACHE_SKIP_HINT
             say(hint)
-            state.outcome = "dirty-not-cached" if state.is_git else "non-git-not-cached"
+            state.outcome = Outcome.DIRTY_NOT_CACHED if state.is_git else Outcome.NON_GIT_NOT_CACHED
             state.image_path = str(image)
             return
         if state.kind == "local":
@@ -463,7 +281,7 @@ def phase_store(state: BuildState) -> None:
                         f"hash_changed={str(hash_changed).lower()}); skipping cache store — "
                         "the built kernel may not match the commit"
                     )
-                    state.outcome = "changed-during-build"
+                    state.outcome = Outcome.CHANGED_DURING_BUILD
                     state.image_path = str(image)
                     return
             except KtstrError as exc:
@@ -493,13 +311,13 @@ def phase_store(state: BuildState) -> None:
             )
         except (KtstrError, OSError) as exc:
             say(f"cache store failed: {exc}")
-            state.outcome = "store-failed"
-            state.errors.append({"kind": "store-failed", "message": str(exc)})
+            state.outcome = Outcome.STORE_FAILED
+            state.errors.append(error_json("store-failed", str(exc)))
             state.image_path = None if state.is_temp else str(image)
             return
-        print(f"✓ Kernel cached: {state.cache_key}", file=__import__("sys").stderr, flush=True)
+        print(f"✓ Kernel cached: {state.cache_key}", file=sys.stderr, flush=True)
         say(f"image: {entry.image_path}")
-        state.outcome = "cached"
+        state.outcome = Outcome.CACHED
         state.entry_dir = str(entry.path)
         state.image_path = str(entry.image_path)
 

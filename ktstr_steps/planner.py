@@ -1,15 +1,15 @@
-"""CPU cap, the LLC plan, and ktstr's LLC lock files (reference §2.2–2.8).
+"""CPU cap, the LLC plan, and ktstr's LLC lock files.
 
 A kernel build reserves whole LLCs by taking ``LOCK_SH`` on
 ``/tmp/ktstr-llc-{index}.lock`` — the same files and modes as ktstr, so a
 ktstr perf-mode run (``LOCK_EX``) and a CI build exclude each other.
 
-Deliberate differences from ktstr (see also the module docs in the report):
+Deliberate differences from ktstr:
 
 - An LLC held exclusively (a perf-mode run; mode WRITE in /proc/locks) is never
   preferred by the consolidation ranking and is planned only when the free and
-  shared LLCs together cannot satisfy the target (reference §2.9 caveat,
-  §14.2: ktstr would rank it first and fail while free LLCs exist).
+  shared LLCs together cannot satisfy the target (ktstr would rank it first
+  and fail while free LLCs exist).
 - ``acquire_llc_plan(wait=N)``: where ktstr fails at once on contention, we
   re-plan and retry until N seconds pass, naming the holders while waiting.
 - The allowed-CPU set has a seam (``allowed=`` argument, env
@@ -27,18 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ktstr_steps import flock
+from ktstr_steps.cpulist import format_cpulist, parse_cpulist
+from ktstr_steps.errors import KtstrError, ResourceContention
 from ktstr_steps.flock import FileLock, Holder
+from ktstr_steps.messages import LABEL, Progress, say
 from ktstr_steps.topology import HostTopology
-from ktstr_steps.util import (
-    LABEL,
-    KtstrError,
-    Progress,
-    ResourceContention,
-    bypass_llc_locks,
-    format_cpulist,
-    parse_cpulist,
-    say,
-)
 
 DEFAULT_LOCK_DIR = Path("/tmp")
 DEFAULT_FRACTION = 0.30  # share of the allowed CPUs a build takes without --cpu-cap
@@ -54,7 +47,7 @@ def llc_lock_path(index: int, lock_dir: Path = DEFAULT_LOCK_DIR) -> Path:
 
 
 def resolve_cap(cli_value: int | str | None, *, env: Mapping = os.environ) -> int | None:
-    """``--cpu-cap`` value wins, else ``KTSTR_CPU_CAP``; None when neither (reference §2.4).
+    """``--cpu-cap`` value wins, else ``KTSTR_CPU_CAP``; None when neither.
 
     ``0`` and negatives are rejected here, not at parse time (ktstr's clap
     accepts ``--cpu-cap 0``). An empty env value means "no cap".
@@ -113,6 +106,11 @@ CAP_BYPASS_CONFLICT = (
 )
 
 
+def bypass_llc_locks() -> bool:
+    """ktstr's rule: any non-empty KTSTR_BYPASS_LLC_LOCKS (even "0") bypasses."""
+    return bool(os.environ.get("KTSTR_BYPASS_LLC_LOCKS"))
+
+
 def refuse_cap_with_bypass(cli_value: int | str | None, *, env: Mapping = os.environ) -> None:
     """A CPU cap with ``KTSTR_BYPASS_LLC_LOCKS`` set is ktstr's "resource contract" error.
 
@@ -149,7 +147,7 @@ def allowed_cpus(*, env: Mapping = os.environ) -> set[int]:
     ``KTSTR_CI_ALLOWED_CPUS`` (a CPU list, ``0-15,32-47``) overrides the real
     affinity — the seam for planning on recorded machines. Otherwise
     ``sched_getaffinity(0)``, falling back to ``Cpus_allowed_list`` in
-    ``/proc/self/status`` (reference §2.2).
+    ``/proc/self/status``.
     """
     override = env.get(ALLOWED_ENV)
     if override:
@@ -207,7 +205,7 @@ def plan_llcs(
     holder_counts: Mapping[int, int],
     exclusive: set[int],
 ) -> list[int]:
-    """Pick LLC indices for ``target`` CPUs (reference §2.5, pure).
+    """Pick LLC indices for ``target`` CPUs, as ktstr ranks them (pure).
 
     The fix to ktstr: ``exclusive`` LLCs (held LOCK_EX) rank after every other
     LLC and are considered only when the others cannot reach the target.
@@ -313,7 +311,7 @@ def materialise(topo: HostTopology, selected: list[int], target: int, allowed: s
 
 
 def cross_node_warning(plan: LlcPlan, topo: HostTopology) -> str | None:
-    """ktstr's spill warning (literal ``ktstr:`` prefix, §2.8); None for single-node plans."""
+    """ktstr's spill warning (literal ``ktstr:`` prefix); None for single-node plans."""
     if len(plan.mems) <= 1:
         return None
     by_index = {llc.index: llc for llc in topo.llcs}
@@ -349,7 +347,7 @@ class Snapshot:
 def discover(
     topo: HostTopology, lock_dir: Path = DEFAULT_LOCK_DIR, *, create: bool = True
 ) -> Snapshot:
-    """Holders of each LLC lock file, from one /proc/locks snapshot (reference §2.3).
+    """Holders of each LLC lock file, from one /proc/locks snapshot.
 
     ``create`` makes the lock files exist (as ktstr does) without locking them;
     a dry run passes False and only looks at files already there.

@@ -1,6 +1,6 @@
-"""``acquire_build_reservation``: the LLC plan + cgroup sandbox + make -j hint (seed §1.3 step 1).
+"""``acquire_build_reservation``: the LLC plan + cgroup sandbox + make -j hint.
 
-The three outcomes, as in the seed:
+The three outcomes, as in ktstr:
 
 - ``KTSTR_BYPASS_LLC_LOCKS`` set (any non-empty value): nothing is reserved
   and sysfs is never read; a cap alongside it is a contradiction and fails
@@ -11,10 +11,10 @@ The three outcomes, as in the seed:
 - sysfs unreadable: an error with a cap (the budget cannot be enforced), a
   warning and no reservation without one.
 
-Release order (reference §3.6): the sandbox is torn down BEFORE the LLC flocks
+Release order: the sandbox is torn down BEFORE the LLC flocks
 are dropped, so no peer can plan onto those LLCs while the old cgroup may
-still pin stragglers there. The dataclass declares ``sandbox`` first, which
-the seed pins through the field order of its Debug rendering.
+still pin stragglers there. The dataclass declares ``sandbox`` first, like
+ktstr's reservation struct, whose fields are dropped in declaration order.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ktstr_steps.sandbox import BuildSandbox, CgroupEnv
-from ktstr_steps.util import LABEL, KtstrError, bypass_llc_locks, warn
+from ktstr_steps.cgroups import CgroupEnv
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import LABEL, warn
+from ktstr_steps.planner import bypass_llc_locks
+from ktstr_steps.sandbox import BuildSandbox
 
 BYPASS_CONFLICT = (
     f"{LABEL}: --cpu-cap conflicts with KTSTR_BYPASS_LLC_LOCKS=1; unset one of them. "

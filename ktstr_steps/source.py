@@ -1,4 +1,4 @@
-"""Kernel source acquisition: local tree, shallow git clone, or release tarball (reference §9).
+"""Kernel source acquisition: local tree, shallow git clone, or release tarball.
 
 Every git call goes through :func:`_git`: argv lists only, user-supplied URLs
 and refs after ``--`` or as ``--opt=value`` so they can never be read as
@@ -8,8 +8,8 @@ options, no terminal prompts, and a scrubbed environment so an inherited
 One deliberate difference from ktstr: ``--source`` must look like a kernel
 tree (top-level ``Makefile`` and ``Kconfig``). ktstr only checks "is a
 directory" there and fails later inside ``make defconfig``; the check costs
-two stat calls and turns a typo into a clear message (the wording is the one
-ktstr uses for path specs, §11 row 46).
+two stat calls and turns a typo into a clear message (in the wording ktstr
+uses for a bad path spec).
 """
 
 from __future__ import annotations
@@ -23,8 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ktstr_steps import keys, releases
-from ktstr_steps.util import KtstrError, Progress, crc32_hex, say
+from ktstr_steps import keys
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg.releases import Release
+from ktstr_steps.kernelorg.tarballs import download_tarball
+from ktstr_steps.kernelorg.versions import is_range
+from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import Progress, say
 
 SourceKind = Literal["local", "git", "tarball"]
 
@@ -131,7 +136,7 @@ class GitState:
 
 
 def inspect_git(path: str | os.PathLike[str]) -> GitState:
-    """ktstr's dirty/HEAD inspection of a local tree (§9.5), side-effect free.
+    """ktstr's dirty/HEAD inspection of a local tree, side-effect free.
 
     Discovery goes upward, so a plain directory inside another repository is
     judged by that repository. Not a repository → ``is_git=False, dirty=True``.
@@ -223,7 +228,7 @@ class AcquiredSource:
     arch: ArchInfo = field(default_factory=arch_info)
 
     def source_meta(self) -> dict[str, object]:
-        """metadata.json's ``source`` object (§7.4), tagged on ``type``."""
+        """metadata.json's ``source`` object, tagged on ``type``."""
         if self.kind == "tarball":
             return {"type": "tarball"}
         if self.kind == "git":
@@ -236,11 +241,11 @@ class AcquiredSource:
 
     @property
     def cacheable(self) -> bool:
-        """Dirty or non-git local trees are built but never stored (§1.3 step 11)."""
+        """Dirty or non-git local trees are built but never stored."""
         return not self.is_dirty and self.is_git
 
     def cache_key(self, kc_suffix: str) -> str:
-        """The ktstr cache key (§7.3) for this source and kconfig suffix."""
+        """The ktstr cache key for this source and kconfig suffix."""
         arch = self.arch.arch
         if self.kind == "tarball":
             assert self.version is not None
@@ -265,7 +270,7 @@ def _require_kernel_tree(p: Path, what: str) -> None:
 
 
 def acquire_local(path: str | os.PathLike[str]) -> AcquiredSource:
-    """A user's tree (``--source``): canonical path, git state, ``.config`` CRC (§9.5)."""
+    """A user's tree (``--source``): canonical path, git state, ``.config`` CRC."""
     p = Path(path)
     if not p.exists():
         raise KtstrError(
@@ -307,7 +312,7 @@ def acquire_local(path: str | os.PathLike[str]) -> AcquiredSource:
 def acquire_git(
     url: str, ref: str, tmp_dir: str | os.PathLike[str], *, timeout: float = 3600.0
 ) -> AcquiredSource:
-    """Shallow clone of ``ref`` (branch, tag or full commit sha) into ``tmp_dir/linux`` (§9.4)."""
+    """Shallow clone of ``ref`` (branch, tag or full commit sha) into ``tmp_dir/linux``."""
     if not url or url.startswith("-"):
         raise KtstrError(
             f"invalid git URL {url!r}: must not be empty or start with '-'", kind="bad-git-url"
@@ -384,18 +389,18 @@ def acquire_tarball(
     mirror: str | None = None,
     rc_mirror: str | None = None,
     sha256: str | None = None,
-    release_rows: list[releases.Release] | None = None,
+    release_rows: list[Release] | None = None,
 ) -> AcquiredSource:
-    """Download and extract an exact release (resolve prefixes/ranges first) (§9.3)."""
+    """Download and extract an exact release (resolve prefixes/ranges first)."""
     # "6.12" is both a prefix and the exact 6.12.0 release; callers resolve
     # first, so here it means the exact release.
-    if releases.is_range(version) or version in ("latest", "mainline"):
+    if is_range(version) or version in ("latest", "mainline"):
         raise KtstrError(
             f"acquire_tarball needs an exact version, got {version!r}; resolve it with "
             "releases.resolve_version first",
             kind="bad-version",
         )
-    src = releases.download_tarball(
+    src = download_tarball(
         version, tmp_dir, mirror=mirror, rc_mirror=rc_mirror, sha256=sha256,
         releases=release_rows,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Strip a vmlinux to the sections ktstr reads (reference §7.6), with objcopy.
+"""Strip a vmlinux to the sections ktstr reads, with objcopy.
 
 ktstr rewrites the ELF with the ``object`` crate: ``.symtab``, ``.strtab``,
 ``.shstrtab``, ``.BTF``, ``.bss`` and ``.rodata`` keep their bytes;
@@ -35,7 +35,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError, warn
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import warn
 
 KEEP_SECTIONS = frozenset({"", ".shstrtab", ".symtab", ".strtab", ".bss", ".rodata", ".BTF"})
 NOBITS_SECTIONS = frozenset({".data", ".data..percpu", ".init.data"})

@@ -1,4 +1,4 @@
-"""Host topology from sysfs, as ktstr reads it (reference §2.1).
+"""Host topology from sysfs, as ktstr reads it.
 
 The model is what the LLC planner needs: online CPUs, LLC groups (the
 highest cache level of each CPU) with a dense index used in the lock file
@@ -21,7 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError, format_cpulist, parse_cpulist, warn
+from ktstr_steps.cpulist import format_cpulist, parse_cpulist
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import warn
 
 UNREACHABLE = 255  # ktstr's distance for a node it knows nothing about
 _NODE_RE = re.compile(r"^node(\d+)$")
@@ -87,7 +89,7 @@ class HostTopology:
 
         Only an unreadable/empty ``online`` list (or an online list none of whose
         CPUs has a directory) is fatal, as KtstrError kind ``sysfs-unreadable`` —
-        the caller's "sysfs unreadable" branch (reference §1.3 step 1). A
+        the reservation's "sysfs unreadable" branch. A
         ``KTSTR_SYSFS_ROOT`` that is not a directory is a configuration mistake
         and fails with kind ``sysfs-root-invalid`` naming the variable.
         Non-fatal oddities become warnings (printed unless ``quiet``).

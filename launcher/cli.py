@@ -7,7 +7,7 @@ assembly lives here because the launcher is the one package that may import
 all of them.
 
 Diagnostics go to stderr, data to stdout; ``--json`` output is one object on
-stdout. A :class:`~ktstr_steps.util.KtstrError` becomes ``ktstr-ci: error: ...``
+stdout. A :class:`~ktstr_steps.errors.KtstrError` becomes ``ktstr-ci: error: ...``
 and exit status 1; argparse usage errors exit 2 (as clap does for ktstr).
 """
 
@@ -18,7 +18,8 @@ import json
 import sys
 
 from ktstr_steps import cli_holder, cli_host, cli_kernel
-from ktstr_steps.util import LABEL, KtstrError
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import LABEL
 from master import cli_records
 from workers import cli_workers
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ktstr_steps.util import format_cpulist
+from ktstr_steps.cpulist import format_cpulist
 from launcher.service import Service
 
 

@@ -42,7 +42,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
-from ktstr_steps.util import format_cpulist
+from ktstr_steps.cpulist import format_cpulist
 from launcher.procs import ProcState, alive, pid_alive, stop_pid, tail
 from launcher.tacs import master_tac, worker_tac
 from master import hooks

@@ -1,6 +1,6 @@
 """Downloadable kernels: bzImage, vmlinux, .config, metadata.json of every successful build.
 
-The build's ``publish`` step (``ktstr_steps/buildsteps/artifacts.py``) uploads the
+The build's ``publish`` step (``ktstr_steps/buildsteps/publish.py``) uploads the
 files to ``<[artifacts] dir>/<builder>/<buildnumber>/`` on the master. This module
 adds the rest to BuildmasterConfig:
 
@@ -42,12 +42,8 @@ from flask import Flask, Response, abort, request
 from twisted.internet import defer, task, threads
 from twisted.python import log
 
-from ktstr_steps.buildsteps.artifacts import (
-    MANIFEST,
-    PARTIAL_PREFIX,
-    PUBLISHED_NAMES,
-    SERVICE_NAME,
-)
+from ktstr_steps.buildsteps.publish import PARTIAL_PREFIX, SERVICE_NAME
+from ktstr_steps.bundle import MANIFEST, PUBLISHED_NAMES
 from settings import Settings, read_users
 
 DASHBOARD_NAME = "artifacts"

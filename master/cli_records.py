@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ktstr_steps.util import KtstrError, int_at_least
+from ktstr_steps.cli_values import int_at_least
+from ktstr_steps.errors import KtstrError
 
 # (header, row key, width): the columns a person scanning recent builds needs first.
 _COLUMNS: tuple[tuple[str, str, int], ...] = (

@@ -13,7 +13,6 @@ from it. Flask runs in the reactor's thread pool, so the synchronous
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,23 +22,24 @@ from flask import Flask, abort, current_app, render_template, request, url_for
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ktstr_steps import cache
+from ktstr_steps.results import PHASES, RECORDED_OUTCOMES, Outcome
 from master.records import db, queries
-from master.records.models import OUTCOMES, PHASES
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_NAME = "ktstr"
 
-# Outcome → CSS colour, shared by badges and the trend bars.
-OUTCOME_COLOURS = {
-    "cached": "#2e7d32",
-    "cache-hit": "#1565c0",
-    "dirty-not-cached": "#ef6c00",
-    "non-git-not-cached": "#8d6e63",
-    "changed-during-build": "#f9a825",
-    "store-failed": "#ad1457",
-    "failed": "#c62828",
-    "cancelled": "#757575",
-    "interrupted": "#6a1b9a",
+# Outcome → CSS colour, shared by badges and the trend bars; "none" is a row without one.
+OUTCOME_COLOURS: dict[str, str] = {
+    Outcome.CACHED: "#2e7d32",
+    Outcome.CACHE_HIT: "#1565c0",
+    Outcome.DIRTY_NOT_CACHED: "#ef6c00",
+    Outcome.NON_GIT_NOT_CACHED: "#8d6e63",
+    Outcome.CHANGED_DURING_BUILD: "#f9a825",
+    Outcome.STORE_FAILED: "#ad1457",
+    Outcome.FAILED: "#c62828",
+    Outcome.CANCELLED: "#757575",
+    Outcome.INTERRUPTED: "#6a1b9a",
     "none": "#bdbdbd",
 }
 
@@ -67,30 +67,16 @@ class _Records:
 
 
 def _live_cache(root: str | None) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """The kernel cache on this master's disk via ``ktstr_steps.cache.list_entries``.
+    """The kernel cache on this master's disk, by ktstr's root rule unless ``root`` is given.
 
-    Returns (entries, note). The cache module belongs to the pipeline and may
-    be missing or differently shaped; the page then shows a note instead.
+    Returns (entries, note). The listing is a bonus: when the root cannot be
+    resolved or read, the page shows the note and the records half still renders.
     """
     try:
-        from ktstr_steps import cache as kcache  # type: ignore[attr-defined]
-    except ImportError:
-        return None, "live cache listing unavailable (ktstr_steps.cache not installed)"
-    lister = getattr(kcache, "list_entries", None)
-    if lister is None:
-        return None, "live cache listing unavailable (ktstr_steps.cache has no list_entries)"
-    if root is None:
-        root_fn = getattr(kcache, "cache_root", None)
-        if callable(root_fn):
-            root = str(root_fn())
-        else:
-            # ktstr's rule: $KTSTR_CACHE_DIR, else $XDG_CACHE_HOME/ktstr/kernels.
-            xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-            root = os.environ.get("KTSTR_CACHE_DIR") or os.path.join(xdg, "ktstr", "kernels")
-    try:
-        raw = lister(Path(root))
-    except Exception as exc:  # the listing is a bonus; the records half must still render
-        return None, f"cannot list the kernel cache at {root}: {exc}"
+        root = str(root) if root is not None else str(cache.cache_root())
+        raw = cache.list_entries(Path(root))
+    except Exception as exc:  # KtstrError for the root, OSError or anything from a bad entry
+        return None, f"cannot list the kernel cache at {root or 'its root'}: {exc}"
     out = []
     for e in raw or []:
         if dataclasses.is_dataclass(e) and not isinstance(e, type):
@@ -200,7 +186,7 @@ def create_app(db_url: str | Engine | None = None, *, cache_root: str | None = N
         duration=_duration,
         colours=OUTCOME_COLOURS,
         phases=PHASES,
-        outcomes=OUTCOMES,
+        outcomes=RECORDED_OUTCOMES,
         bb_root=_bb_root,
         dashboard_name=name,
     )

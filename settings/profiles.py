@@ -9,8 +9,9 @@ a failed build later.
 
 from __future__ import annotations
 
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.kconfig import load_profile
-from ktstr_steps.util import KtstrError, kconfig_dir
+from ktstr_steps.paths import kconfig_dir
 from settings.model import Profile
 from settings.reader import NAME_RE, SettingsError, read_toml
 

@@ -9,12 +9,13 @@ external, artifacts) are read by :mod:`settings.features`.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from pathlib import Path
 
-from ktstr_steps.util import parse_cpulist
+from ktstr_steps.cache import cache_root
+from ktstr_steps.cpulist import parse_cpulist
+from ktstr_steps.errors import KtstrError
 from settings.model import (
     Databases,
     HookSettings,
@@ -30,14 +31,12 @@ from settings.model import (
 from settings.reader import TableReader, abspath, file_error, is_remote
 
 
-def default_kernel_cache() -> Path:
-    """Where ktstr looks for its kernel cache, so CI stores where ktstr reads."""
-    env = os.environ.get("KTSTR_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "ktstr" / "kernels"
+def default_kernel_cache(p: TableReader) -> Path:
+    """Where ktstr looks for its kernel cache (ktstr's own rule), so CI stores where ktstr reads."""
+    try:
+        return cache_root()
+    except KtstrError as exc:
+        raise p.err("kernel_cache", f"is empty and ktstr's default cannot be resolved: {exc}") from None
 
 
 def short_hostname() -> str:
@@ -114,7 +113,7 @@ def paths_table(p: TableReader, root: Path) -> Paths:
         secrets=abspath(root, p.str("secrets")),
         workers=abspath(root, p.str("workers")),
         tree_store=abspath(root, p.str("tree_store")),
-        kernel_cache=abspath(root, cache) if cache else default_kernel_cache(),
+        kernel_cache=abspath(root, cache) if cache else default_kernel_cache(p),
     )
 
 

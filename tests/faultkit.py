@@ -16,7 +16,7 @@ import psutil
 
 from ktstr_steps import flock
 from ktstr_steps.buildprocs import MARKER_ENV
-from ktstr_steps.srclock import source_lock_path
+from ktstr_steps.tree_lock import source_lock_path
 from tests.servicekit import ServiceKit
 
 LLC_LOCKS = Path("/tmp")  # where the kit's workers take ktstr's LLC locks (ktstr's default)

@@ -7,7 +7,7 @@ Use it in a test module with::
     def test_something(kernel_org):
         kernel_org.add_tarball("6.12.8")          # tiny linux-6.12.8/ tree
         kernel_org.add_fake_kernel("6.14.9")      # tests/fakekernel.py tree, buildable
-        ...  # ktstr_steps.releases / `ktstr-ci kernel build 6.12.8` now hit this server
+        ...  # ktstr_steps.kernelorg / `ktstr-ci kernel build 6.12.8` now hit this server
 
 The fixture starts a threaded ``http.server`` on 127.0.0.1 with a random port
 and points the code at it through the environment (``monkeypatch``, undone
@@ -63,7 +63,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ktstr_steps import releases as releases_mod
+from ktstr_steps.kernelorg import releases as releases_mod
 
 # Newest first, as kernel.org lists them. The stable/longterm rows have
 # patch >= 8 except 6.16.3, so "latest" skips it for 6.15.11 like ktstr does.

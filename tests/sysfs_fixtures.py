@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ktstr_steps.util import format_cpulist
+from ktstr_steps.cpulist import format_cpulist
 
 
 def _w(path: Path, text: str) -> None:

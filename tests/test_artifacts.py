@@ -214,7 +214,7 @@ def test_try_build_downloads_the_patched_kernel(ak: ServiceKit, tmp_path: Path) 
     assert meta.config_hash == f"{zlib.crc32(config) & 0xFFFFFFFF:08x}"
     manifest = json.loads(fetch(base + "files.json")[1])
     assert manifest["diff_hash"] == props["diff_hash"]
-    assert manifest["vmlinux_from"] == "source tree, stripped on the master"
+    assert manifest["vmlinux_from"] == "source tree, stripped on the worker"
     # Nothing of the try reached the cache.
     assert [p.name for p in ak.cache_dir.iterdir() if not p.name.startswith(".")] == [
         Path(ak.build_properties(ak.first_build["buildid"])["entry_dir"]).name]  # type: ignore[attr-defined]

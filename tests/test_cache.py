@@ -19,8 +19,8 @@ from ktstr_steps.cache import (
     MetadataError,
     ValidEntry,
 )
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.flock import try_flock
-from ktstr_steps.util import KtstrError
 from tests.test_strip import build_vmlinux, sections
 
 KEY = "6.14.2-tarball-x86_64-kcc0bd848c"

@@ -1,4 +1,4 @@
-"""``kernel list`` rendering: text (stdout rows, stderr legends) and JSON (§10.1)."""
+"""``kernel list`` rendering (ktstr_steps/cli_render.py): text (stdout rows, stderr legends) and JSON."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ktstr_steps import cache
+from ktstr_steps import cache, cli_render
 from ktstr_steps.cache import KernelMetadata, KernelSource
+from ktstr_steps.kernelorg import versions
 from tests.test_cache import write_entry
 
 CURRENT = "c0bd848c"
@@ -70,7 +71,7 @@ ROWS = [
 
 
 def test_text_rows_and_legends(root: Path) -> None:
-    out, err = cache.render_list_text(
+    out, err = cli_render.render_list_text(
         cache.list_entries(), root, CURRENT, {"6.14", "6.15", "6.12"}, None
     )
     lines = out.splitlines()
@@ -81,9 +82,9 @@ def test_text_rows_and_legends(root: Path) -> None:
     err_lines = err.splitlines()
     assert err_lines[0] == f"cache: {root}"
     # Fixed order: EOL, untracked, stale, corrupt count + footer.
-    assert err_lines[1] == cache.EOL_EXPLANATION
-    assert err_lines[2] == cache.UNTRACKED_EXPLANATION
-    assert err_lines[3] == cache.STALE_EXPLANATION
+    assert err_lines[1] == cli_render.EOL_EXPLANATION
+    assert err_lines[2] == cli_render.UNTRACKED_EXPLANATION
+    assert err_lines[3] == cli_render.STALE_EXPLANATION
     assert err_lines[4] == "1 corrupt entry. Run `ktstr-ci kernel clean --corrupt-only` to remove."
     assert err_lines[5].startswith("warning: entries marked (corrupt) cannot be used")
     assert str(root) in err_lines[5] and "`kernel clean --corrupt-only --force`" in err_lines[5]
@@ -96,16 +97,16 @@ def test_legends_only_for_rendered_tags(isolated_env: Path) -> None:
     write_entry(isolated_env, "a", meta().dumps())
     write_entry(isolated_env, "b", "")
     write_entry(isolated_env, "c", "nope")
-    out, err = cache.render_list_text(cache.list_entries(), isolated_env, CURRENT, {"6.14"}, None)
+    out, err = cli_render.render_list_text(cache.list_entries(), isolated_env, CURRENT, {"6.14"}, None)
     assert "(stale" not in out and "(untracked" not in out and "(EOL)" not in out
-    assert cache.EOL_EXPLANATION not in err
-    assert cache.STALE_EXPLANATION not in err
-    assert cache.UNTRACKED_EXPLANATION not in err
+    assert cli_render.EOL_EXPLANATION not in err
+    assert cli_render.STALE_EXPLANATION not in err
+    assert cli_render.UNTRACKED_EXPLANATION not in err
     assert "2 corrupt entries." in err
 
 
 def test_fetch_error_disables_eol(root: Path) -> None:
-    out, err = cache.render_list_text(
+    out, err = cli_render.render_list_text(
         cache.list_entries(), root, CURRENT, {"6.14"}, "HTTP 503 from releases.json"
     )
     assert "(EOL)" not in out
@@ -114,19 +115,19 @@ def test_fetch_error_disables_eol(root: Path) -> None:
         "kernel list: failed to fetch active kernel series (HTTP 503 from releases.json)"
     )
     assert "EOL annotation disabled for this run" in first
-    assert cache.EOL_EXPLANATION not in err
+    assert cli_render.EOL_EXPLANATION not in err
     assert err.splitlines()[1] == f"cache: {root}"
 
 
 def test_unknown_active_list_means_no_eol(root: Path) -> None:
-    out, _ = cache.render_list_text(cache.list_entries(), root, CURRENT, None, None)
+    out, _ = cli_render.render_list_text(cache.list_entries(), root, CURRENT, None, None)
     assert "(EOL)" not in out
-    out, _ = cache.render_list_text(cache.list_entries(), root, CURRENT, set(), None)
+    out, _ = cli_render.render_list_text(cache.list_entries(), root, CURRENT, set(), None)
     assert "(EOL)" not in out
 
 
 def test_empty_cache(isolated_env: Path) -> None:
-    out, err = cache.render_list_text([], isolated_env, CURRENT, {"6.14"}, None)
+    out, err = cli_render.render_list_text([], isolated_env, CURRENT, {"6.14"}, None)
     assert out == "no cached kernels. Run `kernel build` to download and build a kernel.\n"
     assert err == f"cache: {isolated_env}\n"
 
@@ -142,12 +143,12 @@ def test_empty_cache(isolated_env: Path) -> None:
         ("6.abc", None),
     ],
 )
-def test_version_prefix(version: str, prefix: str | None) -> None:
-    assert cache.version_prefix(version) == prefix
+def test_series_of(version: str, prefix: str | None) -> None:
+    assert versions.series_of(version) == prefix
 
 
 def test_json(root: Path) -> None:
-    doc = cache.list_json(cache.list_entries(), CURRENT, {"6.14", "6.15"}, None)
+    doc = cli_render.list_json(cache.list_entries(), CURRENT, {"6.14", "6.15"}, None)
     json.dumps(doc)  # serializable as is
     assert list(doc) == ["current_ktstr_kconfig_hash", "active_prefixes_fetch_error", "entries"]
     assert doc["current_ktstr_kconfig_hash"] == CURRENT
@@ -180,6 +181,6 @@ def test_json(root: Path) -> None:
 
 
 def test_json_fetch_error(root: Path) -> None:
-    doc = cache.list_json(cache.list_entries(), CURRENT, {"6.14"}, "timed out")
+    doc = cli_render.list_json(cache.list_entries(), CURRENT, {"6.14"}, "timed out")
     assert doc["active_prefixes_fetch_error"] == "timed out"
     assert not any(e.get("eol") for e in doc["entries"])

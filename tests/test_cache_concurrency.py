@@ -15,7 +15,7 @@ import pytest
 
 from ktstr_steps import cache
 from ktstr_steps.cache import KernelMetadata, KernelSource, ValidEntry
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 from tests.test_cache import hold_lock, lock_is_free
 from tests.test_strip import build_vmlinux
 
@@ -168,14 +168,14 @@ CRASHING_WRITER = """
 import sys, time
 from pathlib import Path
 from ktstr_steps import cache
-from ktstr_steps.cache import KernelMetadata, KernelSource
+from ktstr_steps.cache import KernelMetadata, KernelSource, writer
 root, key, image, vmlinux, marker = sys.argv[1:]
 
 def stuck_strip(src, dst):
     Path(marker).write_text("stripping")
     time.sleep(120)
 
-cache.strip_vmlinux = stuck_strip  # hold the store mid-way so it can be killed there
+writer.strip_vmlinux = stuck_strip  # hold the store mid-way so it can be killed there
 m = KernelMetadata(source=KernelSource.tarball(), arch="x86_64", image_name="bzImage",
                    built_at=cache.utc_now())
 cache.store(key, Path(image), vmlinux=Path(vmlinux), metadata=m, root=root)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ktstr_steps import cli_host, flock, planner
-from ktstr_steps.srclock import acquire_source_tree_lock
+from ktstr_steps import flock, planner
+from ktstr_steps.tree_lock import acquire_source_tree_lock
 from tests import sysfs_fixtures
 
 HOLD = """
@@ -212,22 +212,22 @@ def test_locks_empty(tmp_path):
     assert r.returncode == 0 and "no ktstr lock files" in r.stdout
 
 
-def test_cache_root_rules_without_cache_module(monkeypatch, tmp_path):
-    import builtins
+def test_locks_finds_the_cache_root_by_ktstrs_rules(monkeypatch, tmp_path):
+    """``locks`` uses the cache's one root rule: KTSTR_CACHE_DIR, XDG_CACHE_HOME, HOME."""
 
-    real_import = builtins.__import__
+    def root() -> str:
+        r = run("locks", "--json", "--lock-dir", str(tmp_path / "none"))
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["cache_root"]
 
-    def no_cache(name, globals=None, locals=None, fromlist=(), level=0):
-        if name == "ktstr_steps" and fromlist and "cache" in fromlist:
-            raise ImportError("no cache module")
-        return real_import(name, globals, locals, fromlist, level)
-
-    monkeypatch.setattr(builtins, "__import__", no_cache)
     monkeypatch.setenv("KTSTR_CACHE_DIR", str(tmp_path / "c"))
-    assert cli_host.cache_root() == tmp_path / "c"
+    assert root() == str(tmp_path / "c")
     monkeypatch.delenv("KTSTR_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert cli_host.cache_root() == tmp_path / "x" / "ktstr" / "kernels"
+    assert root() == str(tmp_path / "x" / "ktstr" / "kernels")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "h"))
-    assert cli_host.cache_root() == tmp_path / "h" / ".cache" / "ktstr" / "kernels"
+    assert root() == str(tmp_path / "h" / ".cache" / "ktstr" / "kernels")
+    # A HOME ktstr refuses: the locks of /tmp are still listed, the cache's are not.
+    monkeypatch.setenv("HOME", "/")
+    assert root() is None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import flock
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 
 HOLD = """
 import fcntl, os, sys, time

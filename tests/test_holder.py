@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import flock, holder
-from ktstr_steps.srclock import source_lock_path
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.tree_lock import source_lock_path
 
 
 @pytest.fixture

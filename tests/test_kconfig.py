@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import kconfig as kc
-from ktstr_steps.make import make_vars
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kbuild import make_vars
 from tests.fakekernel import make_fake_kernel
 
 MV = make_vars("x86_64")

@@ -96,7 +96,7 @@ def test_second_build_is_a_cache_hit_without_make(tree: Path):
     vmlinux_mtime = (tree / "vmlinux").stat().st_mtime_ns
     rc, second, err = ktstr("kernel", "build", "--source", str(tree), "--json")
     assert rc == 0 and second["outcome"] == "cache-hit"
-    # The tree now has a .config (ktstr keys it as cfg...); we still find the entry (§14.7 fix).
+    # The tree now has a .config (ktstr keys it as cfg...); we still find the entry (ktstr would rebuild it).
     assert second["entry_dir"] == first["entry_dir"]
     assert "make" not in second["phases"]
     assert (tree / "vmlinux").stat().st_mtime_ns == vmlinux_mtime
@@ -326,7 +326,7 @@ def test_clean_runs_mrproper_on_local_trees_and_keys_without_the_deleted_config(
     rc, res, err = ktstr("kernel", "build", "--source", str(tree), "--clean", "--force", "--json")
     assert rc == 0, err
     assert "ktstr-ci: make mrproper" in err
-    # mrproper deletes .config before configure, so the key is the no-.config one (§14.7 fix).
+    # mrproper deletes .config before configure, so the key is the no-.config one (ktstr keys it with the deleted one).
     assert "-cfg" not in res["cache_key"] and res["cache_key"] == first["cache_key"]
     assert res["outcome"] == "cached"
 

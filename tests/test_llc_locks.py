@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import flock, planner
+from ktstr_steps.errors import KtstrError, ResourceContention
 from ktstr_steps.topology import HostTopology
-from ktstr_steps.util import KtstrError, ResourceContention
 from tests import sysfs_fixtures
 
 # A stand-in for a ktstr perf-mode run: LOCK_EX on an LLC file until killed

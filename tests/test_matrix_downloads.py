@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ktstr_steps import downloads
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg import download_cache
 from tests.kernelorg import KernelOrg
 
 
@@ -35,13 +35,13 @@ def lookup(state: Path, version: str, profile: str, dl: Path, trees: Path, *extr
 
 def test_fetch_checks_sha256_and_keeps_one_file(kernel_org: KernelOrg, tmp_path: Path) -> None:
     digest = kernel_org.add_tarball("6.12.44")
-    got = downloads.fetch_tarball("6.12.44", tmp_path / "dl")
+    got = download_cache.fetch_tarball("6.12.44", tmp_path / "dl")
     assert got.downloaded and got.sha256 == digest
     assert got.path == tmp_path / "dl" / "linux-6.12.44.tar.xz"
     assert [p.name for p in (tmp_path / "dl").iterdir() if not p.name.endswith(".lock")] == [
         "linux-6.12.44.tar.xz"
     ]
-    again = downloads.fetch_tarball("6.12.44", tmp_path / "dl")
+    again = download_cache.fetch_tarball("6.12.44", tmp_path / "dl")
     assert not again.downloaded
     assert kernel_org.count(kernel_org.tarball_path("6.12.44")) == 1
     assert kernel_org.count("/pub/linux/kernel/v6.x/sha256sums.asc") == 1
@@ -58,7 +58,7 @@ def test_sha256_mismatch_is_an_error_and_nothing_is_kept(
     kernel_org.set_route(kernel_org.tarball_path("6.6.103"), other,
                          content_type="application/x-xz")
     with pytest.raises(KtstrError) as err:
-        downloads.fetch_tarball("6.6.103", tmp_path / "dl")
+        download_cache.fetch_tarball("6.6.103", tmp_path / "dl")
     assert err.value.kind == "checksum-mismatch"
     assert "sha256 mismatch" in str(err.value) and listed in str(err.value)
     assert "nothing was kept" in str(err.value)
@@ -71,7 +71,7 @@ def test_no_published_sum_downloads_unchecked(kernel_org: KernelOrg, tmp_path: P
 
     data = make_tarball({"linux-6.1.149/Makefile": "all:\n", "linux-6.1.149/Kconfig": ""})
     kernel_org.set_route(kernel_org.tarball_path("6.1.149"), data, content_type="application/x-xz")
-    got = downloads.fetch_tarball("6.1.149", tmp_path / "dl")  # no sha256sums.asc at all: 404
+    got = download_cache.fetch_tarball("6.1.149", tmp_path / "dl")  # no sha256sums.asc at all: 404
     assert got.downloaded and got.sha256 is None and got.path.read_bytes() == data
 
 
@@ -82,7 +82,7 @@ def test_truncated_download_keeps_nothing(kernel_org: KernelOrg, tmp_path: Path)
     kernel_org.set_route(kernel_org.tarball_path("6.1.149"), data[:-10],
                          declared_length=len(data), content_type="application/x-xz")
     with pytest.raises(KtstrError) as err:
-        downloads.fetch_tarball("6.1.149", tmp_path / "dl")
+        download_cache.fetch_tarball("6.1.149", tmp_path / "dl")
     assert err.value.kind == "download-truncated"
     assert not any(p for p in (tmp_path / "dl").iterdir() if not p.name.endswith(".lock"))
 
@@ -91,12 +91,12 @@ def test_concurrent_fetches_of_one_version_download_once(
     kernel_org: KernelOrg, tmp_path: Path
 ) -> None:
     kernel_org.add_fake_kernel("6.15.11")
-    results: list[downloads.Fetched] = []
+    results: list[download_cache.Fetched] = []
     errors: list[BaseException] = []
 
     def fetch() -> None:
         try:
-            results.append(downloads.fetch_tarball("6.15.11", tmp_path / "dl"))
+            results.append(download_cache.fetch_tarball("6.15.11", tmp_path / "dl"))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -116,12 +116,12 @@ def test_extract_refuses_a_tarball_without_the_tree_and_drops_it(tmp_path: Path)
     bad = tmp_path / "linux-6.1.1.tar.xz"
     bad.write_bytes(make_tarball({"other/Makefile": "all:\n"}))
     with pytest.raises(KtstrError, match="expected directory linux-6.1.1"):
-        downloads.extract_tree(bad, "6.1.1", tmp_path / "tree")
+        download_cache.extract_tree(bad, "6.1.1", tmp_path / "tree")
     assert not (tmp_path / "tree").exists()
     corrupt = tmp_path / "linux-6.1.2.tar.xz"
     corrupt.write_bytes(b"\xfd7zXZ\x00 not really xz")
     with pytest.raises(KtstrError, match="corrupt and was removed"):
-        downloads.extract_tree(corrupt, "6.1.2", tmp_path / "tree")
+        download_cache.extract_tree(corrupt, "6.1.2", tmp_path / "tree")
     assert not corrupt.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".tree")] == []
 

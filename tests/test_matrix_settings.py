@@ -10,7 +10,6 @@ from buildbot.config.errors import ConfigErrors
 from buildbot.process.properties import Property
 
 import settings
-from ktstr_steps import releases
 from ktstr_steps.buildsteps.lookup import not_cache_hit
 from ktstr_steps.buildsteps.matrix import (
     MatrixLookup,
@@ -22,8 +21,9 @@ from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg import releases
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
-from ktstr_steps.util import KtstrError
 from master import builders, matrix
 from master.schedulers import KtstrForceScheduler
 from workers.spec import WorkerSpec

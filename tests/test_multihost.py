@@ -29,7 +29,7 @@ import psutil
 import pytest
 
 from ktstr_steps.buildsteps.base import branch_dir
-from ktstr_steps.util import REPO_ROOT
+from ktstr_steps.paths import REPO_ROOT
 from master.records import db as records_db
 from master.records import queries
 from tests.fakekernel import slow_tree_files

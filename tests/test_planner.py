@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import planner
+from ktstr_steps.errors import KtstrError, ResourceContention
 from ktstr_steps.topology import HostTopology
-from ktstr_steps.util import KtstrError, ResourceContention
 from tests import sysfs_fixtures
 
 

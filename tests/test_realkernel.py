@@ -22,7 +22,7 @@ from tests.fakekernel import GIT_ENV
 pytestmark = pytest.mark.realkernel
 
 TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
-# metadata.json fields ktstr reads (reference §7.4); all must be present.
+# metadata.json fields ktstr reads; all must be present.
 KTSTR_FIELDS = {
     "version",
     "source",

@@ -208,7 +208,7 @@ class TestMigrations:
 
     def test_default_url_under_checkout_or_env(self, monkeypatch):
         monkeypatch.delenv(db.ENV_URL, raising=False)
-        from ktstr_steps.util import REPO_ROOT
+        from ktstr_steps.paths import REPO_ROOT
 
         assert db.default_url() == f"sqlite:///{REPO_ROOT}/var/records.sqlite"
         monkeypatch.setenv(db.ENV_URL, "postgresql+psycopg2://ci@db/records")

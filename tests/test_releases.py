@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ktstr_steps import releases
-from ktstr_steps.util import KtstrError, Progress
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg import releases, tarballs, urls, versions
+from ktstr_steps.messages import Progress
 from tests.kernelorg import KernelOrg, make_tarball  # kernel_org: registered in conftest.py
 
 # ---------------------------------------------------------------- locations
@@ -21,19 +22,19 @@ from tests.kernelorg import KernelOrg, make_tarball  # kernel_org: registered in
 
 def test_urls_flag_beats_env_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KTSTR_CI_RC_MIRROR", raising=False)
-    assert releases.releases_url() == "https://www.kernel.org/releases.json"
-    assert releases.mirror_url() == "https://cdn.kernel.org/pub/linux/kernel"
-    assert releases.rc_mirror_url() == "https://git.kernel.org/torvalds/t"
+    assert urls.releases_url() == "https://www.kernel.org/releases.json"
+    assert urls.mirror_url() == "https://cdn.kernel.org/pub/linux/kernel"
+    assert urls.rc_mirror_url() == "https://git.kernel.org/torvalds/t"
     monkeypatch.setenv("KTSTR_CI_RELEASES_URL", "http://env.example/r.json")
     monkeypatch.setenv("KTSTR_CI_KERNEL_MIRROR", "http://env.example/pub/")
     monkeypatch.setenv("KTSTR_CI_RC_MIRROR", "http://env.example/rc")
-    assert releases.releases_url() == "http://env.example/r.json"
-    assert releases.mirror_url() == "http://env.example/pub"
-    assert releases.releases_url("http://flag.example/x.json") == "http://flag.example/x.json"
-    assert releases.mirror_url("http://flag.example/m") == "http://flag.example/m"
-    assert releases.tarball_url("6.12.8") == "http://env.example/pub/v6.x/linux-6.12.8.tar.xz"
-    assert releases.tarball_url("6.15-rc3") == "http://env.example/rc/linux-6.15-rc3.tar.gz"
-    assert releases.tarball_url("5.4", mirror="http://m") == "http://m/v5.x/linux-5.4.tar.xz"
+    assert urls.releases_url() == "http://env.example/r.json"
+    assert urls.mirror_url() == "http://env.example/pub"
+    assert urls.releases_url("http://flag.example/x.json") == "http://flag.example/x.json"
+    assert urls.mirror_url("http://flag.example/m") == "http://flag.example/m"
+    assert urls.tarball_url("6.12.8") == "http://env.example/pub/v6.x/linux-6.12.8.tar.xz"
+    assert urls.tarball_url("6.15-rc3") == "http://env.example/rc/linux-6.15-rc3.tar.gz"
+    assert urls.tarball_url("5.4", mirror="http://m") == "http://m/v5.x/linux-5.4.tar.xz"
 
 
 # ---------------------------------------------------------------- releases.json
@@ -243,27 +244,27 @@ def test_inverted_range_fails_before_any_request(kernel_org: KernelOrg) -> None:
     )
     assert kernel_org.requests == []
     with pytest.raises(KtstrError, match="inverted"):
-        releases.parse_range("6.15..6.15-rc3")
+        versions.parse_range("6.15..6.15-rc3")
 
 
 def test_version_order() -> None:
     vs = ["6.15.1", "6.15", "6.15-rc3", "6.15-rc10", "6.9.12", "6.14"]
-    assert sorted(vs, key=releases.version_tuple) == [
+    assert sorted(vs, key=versions.version_tuple) == [
         "6.9.12", "6.14", "6.15-rc3", "6.15-rc10", "6.15", "6.15.1",
     ]  # fmt: skip
 
 
 def test_is_prefix() -> None:
-    assert releases.is_prefix("6") and releases.is_prefix("6.12")
+    assert versions.is_prefix("6") and versions.is_prefix("6.12")
     for spec in ("6.12.3", "6.15-rc1", "6.1..6.2", "latest", "", "6.x", "6.12\n"):
-        assert not releases.is_prefix(spec), spec
+        assert not versions.is_prefix(spec), spec
 
 
 def test_active_prefixes_and_series(kernel_org: KernelOrg) -> None:
     active = releases.active_prefixes(releases.fetch_releases())
     assert active == {"6.17", "6.16", "6.15", "6.12", "6.6", "6.1", "5.15"}
-    assert releases.series_of("6.17-rc4") == "6.17"
-    assert releases.series_of("6.13.2") not in active  # EOL
+    assert versions.series_of("6.17-rc4") == "6.17"
+    assert versions.series_of("6.13.2") not in active  # EOL
 
 
 # ---------------------------------------------------------------- download
@@ -282,7 +283,7 @@ def test_download_and_extract(
         "6.12.44", files={"Makefile": "all:\n", "Kconfig": "", "lib/blob.bin": blob}
     )
     dest = tmp_path / "dl"
-    got = releases.download_tarball(
+    got = tarballs.download_tarball(
         "6.12.44", dest, sha256=digest, progress=Progress("download", interval=0)
     )
     assert got == dest / "linux-6.12.44"
@@ -302,7 +303,7 @@ def test_download_rc_is_gzip_from_rc_mirror(
     kernel_org: KernelOrg, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kernel_org.add_tarball("6.17-rc4")
-    got = releases.download_tarball("6.17-rc4", tmp_path)
+    got = tarballs.download_tarball("6.17-rc4", tmp_path)
     assert (got / "Kconfig").is_file()
     assert ("GET", "/torvalds/t/linux-6.17-rc4.tar.gz") in kernel_org.requests
     assert "extracting tarball (gzip)" in capsys.readouterr().err
@@ -322,7 +323,7 @@ def test_download_streams_without_holding_the_file(
     kernel_org.add_tarball_bytes(version, data)
     tracemalloc.start()
     try:
-        releases.download_tarball(version, tmp_path)
+        tarballs.download_tarball(version, tmp_path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -336,7 +337,7 @@ def test_html_instead_of_tarball(kernel_org: KernelOrg, tmp_path: Path) -> None:
         kernel_org.tarball_path("6.12.44"), "<html>moved</html>", content_type="text/html"
     )
     with pytest.raises(KtstrError) as ei:
-        releases.download_tarball("6.12.44", tmp_path)
+        tarballs.download_tarball("6.12.44", tmp_path)
     assert str(ei.value) == (
         f"download {url}: server returned HTML instead of tarball (URL may be invalid)"
     )
@@ -346,7 +347,7 @@ def test_html_instead_of_tarball(kernel_org: KernelOrg, tmp_path: Path) -> None:
 
 def test_404_suggests_latest_of_series(kernel_org: KernelOrg, tmp_path: Path) -> None:
     with pytest.raises(KtstrError) as ei:
-        releases.download_tarball("6.12.99", tmp_path)
+        tarballs.download_tarball("6.12.99", tmp_path)
     assert str(ei.value).startswith("version 6.12.99 not found. latest 6.12.x: 6.12.44")
     assert ei.value.kind == "version-not-found"
     assert _entries(tmp_path) == []
@@ -355,18 +356,18 @@ def test_404_suggests_latest_of_series(kernel_org: KernelOrg, tmp_path: Path) ->
 def test_404_without_suggestion(kernel_org: KernelOrg, tmp_path: Path) -> None:
     # Series not in releases.json: nothing to suggest.
     with pytest.raises(KtstrError) as ei:
-        releases.download_tarball("6.13.99", tmp_path)
+        tarballs.download_tarball("6.13.99", tmp_path)
     assert str(ei.value).startswith("version 6.13.99 not found (HTTP 404 from http://127.")
     # The listed version itself missing on the mirror: no "latest" pointing at itself.
     with pytest.raises(KtstrError) as ei:
-        releases.download_tarball("6.12.44", tmp_path)
+        tarballs.download_tarball("6.12.44", tmp_path)
     assert "latest" not in str(ei.value)
 
 
 def test_404_rc(kernel_org: KernelOrg, tmp_path: Path) -> None:
     url = kernel_org.tarball_url("6.15-rc3")
     with pytest.raises(KtstrError) as ei:
-        releases.download_tarball("6.15-rc3", tmp_path)
+        tarballs.download_tarball("6.15-rc3", tmp_path)
     msg = str(ei.value)
     assert msg.startswith(f"RC tarball not found: {url}")
     assert "removed" in msg and "once the stable release ships" in msg
@@ -376,7 +377,7 @@ def test_404_rc(kernel_org: KernelOrg, tmp_path: Path) -> None:
 def test_other_http_status(kernel_org: KernelOrg, tmp_path: Path) -> None:
     kernel_org.set_route(kernel_org.tarball_path("6.12.44"), b"no", status=403)
     with pytest.raises(KtstrError) as ei:
-        releases.download_tarball("6.12.44", tmp_path)
+        tarballs.download_tarball("6.12.44", tmp_path)
     assert str(ei.value) == f"download {kernel_org.tarball_url('6.12.44')}: HTTP 403"
 
 
@@ -384,7 +385,7 @@ def test_checksum_mismatch_leaves_nothing(kernel_org: KernelOrg, tmp_path: Path)
     good = kernel_org.add_tarball("6.12.44")
     bad = "0" * 64
     with pytest.raises(KtstrError, match=rf"sha256 mismatch \(expected {bad}, got {good}\)") as ei:
-        releases.download_tarball("6.12.44", tmp_path, sha256=bad)
+        tarballs.download_tarball("6.12.44", tmp_path, sha256=bad)
     assert ei.value.kind == "checksum-mismatch"
     assert _entries(tmp_path) == []
     # The same download with the published checksum succeeds.
@@ -393,7 +394,7 @@ def test_checksum_mismatch_leaves_nothing(kernel_org: KernelOrg, tmp_path: Path)
 
     listed = urllib.request.urlopen(sums, timeout=5).read().decode()
     assert f"{good}  linux-6.12.44.tar.xz" in listed
-    assert releases.download_tarball("6.12.44", tmp_path, sha256=good.upper()).is_dir()
+    assert tarballs.download_tarball("6.12.44", tmp_path, sha256=good.upper()).is_dir()
 
 
 def _hostile(extra: tarfile.TarInfo, data: bytes = b"") -> bytes:
@@ -430,7 +431,7 @@ def test_hostile_tarball_rejected(
     kernel_org.add_tarball_bytes("6.12.44", _hostile(member, b"pwned"))
     dest = tmp_path / "a" / "b"
     with pytest.raises(KtstrError, match=r"extract tarball .*linux-6\.12\.44\.tar\.xz") as ei:
-        releases.download_tarball("6.12.44", dest)
+        tarballs.download_tarball("6.12.44", dest)
     assert ei.value.kind == "extract-failed"
     assert _entries(dest) == []
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "a" / "escaped").exists()
@@ -440,7 +441,7 @@ def test_hostile_tarball_rejected(
 def test_tarball_without_linux_dir(kernel_org: KernelOrg, tmp_path: Path) -> None:
     kernel_org.add_tarball_bytes("6.12.44", make_tarball({"linux-6.12.4/Makefile": "x"}))
     with pytest.raises(KtstrError) as ei:
-        releases.download_tarball("6.12.44", tmp_path)
+        tarballs.download_tarball("6.12.44", tmp_path)
     assert str(ei.value).startswith(
         "expected directory linux-6.12.44 after extraction of http://127."
     )
@@ -452,12 +453,12 @@ def test_corrupt_tarball(kernel_org: KernelOrg, tmp_path: Path) -> None:
     data = make_tarball({f"linux-6.12.44/f{i}": os.urandom(50_000) for i in range(4)})
     kernel_org.add_tarball_bytes("6.12.44", data[: len(data) // 2])  # truncated mid-stream
     with pytest.raises(KtstrError, match=r"extract tarball|truncated") as ei:
-        releases.download_tarball("6.12.44", tmp_path)
+        tarballs.download_tarball("6.12.44", tmp_path)
     assert ei.value.kind in ("extract-failed", "download-truncated")
     assert _entries(tmp_path) == []
     kernel_org.add_tarball_bytes("6.12.44", b"this is not xz at all")
     with pytest.raises(KtstrError, match="not a xz tarball"):
-        releases.download_tarball("6.12.44", tmp_path)
+        tarballs.download_tarball("6.12.44", tmp_path)
     assert _entries(tmp_path) == []
 
 
@@ -467,7 +468,7 @@ def test_connection_cut_short_is_detected(kernel_org: KernelOrg, tmp_path: Path)
     data = make_tarball({"linux-6.12.44/Makefile": "", "linux-6.12.44/Kconfig": ""})
     kernel_org.set_route(kernel_org.tarball_path("6.12.44"), data, declared_length=len(data) + 500)
     with pytest.raises(KtstrError) as ei:
-        releases.download_tarball("6.12.44", tmp_path)
+        tarballs.download_tarball("6.12.44", tmp_path)
     assert ei.value.kind == "download-truncated"
     assert f"truncated ({len(data)} of {len(data) + 500} bytes" in str(ei.value)
     assert _entries(tmp_path) == []
@@ -485,7 +486,7 @@ def test_stream_cut_between_members_is_not_a_short_tree(
     for cut in range(4096, len(data) - 1, 4096):
         kernel_org.add_tarball_bytes("6.15-rc1", data[:cut])
         with pytest.raises(KtstrError):
-            releases.download_tarball("6.15-rc1", tmp_path)
+            tarballs.download_tarball("6.15-rc1", tmp_path)
         assert _entries(tmp_path) == [], cut
 
 
@@ -494,6 +495,6 @@ def test_existing_target_is_not_clobbered(kernel_org: KernelOrg, tmp_path: Path)
     (tmp_path / "linux-6.12.44").mkdir()
     (tmp_path / "linux-6.12.44" / "mine").write_text("keep")
     with pytest.raises(KtstrError, match="already exists"):
-        releases.download_tarball("6.12.44", tmp_path)
+        tarballs.download_tarball("6.12.44", tmp_path)
     assert (tmp_path / "linux-6.12.44" / "mine").read_text() == "keep"
     assert kernel_org.requests == []

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import flock, planner
+from ktstr_steps.cgroups import CgroupEnv
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.reservation import BYPASS_CONFLICT, BuildReservation, acquire_build_reservation
-from ktstr_steps.sandbox import CgroupEnv
-from ktstr_steps.util import KtstrError
 from tests import sysfs_fixtures
 
 EXACT_CONFLICT = (

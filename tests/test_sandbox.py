@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from ktstr_steps import sandbox as sb
-from ktstr_steps.sandbox import BuildSandbox, CgroupEnv, DegradeKind
-from ktstr_steps.util import KtstrError
+from ktstr_steps import cgroups
+from ktstr_steps.cgroups import CgroupEnv, DegradeKind
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.sandbox import BuildSandbox
 
 V1_ROOT = Path("/sys/fs/cgroup/cpuset")
 UNIFIED = Path("/sys/fs/cgroup/unified")
@@ -127,7 +128,8 @@ def test_join_moves_calling_process_and_teardown_returns_it_to_parent(v1_parent:
     code = f"""
 import os, sys
 from pathlib import Path
-from ktstr_steps.sandbox import BuildSandbox, CgroupEnv
+from ktstr_steps.cgroups import CgroupEnv
+from ktstr_steps.sandbox import BuildSandbox
 box = BuildSandbox.create([0], [0], hard=True, pid=0 + 999999999, env=CgroupEnv(v1_parent=Path({str(v1_parent)!r})))
 """
     # pid 999999999 does not exist: attaching it is an unclassified (ESRCH) error,
@@ -139,7 +141,8 @@ box = BuildSandbox.create([0], [0], hard=True, pid=0 + 999999999, env=CgroupEnv(
     code = f"""
 import os
 from pathlib import Path
-from ktstr_steps.sandbox import BuildSandbox, CgroupEnv
+from ktstr_steps.cgroups import CgroupEnv
+from ktstr_steps.sandbox import BuildSandbox
 box = BuildSandbox.create([0, 1], [0], hard=False, env=CgroupEnv(v1_parent=Path({str(v1_parent)!r})))
 print(open('/proc/self/cgroup').read().count(box.path.name))
 print(sorted(os.sched_getaffinity(0)))
@@ -160,7 +163,7 @@ def test_write_order_cpus_mems_procs_on_real_v1(v1_parent: Path) -> None:
 
     def spy(path: Path, text: str) -> None:
         calls.append(path.name)
-        sb.write_cgroup_file(path, text)
+        cgroups.write_cgroup_file(path, text)
 
     child = _waiting_child()
     try:
@@ -246,8 +249,9 @@ def test_v1_permission_denied_is_a_degrade(v1_parent: Path) -> None:
 import os, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from pathlib import Path
-from ktstr_steps.sandbox import BuildSandbox, CgroupEnv
-from ktstr_steps.util import KtstrError
+from ktstr_steps.cgroups import CgroupEnv
+from ktstr_steps.sandbox import BuildSandbox
+from ktstr_steps.errors import KtstrError
 # imports done as root (the venv's interpreter lives under /root), then drop to nobody
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 env = CgroupEnv(v1_parent=Path({str(v1_parent)!r}))
@@ -293,7 +297,7 @@ def _fake_v2(tmp_path: Path) -> tuple[CgroupEnv, Path, list[tuple[str, str]]]:
     env = CgroupEnv(
         cgroup_root=root,
         proc_cgroup=self_cg,
-        fs_magic=lambda p: sb.CGROUP2_SUPER_MAGIC if p == root else None,
+        fs_magic=lambda p: cgroups.CGROUP2_SUPER_MAGIC if p == root else None,
         use_v1=False,
         writer=writer,
         rmdir=shutil.rmtree,
@@ -313,7 +317,7 @@ def test_v2_sequence_and_drain_to_root(tmp_path: Path) -> None:
         ("cgroup.procs", "4242"),
     ]
     box.teardown()
-    # ktstr §3.3: v2 drains into the ROOT cgroup.procs, then removes the child.
+    # As ktstr does: v2 drains into the ROOT cgroup.procs, then removes the child.
     assert writes[-1] == ("cgroup.procs", "4242")
     assert (env.cgroup_root / "cgroup.procs").read_text().split() == ["4242"]
     assert not box.path.exists()
@@ -391,7 +395,7 @@ def test_orphan_sweep_removes_only_old_dead_owner_dirs(v1_parent: Path) -> None:
         d.mkdir()
     for d in (dead_old, live_old, other):
         os.utime(d, (old, old))
-    removed = sb.sweep_dir(v1_parent, v1_parent / "cgroup.procs")
+    removed = cgroups.sweep_dir(v1_parent, v1_parent / "cgroup.procs")
     assert removed == [dead_old]
     assert not dead_old.exists()
     assert dead_young.exists() and live_old.exists() and other.exists()
@@ -408,9 +412,9 @@ def test_orphan_sweep_removes_only_old_dead_owner_dirs(v1_parent: Path) -> None:
     # a holder's stale sandbox is removed regardless of age once its pid is dead
     young = v1_parent / f"ktstr-build-9-{dead.pid}"
     young.mkdir()
-    assert sb.remove_stale_sandbox(young, "v1")
+    assert cgroups.remove_stale_sandbox(young, "v1")
     assert not young.exists()
-    assert not sb.remove_stale_sandbox(live_old, "v1") and live_old.exists()
+    assert not cgroups.remove_stale_sandbox(live_old, "v1") and live_old.exists()
 
 
 def test_write_timeout_is_enforced(tmp_path: Path) -> None:
@@ -418,7 +422,7 @@ def test_write_timeout_is_enforced(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     start = time.monotonic()
     with pytest.raises(OSError) as ei:
-        sb.write_cgroup_file(fifo, "x", timeout=0.3)  # open(2) blocks: no reader
+        cgroups.write_cgroup_file(fifo, "x", timeout=0.3)  # open(2) blocks: no reader
     assert ei.value.errno == errno.ETIMEDOUT
     assert 0.25 <= time.monotonic() - start < 2
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # unblock the abandoned writer thread

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from ktstr_steps import flock
-from ktstr_steps.util import parse_cpulist
+from ktstr_steps.cpulist import parse_cpulist
 from tests.fakekernel import make_fake_kernel
 
 SLEEP = 4

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import keys, source
-from ktstr_steps.util import KtstrError, crc32_hex
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.keys import crc32_hex
 from tests.kernelorg import KernelOrg  # kernel_org fixture: registered in conftest.py
 
 KC = keys.kconfig_suffix("c0bd848c")

@@ -23,7 +23,7 @@ from ktstr_steps.buildsteps.base import (
     safe_name,
     tree_path,
 )
-from ktstr_steps.util import crc32_hex
+from ktstr_steps.keys import crc32_hex
 
 # Importing buildbot.test turned every warning into an error (buildbot.md §2.5);
 # third-party DeprecationWarnings must not fail these tests under trial or -p no:warnings.

@@ -25,7 +25,7 @@ from ktstr_steps.buildsteps import (
     kernel_build_factory,
     not_cache_hit,
 )
-from ktstr_steps.buildsteps.artifacts import PublishKernel
+from ktstr_steps.buildsteps.publish import PublishKernel
 from tests.test_steps_base import HOLDER, STATE, KtstrStepMixin, answer, ktstr
 from tests.test_steps_record import FakeRecords
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from ktstr_steps.cpulist import parse_cpulist
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.topology import UNREACHABLE, HostTopology
-from ktstr_steps.util import KtstrError, parse_cpulist
 from tests import sysfs_fixtures
 
 

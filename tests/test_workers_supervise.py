@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ktstr_steps.util import format_cpulist
+from ktstr_steps.cpulist import format_cpulist
 from tests.conftest import REPO
 from tests.servicekit import ServiceKit
 from workers import launch, supervise

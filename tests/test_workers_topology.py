@@ -44,7 +44,7 @@ def test_llc_groups_honours_ktstr_sysfs_root(tmp_path: Path, monkeypatch: pytest
 
 
 def test_real_host_groups_cover_online_cpus() -> None:
-    from ktstr_steps.util import parse_cpulist
+    from ktstr_steps.cpulist import parse_cpulist
 
     groups = llc_groups.llc_groups()
     assert [g.index for g in groups] == list(range(len(groups)))

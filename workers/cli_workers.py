@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-from ktstr_steps.util import KtstrError, format_cpulist
+from ktstr_steps.cpulist import format_cpulist
+from ktstr_steps.errors import KtstrError
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:

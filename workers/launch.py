@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ktstr_steps.util import parse_cpulist
+from ktstr_steps.cpulist import parse_cpulist
 
 
 def record_start(starts_file: Path) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.topology import HostTopology
-from ktstr_steps.util import KtstrError
 
 
 @dataclass(frozen=True)

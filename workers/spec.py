@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps.util import format_cpulist
+from ktstr_steps.cpulist import format_cpulist
 from settings import Settings
 from workers.llc_groups import llc_groups
 

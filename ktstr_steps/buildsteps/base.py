@@ -23,7 +23,7 @@ from buildbot.process import buildstep, logobserver
 from buildbot.process.properties import renderer
 from buildbot.process.results import CANCELLED, FAILURE, SUCCESS
 
-from ktstr_steps.util import crc32_hex
+from ktstr_steps.keys import crc32_hex
 
 # Build property holding {phase: seconds} as measured by the steps themselves;
 # the record step prefers the pipeline's own timings and fills gaps from this.

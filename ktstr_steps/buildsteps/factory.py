@@ -6,12 +6,12 @@ from buildbot.interfaces import IRenderable
 from buildbot.process.factory import BuildFactory
 from buildbot.process.properties import Property
 
-from ktstr_steps.buildsteps.artifacts import PublishKernel
 from ktstr_steps.buildsteps.checkout import KernelCheckout
 from ktstr_steps.buildsteps.compile_commands import CompileCommands
 from ktstr_steps.buildsteps.configure import Configure
 from ktstr_steps.buildsteps.lookup import CacheLookup, not_cache_hit
 from ktstr_steps.buildsteps.make import KernelMake
+from ktstr_steps.buildsteps.publish import PublishKernel
 from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
@@ -83,7 +83,7 @@ def kernel_build_factory(
         CompileCommands(**kernel_phase),
         CacheStore(**kernel_phase),
         # Before release: the source tree's files are still this build's under its lock.
-        PublishKernel(),
+        PublishKernel(ktstr_ci=ktstr_ci),
         Record(ktstr_ci=ktstr_ci),
         Release(ktstr_ci=ktstr_ci),
     ])

@@ -9,13 +9,12 @@ from buildbot.process.results import SUCCESS
 
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, state_path, tree_path
 from ktstr_steps.buildsteps.sourcelock import check_tree
-
-CACHE_HIT = "cache-hit"
+from ktstr_steps.results import Outcome
 
 
 def not_cache_hit(step: Any) -> bool:
     """doStepIf of the phases after lookup: skip them when the kernel came from the cache."""
-    return step.getProperty("kernel_outcome") != CACHE_HIT
+    return step.getProperty("kernel_outcome") != Outcome.CACHE_HIT
 
 
 def take_lookup(step: KtstrCiStep, data: dict[str, Any]) -> bool:
@@ -29,7 +28,7 @@ def take_lookup(step: KtstrCiStep, data: dict[str, Any]) -> bool:
     step.set_prop("kernel_profile", step.profile)
     if not data.get("hit"):
         return False
-    step.set_prop("kernel_outcome", CACHE_HIT)
+    step.set_prop("kernel_outcome", Outcome.CACHE_HIT.value)
     step.set_prop("entry_dir", data.get("entry_dir"))
     step.descriptionDone = f"cache hit {key}"
     return True

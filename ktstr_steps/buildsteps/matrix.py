@@ -41,25 +41,25 @@ from buildbot.reporters.utils import getURLForBuild
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from ktstr_steps import releases
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, one_line
 from ktstr_steps.buildsteps.checkout import KernelCheckout
-from ktstr_steps.buildsteps.lookup import CACHE_HIT, CacheLookup, not_cache_hit, take_lookup
+from ktstr_steps.buildsteps.lookup import CacheLookup, not_cache_hit, take_lookup
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg import http as kernelorg_http
+from ktstr_steps.kernelorg import releases, urls
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
-from ktstr_steps.util import KtstrError
+from ktstr_steps.results import BUILT_OUTCOMES, Outcome
 
 # Build properties of the parent run, read by the later steps of the same build.
 CELLS_PROP = "matrix_cells"
 RUN_ID_PROP = "matrix_run_id"
 TOTALS_PROP = "matrix_totals"
-# Outcomes that mean "a kernel was built" (master/records/queries.py BUILT_OUTCOMES).
-BUILT_OUTCOMES = frozenset(
-    {"cached", "dirty-not-cached", "non-git-not-cached", "changed-during-build", "store-failed"}
-)
 RELEASES_TIMEOUT = 30.0
+# What the user changes to fetch releases.json from elsewhere.
+RELEASES_SETTING = "matrix.releases_url"
 # What a cell build knows: the fan-out sets the first two, the worker has tree_store.
 VERSION_PROP = Property("kernel_version")
 PROFILE_PROP = Property("profile")
@@ -72,9 +72,9 @@ def summary_text(cells: int, built: int, hits: int, failed: int) -> str:
 
 def classify_cell(results: int | None, outcome: str | None) -> str:
     """built | cache_hits | failed, the way the run row counts a finished cell."""
-    if results not in (SUCCESS, WARNINGS) or outcome in (None, "failed", "cancelled"):
+    if results not in (SUCCESS, WARNINGS) or outcome in (None, Outcome.FAILED, Outcome.CANCELLED):
         return "failed"
-    if outcome == CACHE_HIT:
+    if outcome == Outcome.CACHE_HIT:
         return "cache_hits"
     return "built" if outcome in BUILT_OUTCOMES else "failed"
 
@@ -92,29 +92,21 @@ class _MasterStep(buildstep.BuildStep):
 
 
 async def _fetch_releases(url: str) -> list[releases.Release]:
-    """releases.json over treq: the reactor keeps serving while kernel.org answers."""
+    """releases.json over treq: the reactor keeps serving while kernel.org answers.
+
+    Only the transport is here; the answer is checked and parsed by the kernel.org
+    package, like the worker command's own fetch.
+    """
     import treq
 
     try:
-        resp = await treq.get(url, timeout=RELEASES_TIMEOUT, headers={"User-Agent": ["ktstr-ci"]})
+        resp = await treq.get(url, timeout=RELEASES_TIMEOUT,
+                              headers={"User-Agent": [kernelorg_http.USER_AGENT]})
         body = await treq.content(resp)
     except Exception as exc:  # DNS, refused, timeout: one message for all of them
-        raise KtstrError(
-            f"fetch releases.json {url}: {exc}; check the network or matrix.releases_url",
-            kind="releases-fetch",
-        ) from None
-    if resp.code != 200:
-        raise KtstrError(
-            f"fetch releases.json {url}: HTTP {resp.code}; check matrix.releases_url",
-            kind="releases-fetch",
-        )
+        raise releases.unreachable(url, exc, setting=RELEASES_SETTING) from None
     ctype = b",".join(resp.headers.getRawHeaders(b"content-type", [])).decode(errors="replace")
-    if "text/html" in ctype.lower():
-        raise KtstrError(
-            f"fetch releases.json {url}: the server returned HTML; check matrix.releases_url",
-            kind="releases-invalid",
-        )
-    return releases.parse_releases(body, url=url)
+    return releases.releases_from_answer(url, resp.code, ctype, body, setting=RELEASES_SETTING)
 
 
 async def _branch_tip(url: str, branch: str) -> str:
@@ -163,7 +155,7 @@ class MatrixResolve(_MasterStep):
             parsed = [parse_spec(s) for s in self.specs]
             rows = None
             if any(p.needs_releases for p in parsed):
-                url = releases.releases_url(self.releases_url)
+                url = urls.releases_url(self.releases_url)
                 lines.append(f"releases.json: {url}")
                 rows = await _fetch_releases(url)
             # A prefix of an EOL series probes the mirror with blocking HEADs.

@@ -21,16 +21,12 @@ from ktstr_steps.buildsteps.base import (
     PHASE_SECONDS,
     KtstrCiStep,
     check_renderable_or,
-    first_error,
     one_line,
     parse_json_object,
     state_path,
 )
-from ktstr_steps.util import format_cpulist, parse_cpulist
-
-# Phase names of the build result object's "phases" map; each is a "<phase>_s" column.
-PHASES = ("reserve", "source_lock", "lookup", "configure", "make", "validate",
-          "compile_commands", "store")
+from ktstr_steps.cpulist import format_cpulist, parse_cpulist
+from ktstr_steps.results import PHASES, BuildResult, Outcome
 
 # Result-object fields copied to the row (and the build's properties) as they are.
 _SAME_NAME = ("cache_key", "config_hash", "kconfig_hash", "extra_kconfig_hash", "dirty",
@@ -74,6 +70,18 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+def read_summary(data: dict[str, Any] | None) -> tuple[BuildResult, str | None]:
+    """``phase summary``'s answer as a result object, and why it could not be read (or None).
+
+    No answer (the build never reached lookup, or the command printed nothing)
+    is an empty result: the row then comes from the build's properties.
+    """
+    try:
+        return BuildResult.from_json(data or {}), None
+    except ValueError as exc:
+        return BuildResult(), f"summary not recorded: {one_line(str(exc))}"
+
+
 class Record(KtstrCiStep):
     """``ktstr-ci phase summary`` on the worker, merged with the build's properties, written
     through the records service. alwaysRun: failed and stopped builds are recorded too."""
@@ -109,7 +117,7 @@ class Record(KtstrCiStep):
         return ["--state", self.state]
 
     async def run(self) -> int:
-        summary: dict[str, Any] = {}
+        summary: dict[str, Any] | None = None
         if "lookup" in (self.getProperty(PHASE_SECONDS) or {}):
             cmd = await self.makeRemoteShellCommand(
                 command=[self.ktstr_ci, *self.subcommand, *self.arguments(), "--json"],
@@ -118,10 +126,10 @@ class Record(KtstrCiStep):
             await self.runCommand(cmd)
             if not self.stopped:
                 # Exit status is non-zero exactly when the outcome is "failed": the JSON counts.
-                summary = parse_json_object(cmd.stdout)[0] or {}
+                summary = parse_json_object(cmd.stdout)[0]
         # else: this build never reached lookup, which starts the state file; one in the
         # workdir is a previous build's and must not be recorded as this one.
-        row = await self.build_row(summary)
+        row = await self.build_row(*read_summary(summary))
         self.set_prop("kernel_outcome", row["kernel_outcome"])
         for name in ("cache_key", "image_path", "config_hash", "entry_dir", "diff_hash"):
             self.set_prop(name, row.get(name))
@@ -155,14 +163,14 @@ class Record(KtstrCiStep):
         self.descriptionDone = f"recorded row {rowid} ({row['kernel_outcome']})"
         return SUCCESS
 
-    def outcome(self, summary: dict[str, Any]) -> str:
+    def outcome(self, summary: BuildResult) -> str:
         """The kernel outcome: the pipeline's word, else what the build's state implies."""
-        outcome = summary.get("outcome") or self.getProperty("kernel_outcome")
+        outcome = summary.outcome or self.getProperty("kernel_outcome")
         results = getattr(self.build, "results", SUCCESS)
         stopped = getattr(self.build, "stopped", False) or results == CANCELLED or self.stopped
-        if stopped and outcome in (None, "failed"):
-            return "cancelled"
-        return outcome or "failed"
+        if stopped and outcome in (None, Outcome.FAILED):
+            return Outcome.CANCELLED.value
+        return str(outcome or Outcome.FAILED)
 
     def first_failure(self) -> str | None:
         """The summary of the first failed step: what the UI shows as the reason."""
@@ -180,17 +188,20 @@ class Record(KtstrCiStep):
             log.msg(f"record: cannot read build {self.build.buildid}: {exc}")
             return {}
 
-    async def build_row(self, summary: dict[str, Any]) -> dict[str, Any]:
+    async def build_row(self, summary: BuildResult, problem: str | None = None) -> dict[str, Any]:
+        """The row from the pipeline's summary (``problem``: why it could not be read)
+        and the build's properties."""
         prop = self.getProperty
         info = await self.build_info()
         revision = prop("got_revision") or prop("revision")
         if isinstance(revision, dict):  # multi-codebase builds: ours has one
             revision = next(iter(revision.values()), None)
-        llcs = summary.get("llcs") or prop("llcs") or []
+        llcs = summary.llcs or prop("llcs") or []
         llc_index = _int_or_none(llcs[0]) if llcs else _int_or_none(prop("llc_index"))
-        phases = {**(prop(PHASE_SECONDS) or {}), **(summary.get("phases") or {})}
-        overrides = summary.get("overrides")
-        dropped = summary.get("dropped")
+        phases = {**(prop(PHASE_SECONDS) or {}), **(summary.phases or {})}
+        overrides = summary.overrides
+        dropped = summary.dropped
+        reported = summary.first_error()
         row: dict[str, Any] = {
             "buildid": self.build.buildid,
             "builderid": info.get("builderid"),
@@ -200,12 +211,12 @@ class Record(KtstrCiStep):
             "revision": revision,
             "repository": prop("repository"),
             # A matrix cell of a branch has no release version: its cell label names it.
-            "kernel_version": summary.get("version") or prop("kernel_version"),
-            "profile": summary.get("profile") or prop("kernel_profile"),
+            "kernel_version": summary.version or prop("kernel_version"),
+            "profile": summary.profile or prop("kernel_profile"),
             "worker": prop("workername"),
             "host": prop("host"),
             "llc_index": llc_index,
-            "llc_cpus": _cpus_text(summary.get("llc_cpus") or prop("llc_cpus")),
+            "llc_cpus": _cpus_text(summary.llc_cpus or prop("llc_cpus")),
             "kernel_outcome": self.outcome(summary),
             "result": statusToString(getattr(self.build, "results", SUCCESS)),
             "started_at": info.get("started_at"),
@@ -213,12 +224,13 @@ class Record(KtstrCiStep):
             "overrides_count": len(overrides) if overrides is not None
             else prop("config_overrides"),
             "dropped_count": len(dropped) if dropped is not None else prop("config_dropped"),
-            "error": self.first_failure() or first_error(summary),
+            "error": self.first_failure() or (one_line(reported) if reported else problem),
             # Set by the matrix fan-out on each cell it triggers (master/matrix.py).
             "matrix_run_id": _int_or_none(prop("matrix_run_id")),
         }
         for name in _SAME_NAME:
-            row[name] = summary.get(name) if summary.get(name) is not None else prop(name)
+            value = getattr(summary, name)
+            row[name] = value if value is not None else prop(name)
         for phase in PHASES:
             row[f"{phase}_s"] = phases.get(phase)
         return row

@@ -9,7 +9,7 @@ from buildbot.interfaces import IRenderable
 from buildbot.process.results import SUCCESS
 
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, holder_name
-from ktstr_steps.util import format_cpulist
+from ktstr_steps.cpulist import format_cpulist
 
 
 def check_wait(value: Any, cls: type) -> None:

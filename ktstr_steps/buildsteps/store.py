@@ -8,12 +8,13 @@ from buildbot.interfaces import IRenderable
 from buildbot.process.results import SUCCESS, WARNINGS
 
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, first_error, state_path
+from ktstr_steps.results import Outcome
 
 # Why a built kernel was not cached, in the words a kernel developer acts on.
 NOT_CACHED = {
-    "dirty-not-cached": "working tree has uncommitted changes",
-    "non-git-not-cached": "source tree is not a git repository",
-    "changed-during-build": "source tree changed during build",
+    Outcome.DIRTY_NOT_CACHED: "working tree has uncommitted changes",
+    Outcome.NON_GIT_NOT_CACHED: "source tree is not a git repository",
+    Outcome.CHANGED_DURING_BUILD: "source tree changed during build",
 }
 
 
@@ -40,10 +41,10 @@ class CacheStore(KtstrCiStep):
         key = data.get("cache_key")
         for name in ("kernel_outcome", "cache_key", "image_path", "config_hash", "entry_dir"):
             self.set_prop(name, outcome if name == "kernel_outcome" else data.get(name))
-        if outcome == "cached":
+        if outcome == Outcome.CACHED:
             self.descriptionDone = f"cached {key}"
             return SUCCESS
-        if outcome == "store-failed":
+        if outcome == Outcome.STORE_FAILED:
             why = first_error(data) or next(iter(data.get("warnings") or []), None)
             if not why:
                 why = "cache store failed"

@@ -19,6 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ktstr_steps.buildprocs import MARKER_ENV, Killed, describe, kill_build, marker
+from ktstr_steps.cli_values import check_seconds
+from ktstr_steps.cpulist import format_cpulist
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.holder.state import (
     check_name,
     create_time,
@@ -35,7 +38,7 @@ from ktstr_steps.holder.state import (
     state_path,
     sweep_stale,
 )
-from ktstr_steps.util import LABEL, KtstrError, check_seconds, format_cpulist, say, warn
+from ktstr_steps.messages import LABEL, say, warn
 
 GUARD_POLL = 0.2  # how often a joined command checks that its holder still lives
 MAX_FDS = 64  # lock descriptors a join may carry (one source lock + one per LLC)
@@ -84,7 +87,7 @@ def _enter(st: dict) -> None:
     os.environ[MARKER_ENV] = marker(name, st["pid"])
     sandbox = st.get("sandbox") or {}
     if sandbox.get("path"):
-        from ktstr_steps.sandbox import write_cgroup_file
+        from ktstr_steps.cgroups import write_cgroup_file
 
         try:
             write_cgroup_file(Path(sandbox["path"]) / "cgroup.procs", str(os.getpid()))
@@ -160,7 +163,7 @@ class ReservationGuard:
             warn(f"processes {survivors} of the build survive SIGKILL")
         self._close("source")
         if path is not None and path.exists():
-            from ktstr_steps.sandbox import remove_stale_sandbox
+            from ktstr_steps.cgroups import remove_stale_sandbox
 
             remove_stale_sandbox(path, sb.get("kind", "v1"))
         self._close("llc")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import psutil
 
-from ktstr_steps.util import KtstrError
+from ktstr_steps.errors import KtstrError
 
 
 def parse_link(text: str) -> tuple[str, int]:

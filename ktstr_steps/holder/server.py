@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr_steps.buildprocs import describe, kill_build, marker
+from ktstr_steps.errors import KtstrError
 from ktstr_steps.holder import link as link_mod
 from ktstr_steps.holder.state import (
     create_time,
@@ -54,7 +55,7 @@ from ktstr_steps.holder.state import (
     state_path,
     write_json_atomic,
 )
-from ktstr_steps.util import LABEL, KtstrError, say, warn
+from ktstr_steps.messages import LABEL, say, warn
 
 POLL = 0.5  # owner / lifetime check interval: "releases within seconds"
 LINK_POLL = 1.0  # the master connection is read from /proc: a little less often
@@ -106,7 +107,7 @@ class Holder:
         self.args = args
         self.relay = relay
         self.res: Any = None
-        self.srclock: Any = None
+        self.tree_lock: Any = None
         self.source: str | None = None
         self.stop = threading.Event()
         self.reason = "released"
@@ -186,8 +187,8 @@ class Holder:
             "owner_pid": self.args.owner_pid,
             "max_lifetime": self.args.max_lifetime,
             "started_at": self.started,
-            "source_lock": {"source": self.source, "lockfile": str(self.srclock.path)}
-            if self.srclock is not None else None,
+            "source_lock": {"source": self.source, "lockfile": str(self.tree_lock.path)}
+            if self.tree_lock is not None else None,
             "log": str(log_path(self.name)),
             "master_link": self.args.master_link if self.link is not None else None,
             "tag": self.tag,
@@ -220,7 +221,7 @@ class Holder:
             if survivors:
                 warn(f"holder {self.name}: processes {survivors} survive SIGKILL "
                      "(uninterruptible sleep?); releasing anyway")
-            src, self.srclock = self.srclock, None
+            src, self.tree_lock = self.tree_lock, None
             try:
                 if src is not None:
                     src.release()
@@ -351,7 +352,7 @@ class Holder:
                                           "error": f"holder {self.name} is releasing "
                                                    f"({self.reason})"}) + "\n").encode())
                 return
-            src = [self.srclock.fd] if self.srclock is not None and self.srclock.fd is not None else []
+            src = [self.tree_lock.fd] if self.tree_lock is not None and self.tree_lock.fd is not None else []
             plan = self.res.plan if self.res is not None else None
             llc = [lk.fd for lk in (plan.locks if plan is not None else []) if lk.fd is not None]
             msg = json.dumps({"ok": True, "fds": {"source": len(src), "llc": len(llc)}}) + "\n"
@@ -359,20 +360,20 @@ class Holder:
 
     def _lock_source(self, req: dict, emit: Callable[[str], None]) -> dict:
         from ktstr_steps import cache
-        from ktstr_steps.srclock import acquire_source_tree_lock
-        from ktstr_steps.util import bypass_llc_locks
+        from ktstr_steps.planner import bypass_llc_locks
+        from ktstr_steps.tree_lock import acquire_source_tree_lock
 
         with self.lock:
             if self.stop.is_set() or self.released is not None:
                 return {"ok": False, "error": f"holder {self.name} is releasing", "kind": "holder-error"}
-            if self.srclock is not None:
+            if self.tree_lock is not None:
                 if self.source == req.get("source"):
-                    return {"ok": True, "lock": {"lockfile": str(self.srclock.path), "waited_seconds": 0.0,
+                    return {"ok": True, "lock": {"lockfile": str(self.tree_lock.path), "waited_seconds": 0.0,
                                                  "holders_seen": []}}
                 return {"ok": False, "kind": "holder-error",
                         "error": f"holder {self.name} already holds the source lock of {self.source}"}
         if (self.res is not None and self.res.bypass) or bypass_llc_locks():
-            # ktstr takes no source-tree lock under KTSTR_BYPASS_LLC_LOCKS (§4.1)
+            # ktstr takes no source-tree lock under KTSTR_BYPASS_LLC_LOCKS
             return {"ok": True, "lock": {"lockfile": None, "waited_seconds": 0.0, "holders_seen": []}}
         try:
             with self.relay.sink(emit):
@@ -384,7 +385,7 @@ class Holder:
                 lk.release()  # release raced the wait: do not hold past our own release
                 return {"ok": False, "error": f"holder {self.name} was released while waiting",
                         "kind": "holder-error"}
-            self.srclock, self.source = lk, req["source"]
+            self.tree_lock, self.source = lk, req["source"]
             self.write_state()
         return {"ok": True, "lock": lk.to_json()}
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import psutil
 
 from ktstr_steps.buildprocs import describe, kill_build, marker
-from ktstr_steps.util import KtstrError, crc32_hex, say, warn
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import say, warn
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
@@ -145,7 +147,7 @@ def end_dead_holder(state: dict) -> list[str]:
     command's own guard releases them once the build's processes are dead).
     Returns what was cleaned, as the ``released`` words of ``holder release``.
     """
-    from ktstr_steps.sandbox import remove_stale_sandbox
+    from ktstr_steps.cgroups import remove_stale_sandbox
 
     name, pid = state.get("name", "?"), state.get("pid")
     tag = marker(name, pid) if pid else None

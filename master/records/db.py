@@ -15,7 +15,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from ktstr_steps.util import REPO_ROOT, KtstrError
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.paths import REPO_ROOT
 from master.records.models import VERSION_TABLE
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

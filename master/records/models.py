@@ -3,7 +3,7 @@
 The tables live in their own ``MetaData`` (never Buildbot's ``Model.metadata``)
 and are versioned in their own alembic table, ``ktstr_alembic_version``, so the
 records can share a database with Buildbot without either side's migrations
-seeing the other's tables (buildbot.md §5.5).
+seeing the other's tables.
 """
 
 from __future__ import annotations
@@ -26,16 +26,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from ktstr_steps.pipeline import OUTCOMES as PIPELINE_OUTCOMES
+from ktstr_steps import results
 
 # Alembic's version table for this schema; alembic's default name belongs to Buildbot.
 VERSION_TABLE = "ktstr_alembic_version"
 
-# The kernel outcomes of the build result object (docs/contracts.md) plus two only the
-# master knows: "cancelled" (the record step saw the build stopped) and "interrupted"
-# (the build ended without its record step: worker lost, master gone; the records
-# service writes that row from the build's properties).
-OUTCOMES: tuple[str, ...] = (*PIPELINE_OUTCOMES, "cancelled", "interrupted")
+# Every value of kernel_builds.kernel_outcome: the pipeline's outcomes plus the two only
+# the master knows (ktstr_steps.results.Outcome says which is which).
+OUTCOMES: tuple[str, ...] = results.RECORDED_OUTCOMES
 
 # Buildbot's result names, indexed by Buildbot's result integers
 # (buildbot.process.results: SUCCESS=0 ... CANCELLED=6).
@@ -49,17 +47,8 @@ RESULTS: tuple[str, ...] = (
     "cancelled",
 )
 
-# Pipeline phase names (the "phases" map of the build result object) and their columns.
-PHASES: tuple[str, ...] = (
-    "reserve",
-    "source_lock",
-    "lookup",
-    "configure",
-    "make",
-    "validate",
-    "compile_commands",
-    "store",
-)
+# Pipeline phase names (the "phases" map of the build result object), one column each.
+PHASES: tuple[str, ...] = results.PHASES
 
 # Stable constraint/index names so migrations and autogenerate agree on every dialect.
 NAMING = {

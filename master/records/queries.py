@@ -18,7 +18,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ktstr_steps.util import format_cpulist
+from ktstr_steps.cpulist import format_cpulist
+from ktstr_steps.results import BUILT_OUTCOMES, CACHED_OUTCOMES, Outcome
 from master.records.db import InvalidRecord
 from master.records.models import (
     BUILD_COLUMNS,
@@ -45,10 +46,6 @@ _STR = {
 # Convenience keys turned into columns by validate_build_row.
 _EXTRA_KEYS = ("phases",)
 
-# Outcomes that mean "a kernel was built" (as opposed to found in the cache or failed).
-BUILT_OUTCOMES = frozenset(
-    {"cached", "dirty-not-cached", "non-git-not-cached", "changed-during-build", "store-failed"}
-)
 
 
 # ---------------------------------------------------------------- validation
@@ -299,9 +296,9 @@ def matrix_totals(engine: Engine, run_id: int) -> dict[str, int]:
         ).all()
     built = hits = failed = 0
     for outcome, result in rows:
-        if outcome == "failed" or result in ("failure", "exception", "cancelled"):
+        if outcome == Outcome.FAILED or result in ("failure", "exception", "cancelled"):
             failed += 1
-        elif outcome == "cache-hit":
+        elif outcome == Outcome.CACHE_HIT:
             hits += 1
         elif outcome in BUILT_OUTCOMES:
             built += 1
@@ -483,7 +480,7 @@ def cache_entries(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
             )
             .where(
                 KernelBuild.cache_key.is_not(None),
-                KernelBuild.kernel_outcome.in_(("cached", "cache-hit")),
+                KernelBuild.kernel_outcome.in_(sorted(o.value for o in CACHED_OUTCOMES)),
             )
             .group_by(KernelBuild.cache_key)
             .order_by(func.max(KernelBuild.id).desc())

@@ -2,7 +2,7 @@
 
 The nightly matrix builds the same version once per config profile, on any of
 the host's LLC-group workers, often at the same moment. So, unlike
-``releases.download_tarball`` (stream-extract into a temp dir, nothing kept):
+``tarballs.download_tarball`` (stream-extract into a temp dir, nothing kept):
 
 * the tarball is downloaded once per host into ``<cache>/linux-{V}.tar.xz``
   (``.tar.gz`` for -rc), under an flock per file, so concurrent cells of one
@@ -11,33 +11,29 @@ the host's LLC-group workers, often at the same moment. So, unlike
   directory of the mirror where that file is published (kernel.org publishes
   none for -rc tarballs on git.kernel.org); a mismatch is an error and nothing
   is kept; the file only appears under its final name once complete and checked;
-* each cell extracts its own tree to ``<tree store>/tarballs/<cache key>``: a
-  persistent directory (the later ``phase`` commands run in it, and a rebuild
-  after a cache eviction is incremental), keyed like ktstr keys tarball
-  builds, so two profiles of one version never share a ``.config``.
+* each cell extracts its own tree from it (:func:`extract_tree`, atomically);
+  where that tree lives is :mod:`ktstr_steps.release_tree`'s business.
 
-Progress lines are ``ktstr-ci: progress: download: ...`` (util.Progress).
+Progress lines are ``ktstr-ci: progress: download: ...`` (messages.Progress).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps import flock, releases
-from ktstr_steps.util import LABEL, KtstrError, Progress, say, warn
+from ktstr_steps import flock
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.kernelorg import http
+from ktstr_steps.kernelorg.urls import ENV_MIRROR, sums_url, tarball_name, tarball_url
+from ktstr_steps.messages import Progress, say, warn
 
-_CHUNK = 1 << 16
-_USER_AGENT = f"{LABEL} (download cache)"
 # A sha256sums line: "<64 hex>  <file name>" (kernel.org's file is clearsigned
 # text; the signature lines around the sums never match this).
 _SUM_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
@@ -53,25 +49,6 @@ class Fetched:
     seconds: float
 
 
-def tarball_name(version: str) -> str:
-    """``linux-{V}.tar.xz``, or ``.tar.gz`` for an -rc (the forms kernel.org serves)."""
-    releases.version_tuple(version)  # validates: no path segments in a file name
-    return f"linux-{version}.tar.gz" if releases.is_rc(version) else f"linux-{version}.tar.xz"
-
-
-def sums_url(version: str, mirror: str | None = None) -> str | None:
-    """Where kernel.org publishes the sums of ``version``'s tarball, or None (-rc)."""
-    if releases.is_rc(version):
-        return None
-    major = version.split(".")[0]
-    return f"{releases.mirror_url(mirror)}/v{major}.x/sha256sums.asc"
-
-
-def _open(url: str):
-    req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    return urllib.request.urlopen(req, timeout=releases.TIMEOUT)
-
-
 def published_sha256(version: str, mirror: str | None = None) -> str | None:
     """The sha256 kernel.org lists for the tarball, or None when none is published.
 
@@ -84,16 +61,14 @@ def published_sha256(version: str, mirror: str | None = None) -> str | None:
         say(f"no sha256sums are published for release candidates; {version} is not checked")
         return None
     try:
-        with _open(url) as resp:
-            data = resp.read()
-    except urllib.error.HTTPError as e:
-        e.close()
+        _, data = http.get(url)
+    except http.HttpStatus as e:
         warn(f"no checksum file at {url} (HTTP {e.code}); the tarball is not checked")
         return None
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except http.Unreachable as e:
         raise KtstrError(
-            f"fetch {url}: {getattr(e, 'reason', e)}; check the network/proxy or "
-            f"{releases.ENV_MIRROR} / the mirror setting",
+            f"fetch {url}: {e.reason}; check the network/proxy or "
+            f"{ENV_MIRROR} / the mirror setting",
             kind="download-failed",
         ) from None
     name = tarball_name(version)
@@ -138,7 +113,7 @@ def fetch_tarball(
             say(f"tarball {name} found in the download cache {cache}")
             return Fetched(target, False, None, time.monotonic() - started)
         expected = published_sha256(version, mirror)
-        url = releases.tarball_url(version, mirror=mirror, rc_mirror=rc_mirror)
+        url = tarball_url(version, mirror=mirror, rc_mirror=rc_mirror)
         digest = _download(url, version, cache, target, expected, progress or Progress("download"))
         return Fetched(target, True, digest if expected else None, time.monotonic() - started)
 
@@ -147,9 +122,8 @@ def _download(
     url: str, version: str, cache: Path, target: Path, expected: str | None, progress: Progress
 ) -> str:
     try:
-        resp = _open(url)
-    except urllib.error.HTTPError as e:
-        e.close()
+        resp = http.open_url(url)
+    except http.HttpStatus as e:
         if e.code == 404:
             raise KtstrError(
                 f"version {version} not found (HTTP 404 from {url}); check the version in "
@@ -157,50 +131,45 @@ def _download(
                 kind="version-not-found",
             ) from None
         raise KtstrError(f"download {url}: HTTP {e.code}", kind="download-failed") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except http.Unreachable as e:
         raise KtstrError(
-            f"download {url}: {getattr(e, 'reason', e)}; check the network/proxy or the mirror",
+            f"download {url}: {e.reason}; check the network/proxy or the mirror",
             kind="download-failed",
         ) from None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=cache)
     tmp = Path(tmp_name)
-    sha = hashlib.sha256()
-    done = 0
     try:
         with resp, os.fdopen(fd, "wb") as out:
-            if "text/html" in (resp.headers.get("Content-Type") or "").lower():
+            if http.is_html(resp.headers.get("Content-Type")):
                 raise KtstrError(
                     f"download {url}: server returned HTML instead of a tarball (URL may be "
                     "invalid)",
                     kind="download-html",
                 )
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            say(f"downloading {url}" + (f" ({total / 1e6:.1f} MB)" if total else ""))
+            total = http.content_length(resp)
+            http.announce(url, total)
+            reader = http.HashingReader(resp, total, progress)
             while True:
                 try:
-                    chunk = resp.read(_CHUNK)
+                    chunk = reader.read(http.CHUNK)
                 except (OSError, ValueError) as e:  # http.client.IncompleteRead is a ValueError
                     raise KtstrError(
-                        f"download {url}: connection lost after {done} bytes ({e}); retry",
+                        f"download {url}: connection lost after {reader.done} bytes ({e}); retry",
                         kind="download-truncated",
                     ) from None
                 if not chunk:
                     break
                 out.write(chunk)
-                sha.update(chunk)
-                done += len(chunk)
-                progress.update(_describe(done, total))
-            if total is not None and done != total:
+            if not reader.complete():
                 raise KtstrError(
-                    f"download {url}: truncated ({done} of {total} bytes); retry the download",
+                    f"download {url}: truncated ({reader.done} of {total} bytes); retry the "
+                    "download",
                     kind="download-truncated",
                 )
             out.flush()
             os.fsync(out.fileno())
-        progress.update(_describe(done, total), force=True)
-        progress.done()
-        digest = sha.hexdigest()
+        reader.finish()
+        digest = reader.sha256.hexdigest()
         if expected is not None and digest != expected:
             raise KtstrError(
                 f"download {url}: sha256 mismatch (sha256sums.asc lists {expected}, the download "
@@ -216,13 +185,6 @@ def _download(
         progress.done()
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _describe(done: int, total: int | None) -> str:
-    mb = done / 1e6
-    if total:
-        return f"{100 * done // total}% ({mb:.1f}/{total / 1e6:.1f} MB)"
-    return f"{mb:.1f} MB"
 
 
 def extract_tree(tarball: Path, version: str, dest: str | os.PathLike[str]) -> Path:
@@ -270,73 +232,3 @@ def extract_tree(tarball: Path, version: str, dest: str | os.PathLike[str]) -> P
     finally:
         progress.done()
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def tarball_tree(tree_store: str | os.PathLike[str], cache_key: str) -> Path:
-    """The persistent tree of a tarball build: ``<tree store>/tarballs/<cache key>``."""
-    from ktstr_steps import keys
-
-    return Path(tree_store) / "tarballs" / keys.validate_key(cache_key)
-
-
-def lookup_version(
-    state,
-    version: str,
-    *,
-    download_cache: str | os.PathLike[str] | None,
-    tree_store: str | os.PathLike[str] | None,
-    mirror: str | None = None,
-    rc_mirror: str | None = None,
-    force: bool = False,
-) -> dict:
-    """``phase lookup --version V``: key and lookup without I/O; on a miss, fetch and extract.
-
-    ``state`` is a fresh :class:`pipeline.BuildState` from ``init_state``. A hit
-    returns before anything is downloaded (ktstr's tarball keys are known from
-    the version alone). Returns the lookup phase's JSON fields.
-    """
-    from ktstr_steps import pipeline, source
-
-    releases.version_tuple(version)
-    if not download_cache or not tree_store:
-        raise KtstrError(
-            "phase lookup --version needs --download-cache DIR and --tree-store DIR",
-            kind="usage",
-        )
-    with pipeline.timed(state, "lookup"):
-        probe = source.AcquiredSource(
-            src_dir=Path("."), kind="tarball", version=version, is_git=True
-        )
-        pipeline.apply_source(state, probe)
-        pipeline.compute_key(state, probe)
-        entry = None if force else pipeline.lookup_cached(state)
-    out = {
-        "cache_key": state.cache_key,
-        "hit": entry is not None,
-        "dirty": False,
-        "is_git": True,
-        "git_hash": None,
-        "version": version,
-        "downloaded": False,
-        "tarball": None,
-        "source_dir": None,
-    }
-    if entry is not None:
-        pipeline.mark_hit(state, entry)
-        return {**out, "entry_dir": state.entry_dir, "outcome": state.outcome}
-    tree = tarball_tree(tree_store, state.cache_key)
-    if tree.is_dir():
-        say(f"reusing the extracted tree {tree}")
-    else:
-        with pipeline.timed(state, "download"):
-            fetched = fetch_tarball(version, download_cache, mirror=mirror, rc_mirror=rc_mirror)
-        out.update(downloaded=fetched.downloaded, tarball=str(fetched.path))
-        with pipeline.timed(state, "extract"):
-            extract_tree(fetched.path, version, tree)
-    src = source.AcquiredSource(
-        src_dir=tree, kind="tarball", version=version, canonical_path=tree.resolve(),
-        is_temp=False, is_dirty=False, is_git=True,
-    )  # fmt: skip
-    pipeline.apply_source(state, src)
-    pipeline.compute_key(state, src)
-    return {**out, "entry_dir": None, "outcome": None, "source_dir": str(tree)}

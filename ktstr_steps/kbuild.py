@@ -1,5 +1,5 @@
 """Running kbuild's make: config/mrproper runner, the streamed build, image lookup,
-compile_commands.json (reference §6, §1.3 steps 6 and 8-10).
+compile_commands.json.
 
 Every make call of one build gets the same variables (:func:`make_vars`): kbuild
 records each object's command line and rebuilds objects whose flags changed, so
@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktstr_steps.util import KtstrError, Progress
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import Progress
 
 # ktstr's limit for the inherit-stdio runner (mrproper, defconfig, olddefconfig).
 DEFAULT_TIMEOUT = 1800.0
@@ -195,7 +196,7 @@ def _spawn(argv: list[str], cwd: Path) -> subprocess.Popen:
 
 def _split_lines(buf: bytearray) -> list[str]:
     """Take complete lines out of ``buf``: trailing \\n and a preceding \\r stripped,
-    invalid UTF-8 replaced, interior \\r kept (reference §6)."""
+    invalid UTF-8 replaced, interior \\r kept, as ktstr splits make's output."""
     out = []
     while True:
         i = buf.find(b"\n")
@@ -242,6 +243,26 @@ def _emit(line: str) -> None:
     sys.stderr.flush()
 
 
+def _run_guarded(
+    proc: subprocess.Popen, on_line: Callable[[str], None], deadline: float | None
+) -> tuple[bool, int]:
+    """Pump ``proc``'s output to ``on_line`` until it exits or ``deadline`` passes:
+    (finished in time, exit status). Its process group is killed on the deadline,
+    Ctrl-C and SIGTERM (which then exits like the signal would)."""
+    with _SigtermGuard() as guard:
+        try:
+            finished = _pump(proc, on_line, deadline)
+        except KeyboardInterrupt:
+            _kill_group(proc)
+            raise
+        except _Terminated:
+            _kill_group(proc)
+            guard.after_kill()
+        if not finished:
+            _kill_group(proc)
+        return finished, proc.wait()
+
+
 def run_make(
     src: Path,
     targets: Sequence[str],
@@ -258,21 +279,11 @@ def run_make(
     args = [*targets, *make_vars]
     shown = " ".join(args)
     proc = _spawn(["make", *args], Path(src))
-    with _SigtermGuard() as guard:
-        try:
-            finished = _pump(proc, _emit, time.monotonic() + timeout)
-        except KeyboardInterrupt:
-            _kill_group(proc)
-            raise
-        except _Terminated:
-            _kill_group(proc)
-            guard.after_kill()
-        if not finished:
-            _kill_group(proc)
-            raise KtstrError(
-                f"make {shown} timed out after {timeout:g}s; child killed", kind="make-timeout"
-            )
-        rc = proc.wait()
+    finished, rc = _run_guarded(proc, _emit, time.monotonic() + timeout)
+    if not finished:
+        raise KtstrError(
+            f"make {shown} timed out after {timeout:g}s; child killed", kind="make-timeout"
+        )
     if rc != 0:
         raise KtstrError(f"make {shown} failed (exit status {rc}) in {src}", kind="make-failed")
 
@@ -359,20 +370,8 @@ def run_make_streamed(
                 on_line(line)
 
         proc = _spawn(["make", *args], Path(src))
-        with _SigtermGuard() as guard:
-            try:
-                finished = _pump(
-                    proc, handle, None if timeout is None else time.monotonic() + timeout
-                )
-            except KeyboardInterrupt:
-                _kill_group(proc)
-                raise
-            except _Terminated:
-                _kill_group(proc)
-                guard.after_kill()
-            if not finished:
-                _kill_group(proc)
-            rc = proc.wait()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        finished, rc = _run_guarded(proc, handle, deadline)
 
     result = MakeResult(
         returncode=rc,
@@ -425,7 +424,7 @@ def find_image(src: Path, arch: str) -> Path:
 
 
 def vmlinux_message(src: Path) -> str:
-    """ktstr's vmlinux line, to print with ``util.say`` (the absent case carries ``warning:``)."""
+    """ktstr's vmlinux line, to print with ``messages.say`` (the absent case carries ``warning:``)."""
     vmlinux = Path(src) / "vmlinux"
     try:
         size = vmlinux.stat().st_size

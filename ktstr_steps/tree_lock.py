@@ -1,14 +1,14 @@
-"""The source-tree lock: one build per local kernel tree at a time (reference §4).
+"""The source-tree lock: one build per local kernel tree at a time.
 
 ``<cache_root>/.locks/source-{crc32 of the canonical path bytes}.lock``, held
 exclusively from after the LLC reservation to the end of the build. Under the
 cache root, not /tmp, so tmp cleaners cannot unlink a lock file in use.
 
-Seed behaviour: on contention announce the holder and *block* (the waiter is
+ktstr's behaviour: on contention announce the holder and *block* (the waiter is
 visible in /proc/locks as a ``->`` line) instead of failing. Our addition:
 ``wait=N`` polls for at most N seconds and then fails with a clear error. The
-caller re-checks the cache after a wait (``SourceLock.waited > 0``) — the seed
-promised that in a comment but did not do it.
+caller re-checks the cache after a wait (``TreeLock.waited > 0``), which ktstr
+meant to do but does not: a peer that just built the same kernel is a cache hit.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from ktstr_steps import flock
+from ktstr_steps.cache.root import LOCK_DIR
+from ktstr_steps.errors import ResourceContention
 from ktstr_steps.flock import FileLock, Holder
-from ktstr_steps.util import LABEL, ResourceContention, crc32_hex, say
-
-LOCK_DIR_NAME = ".locks"
+from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import LABEL, say
 
 
 def _raw(canonical: Path | bytes | str) -> bytes:
@@ -31,10 +32,10 @@ def _raw(canonical: Path | bytes | str) -> bytes:
 
 def source_lock_path(canonical: Path | bytes | str, cache_root: Path) -> Path:
     """``<cache_root>/.locks/source-{crc32}.lock``; the path is not canonicalised here."""
-    return Path(cache_root) / LOCK_DIR_NAME / f"source-{crc32_hex(_raw(canonical))}.lock"
+    return Path(cache_root) / LOCK_DIR / f"source-{crc32_hex(_raw(canonical))}.lock"
 
 
-class SourceLock(FileLock):
+class TreeLock(FileLock):
     """The exclusive source-tree flock; ``waited`` seconds spent blocked, ``holders_seen``."""
 
     def __init__(
@@ -57,10 +58,10 @@ def acquire_source_tree_lock(
     cache_root: Path,
     *,
     wait: float | None = None,
-) -> SourceLock:
+) -> TreeLock:
     """Take the tree's exclusive lock; on contention announce the holder, then wait.
 
-    ``wait=None`` blocks in flock(2) for as long as it takes (seed). ``wait=N``
+    ``wait=None`` blocks in flock(2) for as long as it takes (as ktstr). ``wait=N``
     polls and raises ResourceContention after N seconds. Nothing stays held or
     open on any error path (including KeyboardInterrupt while blocked).
     """
@@ -68,7 +69,7 @@ def acquire_source_tree_lock(
     fd = flock.open_lockfile(path)  # creates .locks/ on demand; refuses remote fs
     try:
         if flock.try_flock(fd, exclusive=True):
-            return SourceLock(path, fd)
+            return TreeLock(path, fd)
         seen = flock.holders(path)
         shown = os.fsdecode(_raw(canonical))
         holder_text = (
@@ -88,7 +89,7 @@ def acquire_source_tree_lock(
                 f"{wait:g}s (lockfile {path}); holders:\n{flock.format_holders(now)}\n"
                 f"Wait for the peer to finish, or run `{LABEL} locks` to identify it."
             )
-        return SourceLock(path, fd, waited=time.monotonic() - start, holders_seen=seen)
+        return TreeLock(path, fd, waited=time.monotonic() - start, holders_seen=seen)
     except BaseException:
         os.close(fd)
         raise

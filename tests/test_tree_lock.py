@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import flock
-from ktstr_steps.srclock import acquire_source_tree_lock, source_lock_path
-from ktstr_steps.util import KtstrError, ResourceContention
+from ktstr_steps.errors import KtstrError, ResourceContention
+from ktstr_steps.tree_lock import acquire_source_tree_lock, source_lock_path
 
 # A second build of the same tree, in its own process: prints its JSON when it
 # finally holds the lock.
 SECOND = """
 import json, sys, time
-from ktstr_steps.srclock import acquire_source_tree_lock
+from ktstr_steps.tree_lock import acquire_source_tree_lock
 wait = None if sys.argv[3] == "none" else float(sys.argv[3])
 start = time.monotonic()
 try:

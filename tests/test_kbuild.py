@@ -1,4 +1,4 @@
-"""make.py on the fake tree: real make, gcc and process groups."""
+"""kbuild.py (the kernel make runner) on the fake tree: real make, gcc and process groups."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from ktstr_steps import kbuild as mk
 from ktstr_steps import kconfig as kc
-from ktstr_steps import make as mk
-from ktstr_steps.util import KtstrError, Progress
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.messages import Progress
 from tests.fakekernel import make_fake_kernel
 
 MV = mk.make_vars("x86_64")
@@ -195,7 +196,7 @@ def test_sigterm_kills_make_group_and_exits(tmp_path: Path) -> None:
         f"""
         import sys
         sys.path.insert(0, {str(REPO)!r})
-        from ktstr_steps import make as mk
+        from ktstr_steps import kbuild as mk
         try:
             mk.run_make_streamed({str(tree)!r}, jobs=2, make_vars=mk.make_vars("x86_64"))
         finally:

@@ -1,0 +1,234 @@
+"""PublishKernel: upload a built kernel to the master, where its web server offers it for download.
+
+The worker prepares the files (``ktstr-ci phase publish --json``,
+:mod:`ktstr_steps.bundle`: the image, stripped vmlinux, metadata.json, the
+``.config`` that built it, SHA256SUMS) and says what to upload; this step only
+uploads them into ``<artifacts root>/<builder>/<buildnumber>/`` and writes
+``files.json`` from the worker's answer. Nothing runs on the master against
+the worker's files.
+
+Files travel with Buildbot's ``uploadFile`` worker command, so the worker may be on
+another host. Everything lands in a hidden ``.partial-*`` directory first and is
+renamed into place at the end: the web server never serves half a build.
+
+The step finds the master's artifacts service (``master/artifacts.py``) by name;
+without it the step is skipped. The step never fails a build whose kernel was
+built: a problem gathering or uploading the files is WARNINGS with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+from buildbot.interfaces import IRenderable
+from buildbot.process import remotecommand, remotetransfer
+from buildbot.process.results import CANCELLED, FAILURE, SKIPPED, SUCCESS, WARNINGS
+from twisted.internet import threads
+
+from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, safe_name, state_path
+from ktstr_steps.bundle import CONFIG, MANIFEST, SUMS, VMLINUX
+from ktstr_steps.cache.metadata import METADATA
+
+SERVICE_NAME = "ktstr_artifacts"
+PARTIAL_PREFIX = ".partial-"
+
+
+class ArtifactsService(Protocol):
+    """What the step needs from the master's artifacts service."""
+
+    root: Path
+    max_file_bytes: int | None
+
+    def url_for(self, builder_dir: str, number: int, name: str = "") -> str: ...
+
+    def published(self, builder_dir: str) -> Any: ...  # Deferred; applies retention
+
+
+def builder_dir(builder: str) -> str:
+    """The directory (and URL segment) of a builder: its name when that is path-safe."""
+    return safe_name(builder, limit=100)
+
+
+def finish_dir(partial: Path, final: Path, manifest: dict[str, Any]) -> list[str]:
+    """Check the uploads' sizes, write files.json, move the directory into place.
+
+    Returns the names whose uploaded size is not the one the worker announced
+    (then nothing is moved).
+    """
+    wrong = [name for name, f in manifest["files"].items()
+             if not (partial / name).is_file() or (partial / name).stat().st_size != f["size"]]
+    if wrong:
+        return wrong
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if final.exists():
+        # A rebuild of the same build number (a master whose database was reset).
+        shutil.rmtree(final)
+    os.rename(partial, final)
+    return []
+
+
+class PublishKernel(KtstrCiStep):
+    """``ktstr-ci phase publish`` on the worker, then upload what it lists and link it."""
+
+    name = "publish"
+    description = ["publishing kernel"]
+    subcommand = ("phase", "publish")
+    renderables = ["state"]
+    haltOnFailure = False
+    flunkOnFailure = False
+    warnOnFailure = True
+    warnOnWarnings = True
+
+    def __init__(self, *, state: str | IRenderable = state_path, **kwargs: Any) -> None:
+        check_renderable_or(state, str, type(self), "state")
+        self.state = state
+        kwargs.setdefault("hideStepIf", lambda results, step: results == SKIPPED)
+        super().__init__(**kwargs)
+        self.svc: ArtifactsService | None = None
+
+    def arguments(self) -> list[str]:
+        return ["--state", self.state]
+
+    def service(self) -> ArtifactsService | None:
+        # Buildbot 4.3 keeps c['services'] in the service manager, not master.namedServices.
+        manager = getattr(self.master, "service_manager", None)
+        return (getattr(manager, "namedServices", None) or {}).get(SERVICE_NAME)
+
+    def interpret_failure(self, data: dict[str, Any]) -> str:
+        return f"nothing published: {super().interpret_failure(data)}"
+
+    async def run(self) -> int:
+        if not build_still_good(self):
+            # Checked here, not in doStepIf: a failed build's step list stays uniform.
+            self.descriptionDone = "build failed: nothing to publish"
+            return SKIPPED
+        self.svc = self.service()
+        if self.svc is None:
+            self.descriptionDone = "downloads not configured on this master"
+            return SKIPPED
+        result = await super().run()
+        # The kernel was built: a publish that went wrong is a warning, never a failure.
+        return WARNINGS if result == FAILURE else result
+
+    async def interpret(self, data: dict[str, Any]) -> int:
+        if not data.get("publish"):
+            self.descriptionDone = f"nothing to publish: {data.get('reason') or 'no reason given'}"
+            return SKIPPED
+        svc = self.svc
+        assert svc is not None
+        builder = str(self.getProperty("buildername") or "builder")
+        number = int(self.getProperty("buildnumber") or 0)
+        bdir = builder_dir(builder)
+        final = svc.root / bdir / str(number)
+        partial = svc.root / bdir / f"{PARTIAL_PREFIX}{number}-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            result = await self._publish(svc, data, partial, final, bdir, number)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+            await self.remove_bundle(str(data.get("dir") or ""))
+        if result in (SUCCESS, WARNINGS):
+            await svc.published(bdir)
+        return result
+
+    # -- transfer --------------------------------------------------------------
+
+    async def upload(self, workersrc: str, dest: Path, maxsize: int | None) -> bool:
+        writer = remotetransfer.FileWriter(str(dest), maxsize, 0o644)
+        args = {"workdir": self.workdir, "writer": writer, "maxsize": maxsize,
+                "blocksize": 256 * 1024, "keepstamp": False, "workersrc": workersrc}
+        cmd = remotecommand.RemoteCommand("uploadFile", args)
+        cmd.useLog(self.getLog("stdio"), False)
+        try:
+            await self.runCommand(cmd)
+        finally:
+            writer.cancel()  # no-op after a clean close; drops a truncated file otherwise
+        if cmd.didFail():
+            # Includes a file over maxsize: the worker stops and reports the truncation.
+            writer.purge()
+            return False
+        return True
+
+    async def remove_bundle(self, path: str) -> None:
+        """Drop the worker's copy once uploaded; a failure only leaves it for the next build."""
+        if not path or self.stopped:
+            return
+        cmd = remotecommand.RemoteCommand("rmdir", {"dir": path, "logEnviron": False})
+        try:
+            await self.runCommand(cmd)
+        except Exception:  # the next publish of this builder replaces the directory anyway
+            pass
+
+    async def _publish(self, svc: ArtifactsService, data: dict[str, Any], partial: Path,
+                       final: Path, bdir: str, number: int) -> int:
+        files: dict[str, dict[str, Any]] = data.get("files") or {}
+        uploads = [(name, str(f.get("path") or "")) for name, f in sorted(files.items())]
+        uploads.append((SUMS, str(data.get("sums") or "")))
+        for name, path in uploads:
+            if self.stopped:
+                return CANCELLED
+            if not path or not await self.upload(path, partial / name, svc.max_file_bytes):
+                if self.stopped:
+                    return CANCELLED
+                self.descriptionDone = f"upload of {name} ({path}) failed"
+                return WARNINGS
+        manifest = {
+            "builder": self.getProperty("buildername"),
+            "build_number": number,
+            "buildid": self.build.buildid,
+            "branch": self.getProperty("branch"),
+            "revision": self.getProperty("got_revision") or self.getProperty("revision"),
+            "outcome": data.get("outcome"),
+            "cache_key": data.get("cache_key"),
+            "diff_hash": data.get("diff_hash"),
+            "vmlinux_from": data.get("vmlinux_from"),
+            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "missing": list(data.get("missing") or []),
+            "notes": list(data.get("notes") or []),
+            "files": {name: {"size": f.get("size"), "sha256": f.get("sha256")}
+                      for name, f in files.items()},
+        }
+        wrong = await threads.deferToThread(finish_dir, partial, final, manifest)
+        if wrong:
+            self.descriptionDone = f"upload of {', '.join(wrong)} is not the size the worker sent"
+            return WARNINGS
+        names = sorted(files, key=_link_order)
+        for name in names:
+            size = files[name].get("size") or 0
+            await self.addURL(f"{name} ({_human(size)})", svc.url_for(bdir, number, name))
+        await self.addURL("all files", svc.url_for(bdir, number))
+        self.setProperty("artifacts_url", svc.url_for(bdir, number), type(self).__name__)
+        for note in manifest["notes"]:
+            await self.getLog("stdio").addStderr(note + "\n")
+        missing = manifest["missing"]
+        self.descriptionDone = f"published {', '.join(names)}" + (
+            f" (no {', '.join(sorted(missing))})" if missing else "")
+        return SUCCESS
+
+
+def build_still_good(step: Any) -> bool:
+    """Only a build whose steps so far succeeded has a kernel worth publishing."""
+    return getattr(step.build, "results", SUCCESS) in (SUCCESS, WARNINGS)
+
+
+def _link_order(name: str) -> tuple[int, str]:
+    order = {"bzImage": 0, "Image": 0, VMLINUX: 1, CONFIG: 2, METADATA: 3}
+    return order.get(name, 9), name
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+__all__ = ["PARTIAL_PREFIX", "SERVICE_NAME", "PublishKernel", "builder_dir"]
