@@ -44,12 +44,19 @@ def wait_make_running(kit: ServiceKit, buildid: int, timeout: float = 120) -> tu
         if not name:
             return None
         procs = build_processes(name)
-        if not any(p.name() == "sleep" for p in procs):
+        if not any(_name(p) == "sleep" for p in procs):
             return None
         st = json.loads((kit.root / "run" / "holders" / f"{name}.json").read_text())
         return props, st, procs
 
     return kit.wait_for(running, timeout, f"build {buildid}'s make to run its sleep", interval=0.1)
+
+
+def _name(p: psutil.Process) -> str | None:
+    try:
+        return p.name()
+    except psutil.NoSuchProcess:  # a short-lived process of the build exited meanwhile
+        return None
 
 
 def lock_holders(path: Path) -> set[int]:
