@@ -2,7 +2,7 @@
 
 ``build_config(settings)`` is all ``master.cfg`` calls. Shape:
 
-* workers: one ``Worker`` per :class:`workers.spec.WorkerSpec` (one per LLC
+* workers: one ``Worker`` per :class:`settings.worker_specs.WorkerSpec` (one per LLC
   group of this host by default), ``max_builds=1`` so a worker *is* its LLC
   group's reservation, with properties ``host``, ``llc_index``, ``llc_cpus``,
   ``llc_ncpus``, ``llc_node``, ``tree_store`` and ``kernel_cache``;
@@ -32,7 +32,7 @@ from buildbot.process.factory import BuildFactory
 from master.schedulers import build_schedulers, builder_name, collapse_push_requests
 from master.www import www_config
 from settings import REPO_ROOT, Settings, SettingsError, load, read_secret
-from workers.spec import WorkerSpec, worker_specs
+from settings.worker_specs import WorkerSpec, worker_specs
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def build_config(
     """The whole ``BuildmasterConfig`` dict for ``settings``.
 
     ``factory`` defaults to ``kernel_build_factory``; tests pass a stand-in.
-    ``specs`` defaults to :func:`workers.spec.worker_specs`.
+    ``specs`` defaults to :func:`settings.worker_specs.worker_specs`.
     """
     if factory is None:
         factory = default_factory()

@@ -26,7 +26,7 @@ from ktstr_steps.kernelorg import releases
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
 from master import builders, matrix
 from master.schedulers import KtstrForceScheduler
-from workers.spec import WorkerSpec
+from settings.worker_specs import WorkerSpec
 
 ROWS = releases.parse_releases(
     b'{"releases": ['

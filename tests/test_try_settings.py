@@ -10,8 +10,8 @@ from buildbot.config.errors import ConfigErrors
 
 import settings as settings_mod
 from master import builders, tryjobs
+from settings.worker_specs import WorkerSpec
 from tests.servicekit import standin_factory
-from workers.spec import WorkerSpec
 
 
 @pytest.fixture
