@@ -42,7 +42,8 @@ from flask import Flask, Response, abort, request
 from twisted.internet import defer, task, threads
 from twisted.python import log
 
-from ktstr_steps.buildsteps.publish import PARTIAL_PREFIX, SERVICE_NAME
+from ktstr_steps.buildsteps.publish import PARTIAL_PREFIX
+from ktstr_steps.buildsteps.services import ARTIFACTS_SERVICE_NAME
 from ktstr_steps.bundle import MANIFEST, PUBLISHED_NAMES
 from settings import Settings, read_users
 
@@ -125,7 +126,7 @@ def sweep(root: Path, *, max_builds: int, max_age_days: int,
 class ArtifactsService(service.BuildbotService):
     """Paths, URLs and retention of published kernels (see the module docstring)."""
 
-    name = SERVICE_NAME
+    name = ARTIFACTS_SERVICE_NAME
 
     def checkConfig(self, *, root: str, base_url: str, max_age_days: int = 30,  # type: ignore[override]
                     max_builds: int = 20, sweep_minutes: int = 60,
