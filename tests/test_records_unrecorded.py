@@ -12,6 +12,7 @@ import time
 
 import pytest
 from buildbot.config.builder import BuilderConfig
+from buildbot.process.properties import Property
 from buildbot.process.results import EXCEPTION, RETRY, SUCCESS
 from buildbot.test import fakedb
 from buildbot.test.fake import fakemaster
@@ -50,11 +51,12 @@ def standin_config() -> BuilderConfig:
 
 
 def test_kernel_builders_are_those_with_a_record_step():
-    from ktstr_steps.buildsteps.matrix import matrix_cell_factory
+    from ktstr_steps.buildsteps.factory import Checkout, ReleaseSource
 
-    cell = BuilderConfig(name="matrix-cell", workernames=["w"], factory=matrix_cell_factory(
-        download_cache="/dl", mirror="https://cdn.kernel.org/pub/linux/kernel",
-        rc_mirror="https://git.kernel.org/torvalds/t", cpu_cap=None))
+    cell = BuilderConfig(name="matrix-cell", workernames=["w"], factory=kernel_build_factory(
+        checkout=Checkout.RELEASE_TREE, profile=Property("profile"), releases=ReleaseSource(
+            download_cache="/dl", mirror="https://cdn.kernel.org/pub/linux/kernel",
+            rc_mirror="https://git.kernel.org/torvalds/t"), cpu_cap=None))
 
     class Config:
         builders = [kernel_config(), standin_config(), cell]

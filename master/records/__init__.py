@@ -4,7 +4,8 @@
 reads and writes, ``retry`` which errors are worth retrying and the backoff,
 ``spool`` rows waiting for the database (files in the master's basedir),
 ``service`` the Buildbot service that writes off the reactor, ``unrecorded``
-its rows for builds that ended without their record step.
+its rows for builds that ended without their record step, ``part`` the
+records' part of the master's configuration (the service and the dashboard).
 Importing this package does not import Buildbot or Twisted.
 """
 
