@@ -23,6 +23,7 @@ from twisted.trial import unittest
 
 from ktstr_steps.buildsteps.factory import kernel_build_factory
 from master.records import db, queries
+from master.records.rows import validate_build_row
 from master.records.spool import Spool
 from master.records.unrecorded import (
     OUTCOME,
@@ -223,7 +224,7 @@ class TestOnAFakeMaster(TestReactorMixin, unittest.TestCase):
         yield self.add_build(96, builderid=STANDIN)
         yield self.add_build(97)
         # The record step's row of 97 waits in the spool for the database.
-        self.spool.put(queries.validate_build_row(build_row(buildid=97)), why="locked")
+        self.spool.put(validate_build_row(build_row(buildid=97)), why="locked")
         yield self.finished(96)
         yield self.finished(97)
         self.reactor.advance(6)

@@ -44,7 +44,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ktstr_steps.buildsteps.services import RECORDS_SERVICE_NAME as SERVICE_NAME
 from ktstr_steps.buildsteps.services import services_of
-from master.records import db, queries, retry
+from master.records import db, queries, retry, rows
 from master.records.retry import Backoff, RecordsUnavailable
 from master.records.spool import SPOOL_DIRNAME, Spool, SpoolError
 from master.records.unrecorded import UnrecordedBuilds
@@ -361,7 +361,7 @@ class RecordsService(service.BuildbotService):
         Deferred fails with :class:`RowSpooled` (the row will still be written).
         """
         try:
-            clean = queries.validate_build_row(row)
+            clean = rows.validate_build_row(row)
         except db.InvalidRecord:
             return defer.fail()
         return defer.ensureDeferred(self._write(clean))
