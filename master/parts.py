@@ -56,14 +56,15 @@ class _Names:
         self.clashes = clashes
 
     def claim(self, name: Any, part: ConfigPart) -> None:
-        first = self.owner.setdefault(str(name), part)
-        if first is not part:
-            where = part.where or part.feature
-            self.clashes.append(
-                f"{where}: {self.kind} {name} already exists; "
-                f"{part.fix or 'rename one of them'} "
-                f"(defined by both {first.feature} and {part.feature})"
-            )
+        first = self.owner.get(str(name))
+        if first is None:
+            self.owner[str(name)] = part
+            return
+        where = part.where or part.feature
+        by = (f"defined twice by {part.feature}" if first is part
+              else f"defined by both {first.feature} and {part.feature}")
+        self.clashes.append(f"{where}: {self.kind} {name} already exists; "
+                            f"{part.fix or 'rename one of them'} ({by})")
 
 
 def _items(parts: list[ConfigPart], kind: str, clashes: list[str], entries: str,
