@@ -16,8 +16,9 @@ makes the first *new* commit build). Each poller gets builders
 ``<name>-<profile>`` for every profile and a push scheduler for its
 ``profiles``, made like a ``[[repos]]`` entry's (:mod:`master.pushes`), and is
 listed in the force form. A poller whose builder or scheduler name is taken
-by a ``[[repos]]`` entry is a config error that names the poller's table. Only ``refs/heads/*`` names that are safe and match ``branches`` are
-fetched at all; others are logged once.
+by a ``[[repos]]`` entry is a config error that names the poller's table.
+Only ``refs/heads/*`` names that are safe and match ``branches`` are fetched
+at all; others are logged once.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ Such a builder runs the same steps as the push builder ``<repo>-<profile>``
 except that the checkout is a try tree
 (:class:`ktstr_steps.buildsteps.checkout.TryCheckout`): Buildbot's Git step
 applies the patch on top of the named branch (``git apply --index``) and says
-clearly when it does not apply. The tree is then dirty, so the pipeline builds every phase, never
-stores the kernel under the commit's cache key (``kernel_outcome =
-dirty-not-cached``) and records the sha256 of ``git diff HEAD`` as ``diff_hash``.
+clearly when it does not apply. The tree is then dirty, so the pipeline builds
+every phase, never stores the kernel under the commit's cache key
+(``kernel_outcome = dirty-not-cached``) and records the sha256 of ``git diff
+HEAD`` as ``diff_hash``.
 
 Each try builder has its own per-branch trees (``<tree_store>/try-<profile>/``,
 see ``ktstr_steps.buildsteps.base.tree_path``): a try never dirties the tree a

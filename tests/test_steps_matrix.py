@@ -351,11 +351,15 @@ class TestMatrixFanOut(MatrixStepMixin, unittest.TestCase):
         sched = FakeTriggerable("matrix-cells", [301, 302], done=False)
         self.schedulers(sched)
         cancelled: list[tuple] = []
-        self.master.data.control = lambda action, args, path: cancelled.append(  # type: ignore[method-assign]
-            (action, args["reason"], path))
+
+        def control(action: str, args: dict, path: tuple) -> None:
+            cancelled.append((action, args["reason"], path))
+
+        self.master.data.control = control
         step = self.setup_step(fan_out())
         self.build.setProperty(CELLS_PROP, CELLS, "MatrixResolve")
-        self.expect_outcome(result=CANCELLED, state_string="interrupted: cells cancelled (cancelled)")
+        self.expect_outcome(result=CANCELLED,
+                            state_string="interrupted: cells cancelled (cancelled)")
         self.expect_no_property(TOTALS_PROP)
         d = self.run_step()
         self.assertEqual(len(sched.waiting), 2)  # both cells requested before any finished

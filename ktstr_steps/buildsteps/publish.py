@@ -12,8 +12,9 @@ another host. Everything lands in a hidden ``.partial-*`` directory first and is
 renamed into place at the end: the web server never serves half a build.
 
 The step finds the master's artifacts service (``master/artifacts.py``) by its
-name (:mod:`ktstr_steps.buildsteps.services`); without it the step is skipped. The step never fails a build whose kernel was
-built: a problem gathering or uploading the files is WARNINGS with the reason.
+name (:mod:`ktstr_steps.buildsteps.services`); without it the step is skipped.
+The step never fails a build whose kernel was built: a problem gathering or
+uploading the files is WARNINGS with the reason.
 """
 
 from __future__ import annotations
