@@ -81,7 +81,8 @@ class WorkerSpec:
         }
 
 
-def map_cpus(cpus: tuple[int, ...], allowed: set[int] | None = None) -> tuple[tuple[int, ...], str | None]:
+def map_cpus(cpus: tuple[int, ...],
+             allowed: set[int] | None = None) -> tuple[tuple[int, ...], str | None]:
     """CPUs to pin to for a group recorded as ``cpus``; the note explains a remapping."""
     real = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
     if set(cpus) <= set(real):
