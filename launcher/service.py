@@ -56,8 +56,8 @@ from settings import (
     read_secret,
     read_users,
 )
+from settings.worker_specs import WorkerSpec, worker_specs
 from workers import supervise
-from workers.spec import WorkerSpec, worker_specs
 
 VENV_BIN = Path(sys.executable).parent
 

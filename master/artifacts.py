@@ -1,8 +1,8 @@
 """Downloadable kernels: bzImage, vmlinux, .config, metadata.json of every successful build.
 
 The build's ``publish`` step (``ktstr_steps/buildsteps/publish.py``) uploads the
-files to ``<[artifacts] dir>/<builder>/<buildnumber>/`` on the master. This module
-adds the rest to BuildmasterConfig:
+files to ``<[artifacts] dir>/<builder>/<buildnumber>/`` on the master. This module's
+part of BuildmasterConfig (:func:`config_part`) holds the rest:
 
 * :class:`ArtifactsService` (named ``ktstr_artifacts``; the step finds it by name):
   where the files go, their URLs, and the retention: at most ``max_builds`` build
@@ -42,8 +42,10 @@ from flask import Flask, Response, abort, request
 from twisted.internet import defer, task, threads
 from twisted.python import log
 
-from ktstr_steps.buildsteps.publish import PARTIAL_PREFIX, SERVICE_NAME
+from ktstr_steps.buildsteps.publish import PARTIAL_PREFIX
+from ktstr_steps.buildsteps.services import ARTIFACTS_SERVICE_NAME
 from ktstr_steps.bundle import MANIFEST, PUBLISHED_NAMES
+from master.parts import ConfigPart
 from settings import Settings, read_users
 
 DASHBOARD_NAME = "artifacts"
@@ -125,7 +127,7 @@ def sweep(root: Path, *, max_builds: int, max_age_days: int,
 class ArtifactsService(service.BuildbotService):
     """Paths, URLs and retention of published kernels (see the module docstring)."""
 
-    name = SERVICE_NAME
+    name = ARTIFACTS_SERVICE_NAME
 
     def checkConfig(self, *, root: str, base_url: str, max_age_days: int = 30,  # type: ignore[override]
                     max_builds: int = 20, sweep_minutes: int = 60,
@@ -300,23 +302,25 @@ def make_app(root: Path, *, users_file: Path | None = None) -> Flask:
     return app
 
 
-def configure(c: dict[str, Any], settings: Settings, specs: list[Any]) -> None:
-    """Add the artifacts service and its web app to ``c`` (``settings.artifacts``)."""
+def config_part(settings: Settings) -> ConfigPart:
+    """The artifacts service and its web app (``settings.artifacts``)."""
     cfg = settings.artifacts
-    c["services"].append(
-        ArtifactsService(
-            root=str(cfg.root),
-            base_url=settings.web_url,
-            max_age_days=cfg.max_age_days,
-            max_builds=cfg.max_builds,
-            sweep_minutes=cfg.sweep_minutes,
-            max_file_bytes=cfg.max_file_mb * (1 << 20) or None,
-        )
-    )
     users_file = None if settings.web.anonymous_read else settings.web.users_file
-    dash = {"name": DASHBOARD_NAME, "caption": "Kernel downloads", "order": 20,
-            "icon": "FaDownload", "app": make_app(cfg.root, users_file=users_file)}
-    c["www"].setdefault("plugins", {}).setdefault("wsgi_dashboards", []).append(dash)
+    return ConfigPart(
+        feature="downloads",
+        services=[
+            ArtifactsService(
+                root=str(cfg.root),
+                base_url=settings.web_url,
+                max_age_days=cfg.max_age_days,
+                max_builds=cfg.max_builds,
+                sweep_minutes=cfg.sweep_minutes,
+                max_file_bytes=cfg.max_file_mb * (1 << 20) or None,
+            )
+        ],
+        dashboards=[{"name": DASHBOARD_NAME, "caption": "Kernel downloads", "order": 20,
+                     "icon": "FaDownload", "app": make_app(cfg.root, users_file=users_file)}],
+    )
 
 
-__all__ = ["ArtifactsService", "configure", "make_app", "prune_builder", "sweep"]
+__all__ = ["ArtifactsService", "config_part", "make_app", "prune_builder", "sweep"]

@@ -1,19 +1,26 @@
-"""BuildmasterConfig as data: settings → workers, builders, schedulers, web, services.
+"""BuildmasterConfig as data: every feature's config part, merged.
 
-``build_config(settings)`` is all ``master.cfg`` calls. Shape:
+``build_config(settings)`` is all ``master.cfg`` calls. It collects the part
+of each feature (:class:`master.parts.ConfigPart`) and merges them
+(:func:`master.parts.merge`, which refuses two parts claiming one name):
 
-* workers: one ``Worker`` per :class:`workers.spec.WorkerSpec` (one per LLC
-  group of this host by default), ``max_builds=1`` so a worker *is* its LLC
-  group's reservation, with properties ``host``, ``llc_index``, ``llc_cpus``,
-  ``llc_ncpus``, ``llc_node``, ``tree_store`` and ``kernel_cache``;
-* builders: one per (repository, config profile of ``kconfig/profiles.toml``),
-  named ``<repo>-<profile>``, over all workers, with the default property
-  ``profile`` (a forced build may override it) and the push-only collapse
-  function of :mod:`master.schedulers`;
-* schedulers: see :mod:`master.schedulers`; no change sources: the bare
-  repository's post-receive hook posts changes to ``/change_hook/base``, and
-  :mod:`master.push_spool` adds those it spooled while the master was away;
-* the records service and dashboard, when installed; a janitor for old logs.
+* core (:func:`core_part`): the top-level settings, one ``Worker`` per
+  :class:`settings.worker_specs.WorkerSpec` (one per LLC group of this host by
+  default), ``max_builds=1`` so a worker *is* its LLC group's reservation, with
+  properties ``host``, ``llc_index``, ``llc_cpus``, ``llc_ncpus``,
+  ``llc_node``, ``tree_store`` and ``kernel_cache``; the push builders and
+  schedulers of ``[[repos]]`` (:mod:`master.pushes`); the force form
+  (:mod:`master.schedulers`); a janitor for old logs. No change sources: the
+  bare repository's post-receive hook posts changes to ``/change_hook/base``;
+* the web UI (:mod:`master.www`), the records service and dashboard
+  (:mod:`master.records.part`), the push spool (:mod:`master.push_spool`),
+  the matrix (:mod:`master.matrix`), try builds (:mod:`master.tryjobs`),
+  webhooks (:mod:`master.webhooks`), pollers (:mod:`master.pollers`) and
+  downloads (:mod:`master.artifacts`).
+
+Every kernel builder's factory comes from one function,
+:func:`ktstr_steps.buildsteps.factory.kernel_build_factory`, given the parts
+of its kind of build (checkout, lookup, repository, profile, ...).
 """
 
 from __future__ import annotations
@@ -29,20 +36,23 @@ from buildbot.config.errors import ConfigErrors
 from buildbot.plugins import util, worker
 from buildbot.process.factory import BuildFactory
 
-from master.schedulers import build_schedulers, builder_name, collapse_push_requests
-from master.www import www_config
+from ktstr_steps.buildsteps.factory import kernel_build_factory
+from master import artifacts, matrix, pollers, push_spool, tryjobs, webhooks, www
+from master.parts import ConfigPart, merge
+from master.pushes import push_builders, push_schedulers, pushed_repos
+from master.records import part as records_part
+from master.schedulers import force_scheduler
 from settings import REPO_ROOT, Settings, SettingsError, load, read_secret
-from workers.spec import WorkerSpec, worker_specs
+from settings.worker_specs import WorkerSpec, worker_specs
 
 log = logging.getLogger(__name__)
 
+# kernel_build_factory or a stand-in with its keywords (tests pass one).
 FactoryFn = Callable[..., BuildFactory]
 
 
 def default_factory() -> FactoryFn:
-    """The kernel build factory of ``ktstr_steps.buildsteps`` (imported late: it pulls in steps)."""
-    from ktstr_steps.buildsteps.factory import kernel_build_factory
-
+    """The factory function of the builds of git trees: the one kernel build factory."""
     return kernel_build_factory
 
 
@@ -70,25 +80,33 @@ def build_workers(settings: Settings, specs: list[WorkerSpec]) -> list[worker.Wo
     ]
 
 
-def build_builders(
-    settings: Settings, specs: list[WorkerSpec], factory: FactoryFn
-) -> list[util.BuilderConfig]:
-    names = [s.name for s in specs]
-    out = []
-    for repo in settings.repos:
-        for name, profile in sorted(settings.profiles.items()):
-            out.append(
-                util.BuilderConfig(
-                    name=builder_name(repo, name),
-                    description=profile.description or None,
-                    tags=[repo.name, name, *(["push"] if name in repo.profiles else [])],
-                    workernames=names,
-                    factory=factory(repourl=repo.url, profile=name),
-                    defaultProperties={"profile": name, "repo": repo.name},
-                    collapseRequests=collapse_push_requests,
-                )
+def core_part(settings: Settings, specs: list[WorkerSpec], factory: FactoryFn) -> ConfigPart:
+    """The master itself, its workers, the ``[[repos]]`` builders and schedulers, the force form."""
+    return ConfigPart(
+        feature="core",
+        top={
+            "title": settings.master.title,
+            "titleURL": settings.web_url,
+            "buildbotURL": settings.web_url,
+            # Buildbot otherwise reports usage data to buildbot.net (maybe over plain http).
+            "buildbotNetUsageData": None,
+            "db": {"db_url": settings.databases.buildbot},
+            "protocols": {"pb": {"port": f"tcp:{settings.master.pb_port}:"
+                                         f"interface={settings.master.pb_bind}"}},
+        },
+        workers=build_workers(settings, specs),
+        builders=push_builders(settings, settings.repos, specs, factory),
+        schedulers=[*push_schedulers(settings.repos),
+                    # The form builds every repository that builds like pushes, pollers too.
+                    force_scheduler(settings, pushed_repos(settings))],
+        configurators=[
+            util.JanitorConfigurator(
+                logHorizon=timedelta(days=settings.janitor.log_days),
+                build_data_horizon=timedelta(days=settings.janitor.build_data_days),
+                hour=settings.janitor.hour,
             )
-    return out
+        ],
+    )
 
 
 def load_settings(path: Path | str | None = None, *, root: Path = REPO_ROOT) -> Settings:
@@ -110,10 +128,13 @@ def build_config(
     factory: FactoryFn | None = None,
     specs: list[WorkerSpec] | None = None,
 ) -> dict[str, Any]:
-    """The whole ``BuildmasterConfig`` dict for ``settings``.
+    """The whole ``BuildmasterConfig`` dict for ``settings``: every feature's part, merged.
 
-    ``factory`` defaults to ``kernel_build_factory``; tests pass a stand-in.
-    ``specs`` defaults to :func:`workers.spec.worker_specs`.
+    ``factory`` builds the builders of git trees (pushes, try builds, pollers)
+    and defaults to ``kernel_build_factory``; tests pass a stand-in that takes
+    the same keywords. Release cells of the matrix always use
+    ``kernel_build_factory``: their lookup is the one that fetches the tree.
+    ``specs`` defaults to :func:`settings.worker_specs.worker_specs`.
     """
     if factory is None:
         factory = default_factory()
@@ -121,42 +142,14 @@ def build_config(
         specs = worker_specs(settings)
     if not specs:
         raise ValueError("no workers: the topology has no LLC groups and workers.list is empty")
-    c: dict[str, Any] = {
-        "title": settings.master.title,
-        "titleURL": settings.web_url,
-        "buildbotURL": settings.web_url,
-        # Buildbot otherwise reports usage data to buildbot.net (maybe over plain http).
-        "buildbotNetUsageData": None,
-        "db": {"db_url": settings.databases.buildbot},
-        "protocols": {"pb": {"port": f"tcp:{settings.master.pb_port}:interface={settings.master.pb_bind}"}},
-        "workers": build_workers(settings, specs),
-        "builders": build_builders(settings, specs, factory),
-        "schedulers": build_schedulers(settings),
-        "change_source": [],
-        "www": www_config(settings),
-        "services": [],
-        "configurators": [
-            util.JanitorConfigurator(
-                logHorizon=timedelta(days=settings.janitor.log_days),
-                build_data_horizon=timedelta(days=settings.janitor.build_data_days),
-                hour=settings.janitor.hour,
-            )
-        ],
-    }
-    try:
-        from master.records.service import RecordsService  # type: ignore[import-not-found]
-    except ImportError:
-        RecordsService = None
-    if RecordsService is not None:
-        c["services"].append(RecordsService(db_url=settings.databases.records))
-    # Feature modules add their builders, schedulers, services and web pieces.
-    from master import artifacts, matrix, pollers, push_spool, tryjobs, webhooks
-
-    push_spool.configure(c, settings)
-    matrix.configure(c, settings, specs)
-    tryjobs.configure(c, settings, specs)
-    webhooks.configure(c, settings)
-    # Pollers build other repositories with the same factory as pushes.
-    pollers.configure(c, settings, specs, factory=factory)
-    artifacts.configure(c, settings, specs)
-    return c
+    return merge([
+        core_part(settings, specs, factory),
+        www.config_part(settings),
+        records_part.config_part(settings),
+        push_spool.config_part(settings),
+        matrix.config_part(settings, specs),
+        tryjobs.config_part(settings, specs, factory),
+        webhooks.config_part(settings),
+        pollers.config_part(settings, specs, factory),
+        artifacts.config_part(settings),
+    ])

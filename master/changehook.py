@@ -37,6 +37,7 @@ from typing import Any
 from buildbot.www.hooks.base import BaseHookHandler
 from twisted.internet import defer
 
+from ktstr_steps.buildsteps.factory import KERNEL_PROPERTIES
 from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
 
 # Buildbot's changes table (varchar columns are enforced on PostgreSQL).
@@ -69,8 +70,6 @@ class Refused(ValueError):
 
 def reserved_properties(config: Any) -> frozenset[str]:
     """Names a change may not set: every property some part of ``config`` gives a build."""
-    from ktstr_steps.buildsteps.factory import KERNEL_PROPERTIES
-
     names = set(BUILDBOT_PROPERTIES) | set(KERNEL_PROPERTIES)
     names |= set(getattr(config, "properties", {}) or {})
     for b in getattr(config, "builders", []) or []:

@@ -4,10 +4,8 @@
 its own menu entry; the other pages (branch history, kernel cache, trends,
 matrix grid) are plain pages under ``/plugins/wsgi_dashboards/<name>/`` linked
 from it. Flask runs in the reactor's thread pool, so the synchronous
-``queries`` calls here never block the reactor. In master.cfg::
-
-    from master.dashboard import dashboard_config
-    c["www"]["plugins"].setdefault("wsgi_dashboards", []).append(dashboard_config(db_url))
+``queries`` calls here never block the reactor. The records' part of the
+config (:mod:`master.records.part`) adds :func:`dashboard_config`'s entry.
 """
 
 from __future__ import annotations

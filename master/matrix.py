@@ -5,7 +5,7 @@ Settings: ``settings.matrix`` (the ``[matrix]`` table of settings/default.toml:
 ``mirror``, ``rc_mirror``, ``download_cache`` and ``cpu_cap``), validated
 when the settings are loaded.
 
-What :func:`configure` adds when ``enabled``:
+What its part of the config (:func:`config_part`) holds when ``enabled``:
 
 * worker ``__matrix``: an in-process LocalWorker for the parent builds. Their
   steps run on the master only; a parent waiting for its cells on an LLC-group
@@ -13,7 +13,9 @@ What :func:`configure` adds when ``enabled``:
 * builder ``matrix`` (on ``__matrix``): one build per run — resolve versions
   (at run start), the ``matrix_runs`` row, the fan-out, the totals;
 * builder ``matrix-cell`` over every LLC-group worker: one build per version
-  cell (``phase lookup --version``, then the kernel build's phases);
+  cell, a kernel build of a release tree (``kernel_build_factory`` with
+  ``checkout=Checkout.RELEASE_TREE``: ``phase lookup --version``, then the
+  kernel build's phases on a miss);
   ``collapseRequests=False``: Buildbot's default collapse ignores properties
   set by a trigger and would merge cells;
 * schedulers ``nightly-matrix`` (``Nightly`` at ``time``, master's local time),
@@ -31,7 +33,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from buildbot.plugins import schedulers, util, worker
+from buildbot.process.properties import Property
+
+from ktstr_steps.buildsteps.factory import Checkout, ReleaseSource, kernel_build_factory
+from ktstr_steps.buildsteps.matrix_run import matrix_run_factory
+from ktstr_steps.matrixspec import parse_spec
+from master.dashboard import DEFAULT_NAME
+from master.parts import ConfigPart
+from master.schedulers import KtstrForceScheduler, ReasonParameter, builder_name
 from settings import MatrixSettings, Settings
+from settings.worker_specs import WorkerSpec
 
 MATRIX_WORKER = "__matrix"
 MATRIX_BUILDER = "matrix"
@@ -44,8 +56,6 @@ BRANCH_SCHEDULER = "matrix-{repo}-{profile}"
 
 def branch_repos(m: MatrixSettings) -> list[str]:
     """Repositories named by ``branch:`` entries, in settings order."""
-    from ktstr_steps.matrixspec import parse_spec
-
     out: list[str] = []
     for text in m.versions:
         spec = parse_spec(text)
@@ -54,29 +64,38 @@ def branch_repos(m: MatrixSettings) -> list[str]:
     return out
 
 
-def dashboard_url(settings: Settings) -> str | None:
-    """The dashboard's matrix grid page (``?id=<run>`` is appended per run), if installed."""
-    try:
-        from master.dashboard import DEFAULT_NAME
-    except ImportError:
-        return None
+def dashboard_url(settings: Settings) -> str:
+    """The records dashboard's matrix grid page (``?id=<run>`` is appended per run)."""
     return f"{settings.web_url}plugins/wsgi_dashboards/{DEFAULT_NAME}/matrix.html"
 
 
-def configure(c: dict[str, Any], settings: Settings, specs: list[Any]) -> None:
-    """Add the matrix builders, schedulers and worker to ``c`` (see the module docstring)."""
-    from buildbot.plugins import schedulers, util, worker
+def force_matrix() -> KtstrForceScheduler:
+    """The "Run the kernel matrix now" button: no fields but the reason."""
+    return KtstrForceScheduler(
+        name=FORCE_NAME,
+        label="Run the kernel matrix now",
+        buttonName="Run matrix",
+        builderNames=[MATRIX_BUILDER],
+        reason=ReasonParameter(name="reason", label="Reason", default="forced", size=40),
+        codebases=[
+            util.CodebaseParameter(
+                "",
+                branch=util.FixedParameter(name="branch", default=""),
+                revision=util.FixedParameter(name="revision", default=""),
+                repository=util.FixedParameter(name="repository", default=""),
+                project=util.FixedParameter(name="project", default=""),
+            )
+        ],
+    )
 
-    from ktstr_steps.buildsteps.matrix import matrix_cell_factory, matrix_run_factory
-    from master.schedulers import KtstrForceScheduler, ReasonParameter, builder_name
 
+def config_part(settings: Settings, specs: list[WorkerSpec]) -> ConfigPart:
+    """The matrix builders, schedulers and worker (see the module docstring); none when off."""
     m = settings.matrix
     if not m.enabled:
-        return
-    llc_workers = [s.name for s in specs]
-    c["workers"].append(worker.LocalWorker(MATRIX_WORKER))
+        return ConfigPart(feature="matrix")
     repos = {r.name: r.url for r in settings.repos}
-    c["builders"] += [
+    builders = [
         util.BuilderConfig(
             name=MATRIX_BUILDER,
             description="Nightly kernel matrix: resolves versions, fans out one build per cell",
@@ -98,18 +117,19 @@ def configure(c: dict[str, Any], settings: Settings, specs: list[Any]) -> None:
             name=CELL_BUILDER,
             description="One matrix cell: a released kernel version x a config profile",
             tags=["matrix"],
-            workernames=llc_workers,
-            factory=matrix_cell_factory(
-                download_cache=str(m.download_cache),
-                mirror=m.mirror,
-                rc_mirror=m.rc_mirror,
+            workernames=[s.name for s in specs],
+            factory=kernel_build_factory(
+                checkout=Checkout.RELEASE_TREE,
+                profile=Property("profile"),
+                releases=ReleaseSource(download_cache=str(m.download_cache), mirror=m.mirror,
+                                       rc_mirror=m.rc_mirror),
                 cpu_cap=m.cpu_cap,
             ),
             # Never collapse: every cell is a different (version, profile).
             collapseRequests=False,
         ),
     ]
-    c["schedulers"] += [
+    scheds: list[Any] = [
         schedulers.Nightly(
             name=NIGHTLY_NAME,
             builderNames=[MATRIX_BUILDER],
@@ -117,33 +137,25 @@ def configure(c: dict[str, Any], settings: Settings, specs: list[Any]) -> None:
             minute=m.minute,
             onlyIfChanged=False,
         ),
-        KtstrForceScheduler(
-            name=FORCE_NAME,
-            label="Run the kernel matrix now",
-            buttonName="Run matrix",
-            builderNames=[MATRIX_BUILDER],
-            reason=ReasonParameter(name="reason", label="Reason", default="forced", size=40),
-            codebases=[
-                util.CodebaseParameter(
-                    "",
-                    branch=util.FixedParameter(name="branch", default=""),
-                    revision=util.FixedParameter(name="revision", default=""),
-                    repository=util.FixedParameter(name="repository", default=""),
-                    project=util.FixedParameter(name="project", default=""),
-                )
-            ],
-        ),
+        force_matrix(),
         schedulers.Triggerable(name=CELL_SCHEDULER, builderNames=[CELL_BUILDER]),
     ]
     for repo in branch_repos(m):
         r = next(x for x in settings.repos if x.name == repo)
-        for profile in m.profiles:
-            c["schedulers"].append(
-                schedulers.Triggerable(
-                    name=BRANCH_SCHEDULER.format(repo=repo, profile=profile),
-                    builderNames=[builder_name(r, profile)],
-                )
+        scheds += [
+            schedulers.Triggerable(
+                name=BRANCH_SCHEDULER.format(repo=repo, profile=profile),
+                builderNames=[builder_name(r, profile)],
             )
+            for profile in m.profiles
+        ]
+    return ConfigPart(
+        feature="matrix",
+        where=f"settings file {settings.source}: matrix",
+        workers=[worker.LocalWorker(MATRIX_WORKER)],
+        builders=builders,
+        schedulers=scheds,
+    )
 
 
 __all__ = [
@@ -152,5 +164,5 @@ __all__ = [
     "MATRIX_BUILDER",
     "MATRIX_WORKER",
     "NIGHTLY_NAME",
-    "configure",
+    "config_part",
 ]

@@ -14,25 +14,26 @@ Pollers are Buildbot ``GitPoller`` change sources with ``pollAtLaunch=True``
 (Buildbot's first poll only records the branch heads, so polling at launch
 makes the first *new* commit build). Each poller gets builders
 ``<name>-<profile>`` for every profile and a push scheduler for its
-``profiles``, exactly like a ``[[repos]]`` entry, and is added to the force
-form. Only ``refs/heads/*`` names that are safe and match ``branches`` are
-fetched at all; others are logged once.
+``profiles``, made like a ``[[repos]]`` entry's (:mod:`master.pushes`), and is
+listed in the force form. A poller whose builder or scheduler name is taken
+by a ``[[repos]]`` entry is a config error that names the poller's table.
+Only ``refs/heads/*`` names that are safe and match ``branches`` are fetched
+at all; others are logged once.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
 
-from buildbot.config.errors import ConfigErrors
 from buildbot.plugins import changes
 from buildbot.process.factory import BuildFactory
 from twisted.python import log
 
 from ktstr_steps.refnames import branch_problem, shown
+from master.parts import ConfigPart
+from master.pushes import push_builders, push_schedulers
 from settings import Poller, Settings
+from settings.worker_specs import WorkerSpec
 
 
 class BranchPicker:
@@ -78,59 +79,20 @@ def git_poller(poller: Poller) -> changes.GitPoller:
     )
 
 
-def clone_factory(template: BuildFactory, old_url: str, new_url: str) -> BuildFactory:
-    """``template`` with every step argument equal to ``old_url`` replaced by ``new_url``.
+def config_part(settings: Settings, specs: list[WorkerSpec],
+                factory: Callable[..., BuildFactory]) -> ConfigPart:
+    """Each poller's change source, builders and push scheduler.
 
-    ``configure`` is not given the factory function ``build_config`` used, so a
-    poller's builders reuse a repo builder's steps of the same profile.
+    ``factory`` is the one that makes the ``[[repos]]`` builders (a stand-in in
+    tests), called with the poller's URL; the force form (the core part) lists
+    the pollers' builders and URLs itself (:func:`master.pushes.pushed_repos`).
     """
-    def swap(v: Any) -> Any:
-        return new_url if v == old_url else v
-
-    out = copy.copy(template)
-    out.steps = []
-    for sf in template.steps:
-        new = copy.copy(sf)
-        new.args = tuple(swap(a) for a in sf.args)
-        new.kwargs = {k: swap(v) for k, v in sf.kwargs.items()}
-        out.steps.append(new)
-    return out
-
-
-def configure(c: dict[str, Any], settings: Settings, specs: list[Any], *,
-              factory: Callable[..., BuildFactory] | None = None) -> None:
-    """Add each poller's change source, builders and push scheduler to ``c``, and its
-    builders to the force form; ``factory`` is the push builders' (see :func:`clone_factory`)."""
-    pollers = settings.external.pollers
-    if not pollers:
-        return
-    from master.builders import build_builders
-    from master.schedulers import FORCE_NAME, build_schedulers, builder_name, force_scheduler
-
-    repos = tuple(p.as_repo() for p in pollers)
-    if factory is None:
-        template_repo = settings.repos[0]
-        by_name = {b.name: b for b in c["builders"]}
-
-        def factory(*, repourl: str, profile: str, **_: Any) -> BuildFactory:
-            template = by_name[builder_name(template_repo, profile)].factory
-            return clone_factory(template, template_repo.url, repourl)
-
-    sub = replace(settings, repos=repos)
-    new_builders = build_builders(sub, specs, factory)
-    taken = {b.name for b in c["builders"]}
-    for b in new_builders:
-        if b.name in taken:
-            raise ConfigErrors([f"settings file {settings.source}: external.pollers: builder "
-                                f"{b.name} already exists; rename the poller"])
-    c["builders"] += new_builders
-    c.setdefault("change_source", []).extend(git_poller(p) for p in pollers)
-    # Push schedulers (push-<name>, same filter and collapsing as pushes here).
-    c["schedulers"] += [s for s in build_schedulers(sub) if s.name != FORCE_NAME]
-    # The force form lists the pollers' builders and URLs too.
-    for i, s in enumerate(c["schedulers"]):
-        if s.name == FORCE_NAME:
-            names = list(s.builderNames) + [b.name for b in new_builders]
-            c["schedulers"][i] = force_scheduler(
-                replace(settings, repos=settings.repos + repos), names
-            )
+    repos = tuple(p.as_repo() for p in settings.external.pollers)
+    return ConfigPart(
+        feature="pollers",
+        where=f"settings file {settings.source}: external.pollers",
+        fix="rename the poller",
+        builders=push_builders(settings, repos, specs, factory),
+        schedulers=push_schedulers(repos),
+        change_sources=[git_poller(p) for p in settings.external.pollers],
+    )

@@ -36,6 +36,7 @@ from twisted.python import log
 
 from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
 from master.hooks import spool
+from master.parts import ConfigPart
 from master.schedulers import push_scheduler_name
 from settings import Settings
 
@@ -262,8 +263,8 @@ class PushSpoolService(service.BuildbotService):
         )
 
 
-def configure(c: dict[str, Any], settings: Settings) -> None:
-    """Add the drain service when a repository is hosted here."""
+def config_part(settings: Settings) -> ConfigPart:
+    """The drain service, when a repository is hosted here."""
     repos = spooled_repos(settings)
-    if repos:
-        c["services"].append(PushSpoolService(repos=repos))
+    return ConfigPart(feature="push spool",
+                      services=[PushSpoolService(repos=repos)] if repos else [])

@@ -1,5 +1,10 @@
 """Schedulers as data: a push scheduler per repository and the "force" form.
 
+The core part (:mod:`master.builders`) and the pollers' part
+(:mod:`master.pollers`) each make the push schedulers of their repositories;
+the force form, made by the core part, lists every repository that builds
+like pushes (:func:`master.pushes.pushed_repos`).
+
 Push builds: one ``AnyBranchScheduler`` per repository with no tree-stable
 timer, so every change (one per pushed branch tip, posted by the bare repo's
 post-receive hook) becomes its own buildset at once, for every push profile's
@@ -195,13 +200,14 @@ class KtstrForceScheduler(schedulers.ForceScheduler):
         return None
 
 
-def force_scheduler(settings: Settings, builder_names: list[str]) -> schedulers.ForceScheduler:
-    repos = [r.url for r in settings.repos]
+def force_scheduler(settings: Settings, repos: tuple[Repo, ...]) -> schedulers.ForceScheduler:
+    """The "Build a branch" form over every builder and URL of ``repos``."""
+    urls = [r.url for r in repos]
     return KtstrForceScheduler(
         name=FORCE_NAME,
         label="Build a branch",
         buttonName="Build",
-        builderNames=builder_names,
+        builderNames=[builder_name(r, p) for r in repos for p in sorted(settings.profiles)],
         reason=ReasonParameter(name="reason", label="Reason", default="forced", size=40),
         codebases=[
             util.CodebaseParameter(
@@ -212,7 +218,7 @@ def force_scheduler(settings: Settings, builder_names: list[str]) -> schedulers.
                     name="revision", label="Revision (empty = branch head)", default="",
                 ),
                 repository=util.ChoiceStringParameter(
-                    name="repository", label="Repository", choices=repos, default=repos[0]
+                    name="repository", label="Repository", choices=urls, default=urls[0]
                 ),
                 project=util.FixedParameter(name="project", default=""),
             )
@@ -234,31 +240,24 @@ def force_scheduler(settings: Settings, builder_names: list[str]) -> schedulers.
     )
 
 
-def build_schedulers(settings: Settings) -> list[Any]:
-    """All schedulers for these settings."""
-    out: list[Any] = []
-    all_builders: list[str] = []
-    for repo in settings.repos:
-        all_builders += [builder_name(repo, p) for p in sorted(settings.profiles)]
-        out.append(
-            schedulers.AnyBranchScheduler(
-                name=push_scheduler_name(repo),
-                change_filter=push_filter(repo),
-                treeStableTimer=None,
-                builderNames=[builder_name(repo, p) for p in repo.profiles],
-            )
-        )
-    out.append(force_scheduler(settings, all_builders))
-    return out
+def push_scheduler(repo: Repo) -> schedulers.AnyBranchScheduler:
+    """Every wanted change of ``repo`` at once, for each of its push profiles' builders."""
+    return schedulers.AnyBranchScheduler(
+        name=push_scheduler_name(repo),
+        change_filter=push_filter(repo),
+        treeStableTimer=None,
+        builderNames=[builder_name(repo, p) for p in repo.profiles],
+    )
 
 
 __all__ = [
     "BUILDER_PROFILE",
     "FORCE_NAME",
-    "build_schedulers",
     "builder_name",
     "collapse_push_requests",
+    "force_scheduler",
     "is_safe_branch",
     "push_filter",
+    "push_scheduler",
     "push_scheduler_name",
 ]

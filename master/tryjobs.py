@@ -2,13 +2,15 @@
 
 A developer sends a patch (or the diff of a working tree) with ``buildbot try``
 over PB to ``[try] bind:port``; the scheduler starts a build on ``try-<profile>``.
-Such a builder runs the same steps as the push builder ``<repo>-<profile>`` (its
-factory is reused, so a test's stand-in factory applies to both), except that
-the checkout is :class:`TryCheckout`: Buildbot's Git step applies the patch on
-top of the named branch (``git apply --index``) and says clearly when it does
-not apply. The tree is then dirty, so the pipeline builds every phase, never
-stores the kernel under the commit's cache key (``kernel_outcome =
-dirty-not-cached``) and records the sha256 of ``git diff HEAD`` as ``diff_hash``.
+Such a builder runs the same steps as the push builder ``<repo>-<profile>``
+(the same factory function makes both, so a test's stand-in applies to both),
+except that the checkout is a try tree
+(:class:`ktstr_steps.buildsteps.checkout.TryCheckout`): Buildbot's Git step
+applies the patch on top of the named branch (``git apply --index``) and says
+clearly when it does not apply. The tree is then dirty, so the pipeline builds
+every phase, never stores the kernel under the commit's cache key
+(``kernel_outcome = dirty-not-cached``) and records the sha256 of ``git diff
+HEAD`` as ``diff_hash``.
 
 Each try builder has its own per-branch trees (``<tree_store>/try-<profile>/``,
 see ``ktstr_steps.buildsteps.base.tree_path``): a try never dirties the tree a
@@ -28,19 +30,19 @@ Send one (see :func:`try_command` for the exact argv)::
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable
 from typing import Any
 
 from buildbot import config
 from buildbot.plugins import schedulers, util
-from buildbot.process import buildstep, logobserver
-from buildbot.process.buildstep import _BuildStepFactory
 from buildbot.process.factory import BuildFactory
 from twisted.internet import defer
 
-from ktstr_steps.buildsteps.checkout import KernelCheckout
+from ktstr_steps.buildsteps.factory import Checkout
 from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
+from master.parts import ConfigPart
 from settings import Settings, TrySettings, ensure_users
+from settings.worker_specs import WorkerSpec
 
 SCHEDULER_NAME = "try"
 BUILDER_PREFIX = "try-"
@@ -63,37 +65,6 @@ def try_command(cfg: TrySettings, *, user: str, password: str, branch: str, prof
         # git diff output carries a/ and b/ prefixes; buildbot try defaults to -p 0.
         argv += [f"--diff={diff}", "-p", "1"]
     return argv
-
-
-class TryCheckout(KernelCheckout):
-    """KernelCheckout whose failure to apply the try patch is named as such.
-
-    Buildbot's Git step only says "update (failure)" when ``git apply`` refuses the
-    patch; a developer sending a try needs to read that the patch does not apply
-    to the branch, and git's first complaint, without opening the log.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.git_errors: list[str] = []
-        self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._consume))
-
-    def _consume(self) -> Generator[None, tuple[str, str], None]:
-        while True:
-            _stream, line = yield
-            if line.startswith("error:") and len(self.git_errors) < 5:
-                self.git_errors.append(line.strip())
-
-    async def applyPatch(self, patch: Any) -> Any:
-        try:
-            return await super().applyPatch(patch)
-        except buildstep.BuildStepFailed:
-            # The observer sees a line only once the log is flushed.
-            await self.stdio_log.flush()
-            rev = f"@{self.revision[:12]}" if self.revision else ""
-            why = f": {self.git_errors[0]}" if self.git_errors else ""
-            self.descriptionDone = [f"try patch does not apply to {self.branch}{rev}{why}"]
-            raise
 
 
 class TryScheduler(schedulers.Try_Userpass):
@@ -147,51 +118,39 @@ def try_source_problem(branch: Any, revision: Any) -> str | None:
     return None
 
 
-def try_factory(push_factory: BuildFactory) -> BuildFactory:
-    """A copy of the push builder's factory whose checkout applies try patches verbosely."""
-    out = BuildFactory()
-    for sf in push_factory.steps:
-        if isinstance(sf.step_class, type) and issubclass(sf.step_class, KernelCheckout):
-            sf = _BuildStepFactory(TryCheckout, *sf.args, **sf.kwargs)
-        out.steps.append(sf)
-    return out
+def config_part(settings: Settings, specs: list[WorkerSpec],
+                factory: Callable[..., BuildFactory]) -> ConfigPart:
+    """The try builders and the ``Try_Userpass`` scheduler (``settings.try_``).
 
-
-def configure(c: dict[str, Any], settings: Settings, specs: list[Any]) -> None:
-    """Add the try builders and the ``Try_Userpass`` scheduler to ``c`` (``settings.try_``)."""
+    ``factory`` is the one that makes the push builders (a stand-in in tests):
+    a try builder is a push build of ``[try] repo`` whose checkout is a try tree.
+    """
     cfg = settings.try_
     if not cfg.port:
-        return
+        return ConfigPart(feature="try")
     users = ensure_users(cfg.users_file, cfg.users)
-    by_name = {b.name: b for b in c["builders"]}
-    names = []
-    for profile in cfg.profiles:
-        push = by_name.get(f"{cfg.repo.name}-{profile}")
-        if push is None:
-            config.error(f"try: no builder {cfg.repo.name}-{profile} to take the steps from")
-            continue
-        name = builder_name(profile)
-        names.append(name)
-        c["builders"].append(
-            util.BuilderConfig(
-                name=name,
-                description=f"try builds (uncommitted patches) on {cfg.repo.name}, "
-                f"profile {profile}",
-                tags=["try", cfg.repo.name, profile],
-                workernames=list(push.workernames),
-                factory=try_factory(push.factory),
-                defaultProperties={"profile": profile, "repo": cfg.repo.name},
-                # Each try is its own patch: two queued requests must never merge.
-                collapseRequests=False,
-            )
+    builders = [
+        util.BuilderConfig(
+            name=builder_name(profile),
+            description=f"try builds (uncommitted patches) on {cfg.repo.name}, "
+            f"profile {profile}",
+            tags=["try", cfg.repo.name, profile],
+            workernames=[s.name for s in specs],
+            factory=factory(checkout=Checkout.TRY_TREE, repourl=cfg.repo.url, profile=profile),
+            defaultProperties={"profile": profile, "repo": cfg.repo.name},
+            # Each try is its own patch: two queued requests must never merge.
+            collapseRequests=False,
         )
-    if names:
-        c["schedulers"].append(
-            TryScheduler(
-                name=SCHEDULER_NAME,
-                builderNames=names,
-                port=cfg.strport,
-                userpass=sorted(users.items()),
-                repository=cfg.repo.url,
-            )
+        for profile in cfg.profiles
+    ]
+    schedulers_ = [
+        TryScheduler(
+            name=SCHEDULER_NAME,
+            builderNames=[b.name for b in builders],
+            port=cfg.strport,
+            userpass=sorted(users.items()),
+            repository=cfg.repo.url,
         )
+    ] if builders else []
+    return ConfigPart(feature="try", where=f"settings file {settings.source}: try",
+                      builders=builders, schedulers=schedulers_)

@@ -49,6 +49,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from ktstr_steps.refnames import RULE, branch_problem, revision_problem, shown
+from master.parts import ConfigPart
 from settings import Settings, Webhook, ensure_webhook_secrets, read_secret
 
 # A change lists at most this many file names (a push can touch tens of thousands).
@@ -337,14 +338,14 @@ class GitLabHook(_WebhookHandler):
         ), "git"
 
 
-def configure(c: dict[str, Any], settings: Settings) -> None:
-    """Add a www change hook dialect per service that has ``[[external.webhooks]]`` entries."""
+def config_part(settings: Settings) -> ConfigPart:
+    """A www change hook dialect per service that has ``[[external.webhooks]]`` entries."""
     hooks = settings.external.webhooks
     ensure_webhook_secrets(settings)
+    dialects: dict[str, dict[str, Any]] = {}
     for service, cls in (("github", GitHubHook), ("gitlab", GitLabHook)):
         mine = [h for h in hooks if h.service == service]
-        if not mine:
-            continue  # an unconfigured dialect is refused by Buildbot ("not whitelisted")
-        c["www"].setdefault("change_hook_dialects", {})[service] = {
-            "custom_class": cls, "hooks": mine,
-        }
+        if mine:  # an unconfigured dialect is refused by Buildbot ("not whitelisted")
+            dialects[service] = {"custom_class": cls, "hooks": mine}
+    return ConfigPart(feature="webhooks", where=f"settings file {settings.source}: "
+                      "external.webhooks", dialects=dialects)

@@ -1,4 +1,8 @@
-"""The web UI: views, login, who may do what, the change hook and the dashboard.
+"""The web UI's part of the config: views, login, who may do what, the ``base`` change hook.
+
+Other parts add their own web pieces: the records dashboard
+(:mod:`master.records.part`), the downloads (:mod:`master.artifacts`) and the
+GitHub and GitLab change hooks (:mod:`master.webhooks`).
 
 Authorization (Buildbot allows everything no rule matches, so every control
 endpoint has a rule):
@@ -31,6 +35,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 
 from master.changehook import BaseChangeHook
 from master.frontdoor import SiteAuth
+from master.parts import ConfigPart
 from settings import Settings, read_secret, read_users
 
 log = logging.getLogger(__name__)
@@ -70,35 +75,22 @@ def hook_checker(settings: Settings) -> InMemoryUsernamePasswordDatabaseDontUse:
     return InMemoryUsernamePasswordDatabaseDontUse(**{settings.hook.user: password.encode()})
 
 
-def dashboards(records_url: str, cache_root: str) -> list[dict[str, Any]]:
-    """The records dashboard's wsgi_dashboards entries, or [] when it is not installed."""
-    try:
-        from master.dashboard import dashboard_config  # type: ignore[import-not-found]
-    except ImportError:
-        return []
-    dash = dashboard_config(records_url, cache_root=cache_root)
-    if not dash:
-        return []
-    return list(dash) if isinstance(dash, list | tuple) else [dash]
-
-
-def www_config(settings: Settings) -> dict[str, Any]:
-    """``c['www']`` for these settings."""
+def config_part(settings: Settings) -> ConfigPart:
+    """The web server, its views, login and authorization, and the ``base`` change hook."""
     users = read_users(settings.web.users_file)
-    plugins: dict[str, Any] = {"waterfall_view": {}, "console_view": {}, "grid_view": {}}
-    dash = dashboards(settings.databases.records, str(settings.paths.kernel_cache))
-    if dash:
-        plugins["wsgi_dashboards"] = dash
-    return {
-        "port": f"tcp:{settings.web.port}:interface={settings.web.bind}",
-        "plugins": plugins,
-        "auth": SiteAuth(users),
-        "authz": authz(settings, users),
-        "change_hook_dialects": {
+    return ConfigPart(
+        feature="web",
+        www={
+            "port": f"tcp:{settings.web.port}:interface={settings.web.bind}",
+            "auth": SiteAuth(users),
+            "authz": authz(settings, users),
+            "change_hook_auth": [hook_checker(settings)],
+        },
+        www_plugins={"waterfall_view": {}, "console_view": {}, "grid_view": {}},
+        dialects={
             "base": {
                 "custom_class": BaseChangeHook,
                 "repositories": [r.url for r in settings.repos],
             }
         },
-        "change_hook_auth": [hook_checker(settings)],
-    }
+    )

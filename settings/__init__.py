@@ -16,7 +16,10 @@ git hooks and the ``make run`` launcher all read the settings through it.
 * :mod:`settings.tables`: the service tables; :mod:`settings.features`: the
   feature tables; :mod:`settings.profiles`: ``kconfig/profiles.toml``;
 * :mod:`settings.loader`: which file, the merge, :func:`load`;
-* :mod:`settings.secrets`: the generated passwords and users files.
+* :mod:`settings.secrets`: the generated passwords and users files;
+* :mod:`settings.worker_specs`: which workers exist (the settings and this
+  host's LLC groups); imported on its own, not re-exported here, so a git
+  hook that reads the settings does not read the host topology.
 """
 
 from settings.loader import DEFAULT_FILE, ENV_VAR, REPO_ROOT, load, settings_path

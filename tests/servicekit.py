@@ -34,7 +34,7 @@ in the test module), which yields a started kit with the default options.
 * ``llc_groups``: fake the host topology with these CPU groups, e.g.
   ``[[0], [1]]`` - written as a sysfs tree and passed as ``KTSTR_SYSFS_ROOT``
   to master and workers (CPUs that do not exist here are remapped, see
-  ``workers/spec.py``);
+  ``settings/worker_specs.py``);
 * ``profiles`` / ``branches``: the hosted repository's push profiles and
   branch patterns (defaults ``("tiny",)`` and ``(".*",)``);
 * ``host``: the host part of worker names (default ``"kit"`` → ``kit-llc0``);

@@ -19,9 +19,9 @@ from buildbot.schedulers.forcesched import ForceScheduler
 
 import settings
 from master import builders, webhooks
+from settings.worker_specs import WorkerSpec
 from tests.conftest import REPO, VENV_BIN
 from tests.servicekit import standin_factory
-from workers.spec import WorkerSpec
 
 GOOD_WEBHOOKS = """
 [[external.webhooks]]

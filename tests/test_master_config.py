@@ -19,9 +19,9 @@ import settings
 from master import builders, schedulers, www
 from master.changehook import BaseChangeHook
 from master.frontdoor import SiteAuth
+from settings.worker_specs import WorkerSpec
 from tests.conftest import REPO, VENV_BIN
 from tests.servicekit import standin_factory
-from workers.spec import WorkerSpec
 
 
 @pytest.fixture(autouse=True)

@@ -10,13 +10,11 @@ from buildbot.config.errors import ConfigErrors
 from buildbot.process.properties import Property
 
 import settings
-from ktstr_steps.buildsteps.lookup import not_cache_hit
-from ktstr_steps.buildsteps.matrix import (
-    MatrixLookup,
-    classify_cell,
-    matrix_cell_factory,
-    summary_text,
-)
+from ktstr_steps.buildsteps.checkout import KernelCheckout
+from ktstr_steps.buildsteps.factory import Checkout, Lookup, ReleaseSource, kernel_build_factory
+from ktstr_steps.buildsteps.lookup import CacheLookup, not_cache_hit
+from ktstr_steps.buildsteps.matrix_cell import MatrixLookup
+from ktstr_steps.buildsteps.matrix_run import classify_cell, summary_text
 from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
 from ktstr_steps.buildsteps.reserve import Reserve
@@ -25,8 +23,9 @@ from ktstr_steps.errors import KtstrError
 from ktstr_steps.kernelorg import releases
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
 from master import builders, matrix
+from master.parts import ConfigPart
 from master.schedulers import KtstrForceScheduler
-from workers.spec import WorkerSpec
+from settings.worker_specs import WorkerSpec
 
 ROWS = releases.parse_releases(
     b'{"releases": ['
@@ -66,9 +65,7 @@ def test_defaults_are_disabled_and_valid(tmp_path: Path) -> None:
 
 def test_disabled_matrix_adds_nothing(tmp_path: Path) -> None:
     s = settings.load(settings.DEFAULT_FILE, root=tmp_path)
-    c: dict = {"workers": [], "builders": [], "schedulers": []}
-    matrix.configure(c, s, specs(tmp_path))
-    assert c == {"workers": [], "builders": [], "schedulers": []}
+    assert matrix.config_part(s, specs(tmp_path)) == ConfigPart(feature="matrix")
 
 
 ENABLED = """
@@ -215,24 +212,31 @@ def test_totals_and_summary_words() -> None:
 
 
 def test_cell_factory_follows_the_kernel_build_factory() -> None:
-    """A step added to kernel_build_factory runs for matrix cells too."""
-    from buildbot.plugins import steps as bsteps
+    """Every step of a push build runs for a release cell too, in the same order: the
+    kernel phases (skipped on a hit) on a miss, the rest (publish, record) for every cell;
+    only the git checkout and the tree lookup are the cell's own lookup instead."""
+    push = kernel_build_factory(repourl="/r.git", profile=Property("profile"))
+    cell = kernel_build_factory(checkout=Checkout.RELEASE_TREE, profile=Property("profile"),
+                                releases=ReleaseSource(download_cache="/dl"))
+    [lookup], tail = cell.steps[:1], cell.steps[1:]
+    assert lookup.step_class is MatrixLookup
+    miss, release = lookup.kwargs["miss_steps"], lookup.kwargs["release_steps"]
+    shared = [st for st in push.steps if st.step_class not in (KernelCheckout, CacheLookup)]
+    assert [st.step_class for st in miss + tail + release] == [st.step_class for st in shared]
+    # Skipped on a hit in a push build = added only on a miss in a cell.
+    skipped_on_hit = [st.step_class for st in shared if st.kwargs.get("doStepIf") is not_cache_hit]
+    assert skipped_on_hit and set(skipped_on_hit) <= {st.step_class for st in miss}
+    assert not any(st.kwargs.get("doStepIf") is not_cache_hit for st in tail)
 
-    from ktstr_steps.buildsteps.factory import kernel_build_factory
 
-    def extended(**kw):
-        f = kernel_build_factory(**kw)
-        f.addStep(bsteps.ShellCommand(name="publish", command=["true"]))
-        return f
-
-    f = matrix_cell_factory(download_cache="/dl", base=extended)
-    assert f.steps[-1].kwargs["name"] == "publish"  # after record, also on a cache hit
-
-    def kernel_phase(**kw):
-        f = kernel_build_factory(**kw)
-        f.steps.insert(-2, bsteps.ShellCommand(name="strip", command=["true"],
-                                               doStepIf=not_cache_hit).get_step_factory())
-        return f
-
-    f = matrix_cell_factory(download_cache="/dl", base=kernel_phase)
-    assert f.steps[0].kwargs["miss_steps"][-1].kwargs["name"] == "strip"  # skipped on a hit
+def test_factory_parts_that_make_no_build_are_config_errors() -> None:
+    with pytest.raises(ConfigErrors, match="needs the repository URL"):
+        kernel_build_factory(profile="tiny")
+    with pytest.raises(ConfigErrors, match="needs releases="):
+        kernel_build_factory(checkout=Checkout.RELEASE_TREE, profile="tiny")
+    with pytest.raises(ConfigErrors, match="not fetched with git"):
+        kernel_build_factory(checkout=Checkout.RELEASE_TREE, profile="tiny", repourl="/r.git",
+                             releases=ReleaseSource(download_cache="/dl"))
+    with pytest.raises(ConfigErrors, match="looked up by-tree, not by-version"):
+        kernel_build_factory(checkout=Checkout.TRY_TREE, lookup=Lookup.BY_VERSION,
+                             profile="tiny", repourl="/r.git")

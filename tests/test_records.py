@@ -22,6 +22,7 @@ from twisted.trial import unittest
 from launcher import cli
 from master.records import db, queries
 from master.records.models import VERSION_TABLE, Base, KernelBuild
+from master.records.rows import row_from_result, validate_build_row
 from master.records.service import (
     SERVICE_NAME,
     RecordsService,
@@ -317,7 +318,7 @@ class TestInsert:
         assert count(engine) == 0
 
     def test_row_from_result_object(self, engine):
-        row = queries.row_from_result(RESULT, buildid=5, branch="main", worker="h-llc0")
+        row = row_from_result(RESULT, buildid=5, branch="main", worker="h-llc0")
         rid = queries.insert_build(engine, row)
         got = queries.get_build(engine, id=rid)
         assert got["cache_key"] == RESULT["cache_key"]
@@ -332,7 +333,7 @@ class TestInsert:
         res = dict(
             RESULT, ok=False, outcome="failed", errors=[{"kind": "make-failed", "message": "x"}]
         )
-        row = queries.row_from_result(res, kernel_outcome="cancelled")
+        row = row_from_result(res, kernel_outcome="cancelled")
         assert row["error"] == "make-failed: x"
         assert row["kernel_outcome"] == "cancelled"  # the step's word wins
 
@@ -629,7 +630,7 @@ class TestCli:
         assert cli.main(["records", "--spool"]) == 0
         assert "no rows spooled in" in capsys.readouterr().out
         Spool(base / "records-spool").put(
-            queries.validate_build_row(build_row(buildid=12, branch="dev")),
+            validate_build_row(build_row(buildid=12, branch="dev")),
             why="database is locked",
         )
         assert cli.main(["records", "--spool"]) == 0

@@ -18,6 +18,7 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from master.records import db, queries, retry
+from master.records.rows import validate_build_row
 from master.records.service import RecordsService, RowSpooled
 from master.records.spool import Spool
 from tests.recordskit import SqliteLock
@@ -70,13 +71,13 @@ class TestSpool:
     def test_put_is_durable_ordered_and_readable(self, tmp_path):
         spool = Spool(tmp_path / "spool")
         assert len(spool) == 0 and spool.entries() == []
-        a = spool.put(queries.validate_build_row(build_row(buildid=1)), why="database is locked")
-        b = spool.put(queries.validate_build_row(build_row(buildid=2)), why="x")
+        a = spool.put(validate_build_row(build_row(buildid=1)), why="database is locked")
+        b = spool.put(validate_build_row(build_row(buildid=2)), why="x")
         assert a.name < b.name and len(spool) == 2
         first = spool.entries()[0]
         assert first.buildid == 1 and first.why == "database is locked"
         # Times travel as ISO text and validate again as the same row.
-        assert queries.validate_build_row(first.row)["started_at"] == build_row()["started_at"]
+        assert validate_build_row(first.row)["started_at"] == build_row()["started_at"]
         assert spool.buildids() == {1, 2}
         assert not list((tmp_path / "spool").glob(".tmp-*"))
 
@@ -225,7 +226,7 @@ class TestReadOnlyAndRestart(_ServiceCase):
         # A crash between the database commit and removing the spool file writes the row
         # again on the next start: keyed by build id, that is the same row.
         spool = Spool(self.spool_dir)
-        path = spool.put(queries.validate_build_row(build_row(buildid=21, result="retry")))
+        path = spool.put(validate_build_row(build_row(buildid=21, result="retry")))
         saved = path.read_bytes()
         svc = yield self.start()
         yield wait_until(lambda: len(svc.spool) == 0, 10, "the first flush")
@@ -239,7 +240,7 @@ class TestReadOnlyAndRestart(_ServiceCase):
         spool = Spool(self.spool_dir)
         self.spool_dir.mkdir()
         (self.spool_dir / "00000000000000000001-1-000000.json").write_text("{truncated")
-        spool.put(queries.validate_build_row(build_row(buildid=31)))
+        spool.put(validate_build_row(build_row(buildid=31)))
         svc = yield self.start()
         yield wait_until(lambda: self.rows(), 10, "the good row")
         self.assertEqual([r["buildid"] for r in self.rows()], [31])

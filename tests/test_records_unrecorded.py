@@ -12,6 +12,7 @@ import time
 
 import pytest
 from buildbot.config.builder import BuilderConfig
+from buildbot.process.properties import Property
 from buildbot.process.results import EXCEPTION, RETRY, SUCCESS
 from buildbot.test import fakedb
 from buildbot.test.fake import fakemaster
@@ -22,6 +23,7 @@ from twisted.trial import unittest
 
 from ktstr_steps.buildsteps.factory import kernel_build_factory
 from master.records import db, queries
+from master.records.rows import validate_build_row
 from master.records.spool import Spool
 from master.records.unrecorded import (
     OUTCOME,
@@ -50,11 +52,12 @@ def standin_config() -> BuilderConfig:
 
 
 def test_kernel_builders_are_those_with_a_record_step():
-    from ktstr_steps.buildsteps.matrix import matrix_cell_factory
+    from ktstr_steps.buildsteps.factory import Checkout, ReleaseSource
 
-    cell = BuilderConfig(name="matrix-cell", workernames=["w"], factory=matrix_cell_factory(
-        download_cache="/dl", mirror="https://cdn.kernel.org/pub/linux/kernel",
-        rc_mirror="https://git.kernel.org/torvalds/t", cpu_cap=None))
+    cell = BuilderConfig(name="matrix-cell", workernames=["w"], factory=kernel_build_factory(
+        checkout=Checkout.RELEASE_TREE, profile=Property("profile"), releases=ReleaseSource(
+            download_cache="/dl", mirror="https://cdn.kernel.org/pub/linux/kernel",
+            rc_mirror="https://git.kernel.org/torvalds/t"), cpu_cap=None))
 
     class Config:
         builders = [kernel_config(), standin_config(), cell]
@@ -221,7 +224,7 @@ class TestOnAFakeMaster(TestReactorMixin, unittest.TestCase):
         yield self.add_build(96, builderid=STANDIN)
         yield self.add_build(97)
         # The record step's row of 97 waits in the spool for the database.
-        self.spool.put(queries.validate_build_row(build_row(buildid=97)), why="locked")
+        self.spool.put(validate_build_row(build_row(buildid=97)), why="locked")
         yield self.finished(96)
         yield self.finished(97)
         self.reactor.advance(6)

@@ -1,4 +1,5 @@
-"""The seed's reservation tests, in Python, plus the release order and nothing-left-held rules.
+"""The build reservation (ktstr's LLC flocks and the cpuset sandbox), its release order and
+the nothing-left-held rules.
 
 These take real LLC flocks (in a per-test lock directory, so they never contend
 with a real build on this host) and create real v1 cpuset cgroups; the process

@@ -25,7 +25,8 @@ from ktstr_steps.buildsteps.base import (
 )
 from ktstr_steps.keys import crc32_hex
 
-# Importing buildbot.test turned every warning into an error (buildbot.md §2.5);
+# Importing buildbot.test turns every warning into an error (buildbot/test/__init__.py
+# calls warnings.filterwarnings("error"));
 # third-party DeprecationWarnings must not fail these tests under trial or -p no:warnings.
 warnings.filterwarnings("default", category=DeprecationWarning)
 

@@ -14,7 +14,8 @@ from buildbot.test.steps import ExpectRemoteRef, ExpectRmdir, ExpectUploadFile
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from ktstr_steps.buildsteps.publish import SERVICE_NAME, PublishKernel
+from ktstr_steps.buildsteps.publish import PublishKernel
+from ktstr_steps.buildsteps.services import ARTIFACTS_SERVICE_NAME as SERVICE_NAME
 from tests.test_steps_base import STATE, KtstrStepMixin, answer, ktstr
 
 KEY = "local-1a2b3c4-x86_64-kc0123abcd"

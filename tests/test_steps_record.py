@@ -112,7 +112,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
 
     def test_row_is_valid_for_the_records_database(self) -> None:
         # Cross-check with the records side's own validator: every key is a column.
-        from master.records.queries import validate_build_row
+        from master.records.rows import validate_build_row
 
         records = FakeRecords()
         self.setup_ktstr_step(Record(records=records), **WORKER_PROPS, **REACHED_LOOKUP)

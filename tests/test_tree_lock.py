@@ -1,4 +1,4 @@
-"""The source-tree lock: the seed's tests in Python, plus the timeout we added."""
+"""The source-tree lock (ktstr's per-tree flock under ``<cache>/.locks``), and its wait timeout."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def second(canonical: str, cache: Path, wait: str = "none") -> subprocess.Popen:
 def test_path_is_source_crc32_under_cache_locks(isolated_env):
     assert source_lock_path("/home/u/linux", isolated_env) == (
         isolated_env / ".locks" / "source-782a63a6.lock"
-    )  # the reference's worked example
+    )  # CRC32 of the path as ktstr computes it: source-782a63a6.lock
     raw = b"/src/\xfflinux"  # non-UTF-8 bytes hash as they are
     expected = f"source-{zlib.crc32(raw) & 0xFFFFFFFF:08x}.lock"
     assert source_lock_path(raw, isolated_env).name == expected
@@ -132,7 +132,7 @@ def test_wait_times_out_with_a_clear_error_and_holds_nothing(isolated_env):
 
 def test_same_process_second_open_contends_like_a_thread(isolated_env):
     # flock is per open file description: a second acquire in this very process
-    # must contend, not silently share (the seed's test uses a thread).
+    # must contend, not silently share, just as a second thread's would.
     lock = acquire_source_tree_lock("/tmp/fake-same-process", isolated_env)
     try:
         with pytest.raises(ResourceContention):

@@ -10,8 +10,8 @@ from buildbot.config.errors import ConfigErrors
 
 import settings as settings_mod
 from master import builders, tryjobs
+from settings.worker_specs import WorkerSpec
 from tests.servicekit import standin_factory
-from workers.spec import WorkerSpec
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_try_builders_copy_the_push_builders(base: settings_mod.Settings, tmp_pa
 
 
 def test_real_factory_gets_the_try_checkout(base: settings_mod.Settings, tmp_path: Path) -> None:
-    from ktstr_steps.buildsteps.checkout import KernelCheckout
+    from ktstr_steps.buildsteps.checkout import KernelCheckout, TryCheckout
 
     s = with_try(base, profiles=["tiny"])
     specs = [WorkerSpec(name="h-llc0", host="h", llc_index=0, cpus=(0,), node=0,
@@ -99,8 +99,8 @@ def test_real_factory_gets_the_try_checkout(base: settings_mod.Settings, tmp_pat
     by_name = {b.name: b for b in c["builders"]}
     push = [sf.step_class for sf in by_name["linux-tiny"].factory.steps]
     tried = [sf.step_class for sf in by_name["try-tiny"].factory.steps]
-    assert KernelCheckout in push and tryjobs.TryCheckout in tried
-    assert [c for c in tried if c is not tryjobs.TryCheckout] == \
+    assert KernelCheckout in push and TryCheckout in tried
+    assert [c for c in tried if c is not TryCheckout] == \
         [c for c in push if c is not KernelCheckout]
 
 

@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 
 import settings
+from settings import worker_specs
 from tests.conftest import REPO
 from tests.servicekit import write_fake_sysfs
-from workers import llc_groups
-from workers import spec as wspec
 
 
 def test_groups_by_llc(tmp_path: Path) -> None:
     root = write_fake_sysfs(tmp_path / "sys", [[0, 1], [2, 3]])
-    groups = llc_groups.llc_groups(root)
+    groups = worker_specs.llc_groups(root)
     assert [(g.index, g.cpus, g.node) for g in groups] == [(0, (0, 1), 0), (1, (2, 3), 0)]
 
 
@@ -26,42 +25,42 @@ def test_groups_without_cache_info(tmp_path: Path) -> None:
     for c in range(3):
         (cpu / f"cpu{c}").mkdir(parents=True)
     (cpu / "online").write_text("0-2\n")
-    [g] = llc_groups.llc_groups(tmp_path)
+    [g] = worker_specs.llc_groups(tmp_path)
     assert g.cpus == (0, 1, 2)
 
 
 def test_groups_unreadable(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="cannot read this host's LLC topology: sysfs unreadable"):
-        llc_groups.llc_groups(tmp_path)
+        worker_specs.llc_groups(tmp_path)
 
 
 def test_llc_groups_honours_ktstr_sysfs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KTSTR_SYSFS_ROOT", str(write_fake_sysfs(tmp_path, [[0], [1], [2, 3]])))
-    assert [g.cpus for g in llc_groups.llc_groups()] == [(0,), (1,), (2, 3)]
+    assert [g.cpus for g in worker_specs.llc_groups()] == [(0,), (1,), (2, 3)]
     monkeypatch.setenv("KTSTR_SYSFS_ROOT", str(tmp_path / "missing"))
     with pytest.raises(RuntimeError, match="KTSTR_SYSFS_ROOT"):
-        llc_groups.llc_groups()
+        worker_specs.llc_groups()
 
 
 def test_real_host_groups_cover_online_cpus() -> None:
     from ktstr_steps.cpulist import parse_cpulist
 
-    groups = llc_groups.llc_groups()
+    groups = worker_specs.llc_groups()
     assert [g.index for g in groups] == list(range(len(groups)))
     online = parse_cpulist(Path("/sys/devices/system/cpu/online").read_text())
     assert sorted(c for g in groups for c in g.cpus) == online
     # the default root is the real /sys
-    assert llc_groups.llc_groups(Path("/sys")) == groups
+    assert worker_specs.llc_groups(Path("/sys")) == groups
 
 
 def test_map_cpus() -> None:
-    assert wspec.map_cpus((0, 1), {0, 1}) == ((0, 1), None)
-    pinned, note = wspec.map_cpus((1,), {0, 1})
+    assert worker_specs.map_cpus((0, 1), {0, 1}) == ((0, 1), None)
+    pinned, note = worker_specs.map_cpus((1,), {0, 1})
     assert pinned == (1,) and note is None
-    pinned, note = wspec.map_cpus((4, 5, 6, 7), {0, 1})
+    pinned, note = worker_specs.map_cpus((4, 5, 6, 7), {0, 1})
     assert pinned == (0, 1)
     assert "recorded LLC CPUs 4-7 are not all usable" in note and "pinned to 0-1" in note
-    pinned, _ = wspec.map_cpus((3,), {0, 1})
+    pinned, _ = worker_specs.map_cpus((3,), {0, 1})
     assert pinned == (1,)  # 3 mod 2
 
 
@@ -74,7 +73,7 @@ def settings_for(tmp_path: Path, extra: str = "") -> settings.Settings:
 def test_auto_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KTSTR_SYSFS_ROOT", str(write_fake_sysfs(tmp_path / "fs", [[0], [1]])))
     s = settings_for(tmp_path)
-    specs = wspec.worker_specs(s)
+    specs = worker_specs.worker_specs(s)
     assert [x.name for x in specs] == ["box-llc0", "box-llc1"]
     assert [x.pin_cpus for x in specs] == [(0,), (1,)]
     assert specs[1].basedir == tmp_path / "var/workers/box-llc1"
@@ -98,7 +97,7 @@ host = "far"
 llc_index = 3
 cpus = "24-31"
 """)
-    local, remote = wspec.worker_specs(s)
+    local, remote = worker_specs.worker_specs(s)
     assert local.local and local.pin_cpus == (0,)
     assert not remote.local and remote.pin_cpus is None and remote.cpus == tuple(range(24, 32))
 

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
 
 def _list(args: argparse.Namespace) -> int:
     from settings import SettingsError, load
-    from workers.spec import worker_specs
+    from settings.worker_specs import worker_specs
 
     try:
         specs = worker_specs(load())

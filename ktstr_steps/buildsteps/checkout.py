@@ -1,10 +1,17 @@
-"""Checkout: Buildbot's own Git step, pointed at the per-branch tree shared by the host's workers."""
+"""Checkout: Buildbot's own Git step, pointed at the per-branch tree shared by the host's workers.
+
+:class:`KernelCheckout` fetches the branch into its tree; :class:`TryCheckout`
+is the same step for try builds, whose patch Buildbot's Git step applies on top
+of the branch (``git apply --index``), and says so when the patch does not apply.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 from buildbot.interfaces import IRenderable
+from buildbot.process import buildstep, logobserver
 from buildbot.process.results import FAILURE
 from buildbot.steps.source.git import Git
 
@@ -38,3 +45,34 @@ class KernelCheckout(Git):
             self.descriptionDone = [problem]
             return FAILURE
         return super().run()
+
+
+class TryCheckout(KernelCheckout):
+    """KernelCheckout whose failure to apply the try patch is named as such.
+
+    Buildbot's Git step only says "update (failure)" when ``git apply`` refuses the
+    patch; a developer sending a try needs to read that the patch does not apply
+    to the branch, and git's first complaint, without opening the log.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.git_errors: list[str] = []
+        self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._consume))
+
+    def _consume(self) -> Generator[None, tuple[str, str], None]:
+        while True:
+            _stream, line = yield
+            if line.startswith("error:") and len(self.git_errors) < 5:
+                self.git_errors.append(line.strip())
+
+    async def applyPatch(self, patch: Any) -> Any:
+        try:
+            return await super().applyPatch(patch)
+        except buildstep.BuildStepFailed:
+            # The observer sees a line only once the log is flushed.
+            await self.stdio_log.flush()
+            rev = f"@{self.revision[:12]}" if self.revision else ""
+            why = f": {self.git_errors[0]}" if self.git_errors else ""
+            self.descriptionDone = [f"try patch does not apply to {self.branch}{rev}{why}"]
+            raise

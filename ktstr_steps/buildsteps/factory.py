@@ -1,16 +1,53 @@
-"""The kernel build factory: every step of one build, in order (DESIGN.md "Data flow")."""
+"""The kernel build factory: one function composes every kind of kernel build from its parts.
+
+Every kernel builder (pushes and forced builds, try builds, builds of polled
+or webhook repositories, matrix cells) gets its factory from
+:func:`kernel_build_factory`, called with the parts that make it what it is:
+
+* ``checkout``, where the tree comes from (:class:`Checkout`): the builder's
+  per-branch tree fetched with git (``BRANCH_TREE``); that tree with a try
+  patch applied on top (``TRY_TREE``); a kernel.org release tarball that the
+  lookup extracts into the tree store (``RELEASE_TREE``);
+* ``lookup``, how the cache key is found (:class:`Lookup`): from the checked
+  out tree (``BY_TREE``), or from the release version (``BY_VERSION``) before
+  any reservation, so a cached release costs no download and no reservation;
+  it follows from the checkout unless given;
+* ``repourl`` for a git tree, ``releases`` (:class:`ReleaseSource`) for a
+  release tree;
+* ``profile``, ``cpu_cap``, ``lock_wait``, ``force``, ``clean``, ``ktstr_ci``.
+
+The steps, in build order (a git tree)::
+
+    reserve, source-lock, checkout, cache-lookup, configure, make, validate,
+    compile-commands, cache-store, publish, record, release
+
+A cache hit skips configure..cache-store (``doStepIf``) and the build
+succeeds; any failure halts the kernel phases; record and release always run,
+also after a stop, so every build is recorded and nothing stays held. A
+release tree starts with its lookup instead, which on a miss adds reserve,
+source-lock and the kernel phases after itself and release at the end
+(:class:`ktstr_steps.buildsteps.matrix_cell.MatrixLookup`); publish and record
+run for every cell, hit or not.
+"""
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from buildbot import config
 from buildbot.interfaces import IRenderable
+from buildbot.process.buildstep import BuildStep
 from buildbot.process.factory import BuildFactory
 from buildbot.process.properties import Property
 
-from ktstr_steps.buildsteps.checkout import KernelCheckout
+from ktstr_steps.buildsteps.checkout import KernelCheckout, TryCheckout
 from ktstr_steps.buildsteps.compile_commands import CompileCommands
 from ktstr_steps.buildsteps.configure import Configure
 from ktstr_steps.buildsteps.lookup import CacheLookup, not_cache_hit
 from ktstr_steps.buildsteps.make import KernelMake
+from ktstr_steps.buildsteps.matrix_cell import EXTRACTED_TREE, MatrixLookup
 from ktstr_steps.buildsteps.publish import PublishKernel
 from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
@@ -52,39 +89,116 @@ KERNEL_PROPERTIES: tuple[str, ...] = (
 DEFAULT_CPU_CAP = Property("llc_ncpus", default=None)
 
 
+class Lookup(enum.Enum):
+    """How a build finds its cache key."""
+
+    BY_TREE = "by-tree"  # phase lookup --source: the checked-out tree's commit and state
+    BY_VERSION = "by-version"  # phase lookup --version: the release, before any reservation
+
+
+class Checkout(enum.Enum):
+    """Where a build's kernel tree comes from."""
+
+    BRANCH_TREE = "branch-tree"  # the builder's per-branch tree, fetched with git
+    TRY_TREE = "try-tree"  # that tree with the try patch applied (a dirty tree)
+    RELEASE_TREE = "release-tree"  # a kernel.org release tarball, extracted by the lookup
+
+    @property
+    def lookup(self) -> Lookup:
+        """The lookup this tree needs: a release tree exists only once its lookup fetched it."""
+        return Lookup.BY_VERSION if self is Checkout.RELEASE_TREE else Lookup.BY_TREE
+
+
+@dataclass(frozen=True)
+class ReleaseSource:
+    """Where a release tree's tarball comes from: the host's download cache and the mirrors."""
+
+    download_cache: str
+    mirror: str | None = None
+    rc_mirror: str | None = None
+
+
+def parts_problem(checkout: Checkout, lookup: Lookup, repourl: Any,
+                  releases: ReleaseSource | None) -> str | None:
+    """Why these parts make no build, or None."""
+    if lookup is not checkout.lookup:
+        return (f"a {checkout.value} checkout is looked up {checkout.lookup.value}, "
+                f"not {lookup.value}")
+    if checkout is Checkout.RELEASE_TREE:
+        if releases is None:
+            return "a release tree needs releases= (the download cache and mirrors)"
+        if repourl is not None:
+            return "a release tree is not fetched with git: give no repourl"
+        return None
+    if repourl is None:
+        return f"a {checkout.value} checkout needs the repository URL (repourl=)"
+    if releases is not None:
+        return f"a {checkout.value} checkout downloads no release: give no releases="
+    return None
+
+
 def kernel_build_factory(
     *,
-    repourl: str | IRenderable,
     profile: str | IRenderable,
+    checkout: Checkout = Checkout.BRANCH_TREE,
+    lookup: Lookup | None = None,
+    repourl: str | IRenderable | None = None,
+    releases: ReleaseSource | None = None,
     cpu_cap: int | IRenderable | None = None,
     lock_wait: int = 3600,
     force: bool | IRenderable = False,
     clean: bool | IRenderable = False,
     ktstr_ci: str = "ktstr-ci",
 ) -> BuildFactory:
-    """reserve → source-lock → checkout → cache-lookup → configure → make → validate →
-    compile-commands → cache-store → publish → record → release.
-
-    A cache hit skips configure..cache-store (doStepIf) and the build succeeds;
-    any failure halts the kernel phases; record and release always run, also
-    after a stop, so every build is recorded and nothing stays held.
-    """
+    """The factory of one kind of kernel build, composed from its parts (module docstring)."""
+    lookup = checkout.lookup if lookup is None else lookup
+    problem = parts_problem(checkout, lookup, repourl, releases)
+    if problem is not None:
+        config.error(f"kernel_build_factory: {problem}", always_raise=True)
     cap = DEFAULT_CPU_CAP if cpu_cap is None else cpu_cap
     kernel_phase = {"ktstr_ci": ktstr_ci, "doStepIf": not_cache_hit}
-    factory = BuildFactory()
-    factory.addSteps([
-        Reserve(cpu_cap=cap, lock_wait=lock_wait, ktstr_ci=ktstr_ci),
-        SourceLock(lock_wait=lock_wait, ktstr_ci=ktstr_ci),
-        KernelCheckout(repourl=repourl),
-        CacheLookup(profile=profile, force=force, ktstr_ci=ktstr_ci),
+    phases: list[BuildStep] = [
         Configure(clean=clean, **kernel_phase),
         KernelMake(**kernel_phase),
         Validate(**kernel_phase),
         CompileCommands(**kernel_phase),
         CacheStore(**kernel_phase),
-        # Before release: the source tree's files are still this build's under its lock.
-        PublishKernel(ktstr_ci=ktstr_ci),
-        Record(ktstr_ci=ktstr_ci),
-        Release(ktstr_ci=ktstr_ci),
-    ])
+    ]
+    reserve = Reserve(cpu_cap=cap, lock_wait=lock_wait, ktstr_ci=ktstr_ci)
+    # Before release: the source tree's files are still this build's under its lock.
+    every_build = [PublishKernel(ktstr_ci=ktstr_ci), Record(ktstr_ci=ktstr_ci)]
+    release = Release(ktstr_ci=ktstr_ci)
+    factory = BuildFactory()
+    if lookup is Lookup.BY_TREE:
+        checkout_step = TryCheckout if checkout is Checkout.TRY_TREE else KernelCheckout
+        factory.addSteps([
+            reserve,
+            SourceLock(lock_wait=lock_wait, ktstr_ci=ktstr_ci),
+            checkout_step(repourl=repourl),
+            CacheLookup(profile=profile, force=force, ktstr_ci=ktstr_ci),
+            *phases,
+            *every_build,
+            release,
+        ])
+        return factory
+    assert releases is not None  # parts_problem refused a release tree without it
+    miss = [reserve, SourceLock(tree=EXTRACTED_TREE, lock_wait=lock_wait, ktstr_ci=ktstr_ci),
+            *phases]
+    factory.addStep(MatrixLookup(
+        profile=profile, force=force, download_cache=releases.download_cache,
+        mirror=releases.mirror, rc_mirror=releases.rc_mirror, ktstr_ci=ktstr_ci,
+        # Step factories, not steps: every build makes its own steps from them.
+        miss_steps=[s.get_step_factory() for s in miss],
+        release_steps=[release.get_step_factory()],
+    ))
+    factory.addSteps(every_build)
     return factory
+
+
+__all__ = [
+    "KERNEL_PROPERTIES",
+    "Checkout",
+    "Lookup",
+    "ReleaseSource",
+    "kernel_build_factory",
+]

@@ -11,9 +11,10 @@ Files travel with Buildbot's ``uploadFile`` worker command, so the worker may be
 another host. Everything lands in a hidden ``.partial-*`` directory first and is
 renamed into place at the end: the web server never serves half a build.
 
-The step finds the master's artifacts service (``master/artifacts.py``) by name;
-without it the step is skipped. The step never fails a build whose kernel was
-built: a problem gathering or uploading the files is WARNINGS with the reason.
+The step finds the master's artifacts service (``master/artifacts.py``) by its
+name (:mod:`ktstr_steps.buildsteps.services`); without it the step is skipped.
+The step never fails a build whose kernel was built: a problem gathering or
+uploading the files is WARNINGS with the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from buildbot.interfaces import IRenderable
 from buildbot.process import remotecommand, remotetransfer
@@ -31,22 +32,11 @@ from buildbot.process.results import CANCELLED, FAILURE, SKIPPED, SUCCESS, WARNI
 from twisted.internet import threads
 
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, safe_name, state_path
+from ktstr_steps.buildsteps.services import ArtifactsService, find_artifacts_service
 from ktstr_steps.bundle import CONFIG, MANIFEST, SUMS, VMLINUX
 from ktstr_steps.cache.metadata import METADATA
 
-SERVICE_NAME = "ktstr_artifacts"
 PARTIAL_PREFIX = ".partial-"
-
-
-class ArtifactsService(Protocol):
-    """What the step needs from the master's artifacts service."""
-
-    root: Path
-    max_file_bytes: int | None
-
-    def url_for(self, builder_dir: str, number: int, name: str = "") -> str: ...
-
-    def published(self, builder_dir: str) -> Any: ...  # Deferred; applies retention
 
 
 def builder_dir(builder: str) -> str:
@@ -95,9 +85,7 @@ class PublishKernel(KtstrCiStep):
         return ["--state", self.state]
 
     def service(self) -> ArtifactsService | None:
-        # Buildbot 4.3 keeps c['services'] in the service manager, not master.namedServices.
-        manager = getattr(self.master, "service_manager", None)
-        return (getattr(manager, "namedServices", None) or {}).get(SERVICE_NAME)
+        return find_artifacts_service(self.master)
 
     def interpret_failure(self, data: dict[str, Any]) -> str:
         return f"nothing published: {super().interpret_failure(data)}"
@@ -231,4 +219,4 @@ def _human(size: int) -> str:
     return f"{size} B"
 
 
-__all__ = ["PARTIAL_PREFIX", "SERVICE_NAME", "PublishKernel", "builder_dir"]
+__all__ = ["PARTIAL_PREFIX", "PublishKernel", "builder_dir"]

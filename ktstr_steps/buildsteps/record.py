@@ -1,10 +1,15 @@
-"""Record: one row per build in the records database, whatever happened to the build."""
+"""Record: one row per build in the records database, whatever happened to the build.
+
+The row goes through the master's records service, found by its name at run
+time (:mod:`ktstr_steps.buildsteps.services`); without one the step ends
+WARNINGS with ``not recorded: no records service configured``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, Protocol
+from typing import Any
 
 from buildbot.interfaces import IRenderable
 from buildbot.process.results import (
@@ -25,30 +30,13 @@ from ktstr_steps.buildsteps.base import (
     parse_json_object,
     state_path,
 )
+from ktstr_steps.buildsteps.services import RecordsService, find_records_service
 from ktstr_steps.cpulist import format_cpulist, parse_cpulist
 from ktstr_steps.results import PHASES, BuildResult, Outcome
 
 # Result-object fields copied to the row (and the build's properties) as they are.
 _SAME_NAME = ("cache_key", "config_hash", "kconfig_hash", "extra_kconfig_hash", "dirty",
               "make_jobs", "make_warnings", "image_path", "entry_dir", "diff_hash")
-
-
-class RecordsService(Protocol):
-    def record(self, row: dict[str, Any]) -> Any:  # Deferred[int]
-        ...
-
-
-def find_records_service(master: Any) -> tuple[RecordsService | None, str | None]:
-    """The master's records service, or ``(None, why)``: a missing one is a warning, not a crash."""
-    try:
-        from master.records.service import get_records_service
-    except ImportError as exc:
-        return None, f"records service not installed ({exc})"
-    try:
-        svc = get_records_service(master)
-    except Exception as exc:  # a half-configured service must not stop the release step
-        return None, f"records service unavailable: {exc}"
-    return (svc, None) if svc is not None else (None, "no records service configured")
 
 
 def _cpus_text(value: Any) -> str | None:

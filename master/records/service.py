@@ -1,15 +1,10 @@
 """The records database as a Buildbot service: steps call it, it writes off the reactor.
 
-In master.cfg::
-
-    from master.records.service import RecordsService
-    c["services"] = [RecordsService(db_url="postgresql+psycopg2://ci@db/records")]
-
-and in a step::
-
-    svc = get_records_service(self.master)
-    if svc is not None:
-        rowid = yield svc.record(row)
+The records part of the configuration adds it to ``c['services']`` under the
+name :data:`ktstr_steps.buildsteps.services.RECORDS_SERVICE_NAME`; the record
+and matrix steps find it by that name at run time
+(``ktstr_steps.buildsteps.services.find_records_service``) and use what its
+Protocol lists: ``record``, ``start_matrix_run``, ``finish_matrix_run``.
 
 Every database call runs in the service's own thread pool (never the reactor
 thread, never Buildbot's DB pool), so a slow or locked records DB cannot stall
@@ -47,12 +42,12 @@ from twisted.internet import defer, task, threads
 from twisted.python import log
 from twisted.python.threadpool import ThreadPool
 
-from master.records import db, queries, retry
+from ktstr_steps.buildsteps.services import RECORDS_SERVICE_NAME as SERVICE_NAME
+from ktstr_steps.buildsteps.services import services_of
+from master.records import db, queries, retry, rows
 from master.records.retry import Backoff, RecordsUnavailable
 from master.records.spool import SPOOL_DIRNAME, Spool, SpoolError
 from master.records.unrecorded import UnrecordedBuilds
-
-SERVICE_NAME = "ktstr_records"
 
 # How long one SQLite write waits for another process's lock before it counts as a
 # failed attempt: short, so that the retry budget is spent on several attempts and a
@@ -366,7 +361,7 @@ class RecordsService(service.BuildbotService):
         Deferred fails with :class:`RowSpooled` (the row will still be written).
         """
         try:
-            clean = queries.validate_build_row(row)
+            clean = rows.validate_build_row(row)
         except db.InvalidRecord:
             return defer.fail()
         return defer.ensureDeferred(self._write(clean))
@@ -448,13 +443,8 @@ class RecordsService(service.BuildbotService):
 
 
 def get_records_service(master: Any) -> RecordsService | None:
-    """The configured records service of a master, or None when master.cfg has none.
-
-    Buildbot 4.3 keeps ``c['services']`` under ``master.service_manager.namedServices``
-    (not ``master.namedServices``).
-    """
-    manager = getattr(master, "service_manager", None)
-    named = getattr(manager, "namedServices", None) or {}
+    """The configured records service of a master, or None when master.cfg has none."""
+    named = services_of(master)
     svc = named.get(SERVICE_NAME)
     if isinstance(svc, RecordsService):
         return svc

@@ -44,7 +44,8 @@ from buildbot.process.results import CANCELLED, EXCEPTION, RETRY, statusToString
 from twisted.internet import defer
 from twisted.python import log
 
-from master.records import queries, retry
+from ktstr_steps.results import PHASES
+from master.records import queries, retry, rows
 from master.records.db import InvalidRecord
 
 if TYPE_CHECKING:
@@ -146,14 +147,14 @@ def interrupted_row(
         if props.get(name) is not None:
             row[name] = props[name]
     if isinstance(phases, Mapping):
-        row["phases"] = {k: v for k, v in phases.items() if k in queries.PHASES}
+        row["phases"] = {k: v for k, v in phases.items() if k in PHASES}
     try:
-        return queries.validate_build_row(row)
+        return rows.validate_build_row(row)
     except InvalidRecord as exc:
         log.msg(f"records: build {build['buildid']}: some properties do not fit the row "
                 f"and are left out ({exc})")
         core = {k: row[k] for k in _CORE}
-        return queries.validate_build_row(core)
+        return rows.validate_build_row(core)
 
 
 class UnrecordedBuilds:

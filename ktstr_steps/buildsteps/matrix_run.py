@@ -1,4 +1,4 @@
-"""The nightly matrix's steps: the parent run (resolve, fan out, finish) and the cell's lookup.
+"""The nightly matrix's parent run: resolve the versions, fan out the cells, finish the run.
 
 A matrix run is one build of the ``matrix`` builder (master/matrix.py) whose
 steps run on the master only (its worker is an in-process LocalWorker, so a
@@ -14,21 +14,21 @@ waiting parent never occupies an LLC group):
 * :class:`MatrixFinish` (always runs) closes the run row with the totals and
   sets the build's summary ``N cells: B built, H cache hits, F failed``.
 
-A version cell runs :func:`matrix_cell_factory`: :class:`MatrixLookup`
-(``phase lookup --version``: a cache hit ends the cell in seconds, before any
-reservation or download) and then the kernel build factory's own phases.
-Branch cells run the repository's push builder (same tree, same steps).
+A version cell is a kernel build of a release tarball tree
+(``kernel_build_factory(checkout=Checkout.RELEASE_TREE, ...)``, whose lookup
+is :class:`ktstr_steps.buildsteps.matrix_cell.MatrixLookup`); a branch cell
+runs the repository's push builder (same tree, same steps). The steps reach
+the records service by its name (:mod:`ktstr_steps.buildsteps.services`);
+without one the run's cells still build and the steps end WARNINGS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from buildbot.interfaces import IRenderable
 from buildbot.process import buildstep
 from buildbot.process.factory import BuildFactory
-from buildbot.process.properties import Properties, Property
+from buildbot.process.properties import Properties
 from buildbot.process.results import (
     CANCELLED,
     FAILURE,
@@ -41,12 +41,8 @@ from buildbot.reporters.utils import getURLForBuild
 from twisted.internet import defer, threads
 from twisted.internet.utils import getProcessOutputAndValue
 
-from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, one_line
-from ktstr_steps.buildsteps.checkout import KernelCheckout
-from ktstr_steps.buildsteps.lookup import CacheLookup, not_cache_hit, take_lookup
-from ktstr_steps.buildsteps.release import Release
-from ktstr_steps.buildsteps.reserve import Reserve
-from ktstr_steps.buildsteps.sourcelock import SourceLock
+from ktstr_steps.buildsteps.base import one_line
+from ktstr_steps.buildsteps.services import RecordsService, find_records_service
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.kernelorg import http as kernelorg_http
 from ktstr_steps.kernelorg import releases, urls
@@ -60,10 +56,6 @@ TOTALS_PROP = "matrix_totals"
 RELEASES_TIMEOUT = 30.0
 # What the user changes to fetch releases.json from elsewhere.
 RELEASES_SETTING = "matrix.releases_url"
-# What a cell build knows: the fan-out sets the first two, the worker has tree_store.
-VERSION_PROP = Property("kernel_version")
-PROFILE_PROP = Property("profile")
-TREE_STORE_PROP = Property("tree_store")
 
 
 def summary_text(cells: int, built: int, hits: int, failed: int) -> str:
@@ -85,9 +77,7 @@ def classify_cell(results: int | None, outcome: str | None) -> str:
 class _MasterStep(buildstep.BuildStep):
     """A step that runs on the master only (no remote commands)."""
 
-    def records(self) -> tuple[Any, str | None]:
-        from ktstr_steps.buildsteps.record import find_records_service
-
+    def records(self) -> tuple[RecordsService | None, str | None]:
         return find_records_service(self.master)
 
 
@@ -400,143 +390,6 @@ class MatrixFinish(_MasterStep):
         return summary
 
 
-# ---------------------------------------------------------------- cell steps
-
-
-class MatrixLookup(KtstrCiStep):
-    """``ktstr-ci phase lookup --version V``: a hit ends the cell; a miss fetches the tree."""
-
-    name = "cache-lookup"
-    description = ["looking up cache"]
-    subcommand = ("phase", "lookup")
-    phase = "lookup"
-    renderables = ["version", "profile", "tree_store", "download_cache", "force"]
-
-    def __init__(
-        self,
-        *,
-        version: str | IRenderable = VERSION_PROP,
-        profile: str | IRenderable = PROFILE_PROP,
-        tree_store: str | IRenderable = TREE_STORE_PROP,
-        download_cache: str | IRenderable,
-        mirror: str | None = None,
-        rc_mirror: str | None = None,
-        force: bool | IRenderable = False,
-        state: str = "ktstr-state.json",
-        miss_steps: list[Any] | None = None,
-        release_steps: list[Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.miss_steps = list(miss_steps or [])
-        self.release_steps = list(release_steps or [])
-        for name, value in (("version", version), ("profile", profile),
-                            ("tree_store", tree_store), ("download_cache", download_cache)):
-            check_renderable_or(value, str, type(self), name)
-        check_renderable_or(force, bool, type(self), "force")
-        self.version = version
-        self.profile = profile
-        self.tree_store = tree_store
-        self.download_cache = download_cache
-        self.mirror = mirror
-        self.rc_mirror = rc_mirror
-        self.force = force
-        self.state = state
-        # A download prints a progress line a second; extraction of a real tree is quiet
-        # for a minute or two.
-        kwargs.setdefault("timeout", 3600)
-        super().__init__(**kwargs)
-
-    def check_rendered(self) -> str | None:
-        if not self.version:
-            return "no kernel_version property: this builder is started by the matrix run"
-        if not self.profile:
-            return "no profile property: this builder is started by the matrix run"
-        if not self.tree_store:
-            return "worker property tree_store is not set: no place for the extracted tree"
-        return None
-
-    def arguments(self) -> list[str]:
-        argv = ["--state", self.state, "--version", str(self.version),
-                "--profile", str(self.profile), "--download-cache", str(self.download_cache),
-                "--tree-store", str(self.tree_store)]  # fmt: skip
-        if self.mirror:
-            argv += ["--mirror", self.mirror]
-        if self.rc_mirror:
-            argv += ["--rc-mirror", self.rc_mirror]
-        return argv + (["--force"] if self.force else [])
-
-    def interpret(self, data: dict[str, Any]) -> int:
-        if take_lookup(self, data):
-            return SUCCESS
-        key = data.get("cache_key")
-        self.set_prop("source_tree", data.get("source_dir"))
-        # A miss: the kernel phases run next, the reservation's release last.
-        if self.miss_steps:
-            self.build.addStepsAfterCurrentStep(self.miss_steps)
-        if self.release_steps:
-            self.build.addStepsAfterLastStep(self.release_steps)
-        if data.get("downloaded"):
-            how = "downloaded"
-        elif data.get("tarball"):
-            how = "tarball from the download cache"
-        else:
-            how = "extracted tree reused"
-        self.descriptionDone = f"cache miss {key} ({how})"
-        return SUCCESS
-
-
-def matrix_cell_factory(
-    *,
-    download_cache: str,
-    mirror: str | None = None,
-    rc_mirror: str | None = None,
-    cpu_cap: int | None = None,
-    ktstr_ci: str = "ktstr-ci",
-    base: Callable[..., BuildFactory] | None = None,
-) -> BuildFactory:
-    """cache-lookup (``--version``) first, then the kernel build factory's steps.
-
-    The steps come from ``kernel_build_factory`` itself, so a step added there
-    (e.g. downloadable artifacts) runs for matrix cells too. Changes: no git
-    checkout (the tree is the extracted tarball), and the lookup runs before the
-    reservation. The build phases (reserve .. cache-store) and release are not
-    in the factory: :class:`MatrixLookup` adds them to the build on a miss, so a
-    cached cell is lookup + record (+ publishing), not eleven step rows (each step
-    costs master database writes; that is most of a hit cell's time).
-    """
-    if base is None:
-        from ktstr_steps.buildsteps.factory import kernel_build_factory
-
-        base = kernel_build_factory
-    template = base(repourl="(matrix cells build release tarballs)", profile=Property("profile"),
-                    cpu_cap=cpu_cap, ktstr_ci=ktstr_ci)
-    # miss: reserve, the source lock and the phases a hit skips (doStepIf=not_cache_hit),
-    # inserted after the lookup on a miss; release: appended last on a miss; the rest
-    # (record, publishing, ...) runs for every cell, hit or not, in the template's order.
-    miss: list[Any] = []
-    tail: list[Any] = []
-    release: list[Any] = []
-    for step in template.steps:
-        cls, kwargs = step.step_class, dict(step.kwargs)
-        if issubclass(cls, (KernelCheckout, CacheLookup)):
-            continue
-        if issubclass(cls, SourceLock):
-            kwargs["tree"] = Property("source_tree")
-        made = buildstep._BuildStepFactory(cls, *step.args, **kwargs)
-        if issubclass(cls, Release):
-            release.append(made)
-        elif issubclass(cls, (Reserve, SourceLock)) or kwargs.get("doStepIf") is not_cache_hit:
-            miss.append(made)
-        else:
-            tail.append(made)
-    factory = BuildFactory()
-    factory.addStep(MatrixLookup(download_cache=download_cache, mirror=mirror,
-                                 rc_mirror=rc_mirror, ktstr_ci=ktstr_ci, miss_steps=miss,
-                                 release_steps=release))
-    factory.addSteps(tail)
-    return factory
-
-
 def matrix_run_factory(
     *,
     specs: list[str],
@@ -562,10 +415,8 @@ def matrix_run_factory(
 __all__ = [
     "MatrixFanOut",
     "MatrixFinish",
-    "MatrixLookup",
     "MatrixResolve",
     "classify_cell",
-    "matrix_cell_factory",
     "matrix_run_factory",
     "summary_text",
 ]

@@ -1,9 +1,16 @@
 """Worker specs: which buildbot-workers this host runs, their names, CPUs and paths.
 
-Both sides compute the same list from the settings: ``master/builders.py``
-registers the workers on the master, the launcher (``launcher/service.py``)
-creates and starts them. With ``workers.mode = "auto"`` that is one worker per LLC group of this
-host (``<host>-llc<index>``); with ``"list"`` the listed ones.
+Configuration derived from the settings and this host's LLC groups, so it
+lives with the settings: ``master/builders.py`` registers the workers on the
+master, the launcher (``launcher/service.py``) creates and starts them and
+``ktstr-ci workers list`` shows them, all from the same list. With
+``workers.mode = "auto"`` that is one worker per LLC group of this host
+(``<host>-llc<index>``); with ``"list"`` the listed ones.
+
+The LLC groups come from the pipeline's host model
+(:class:`ktstr_steps.topology.HostTopology`), the same one the build
+reservation plans with, so a worker's CPUs are exactly the LLC group its
+builds lock. ``KTSTR_SYSFS_ROOT`` fakes the topology for both.
 
 Faked topologies (``KTSTR_SYSFS_ROOT``) may record CPUs this host does not
 have. Such a worker is pinned to real CPUs instead: recorded CPU ``c`` maps to
@@ -20,8 +27,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr_steps.cpulist import format_cpulist
-from settings import Settings
-from workers.llc_groups import llc_groups
+from ktstr_steps.errors import KtstrError
+from ktstr_steps.topology import HostTopology
+from settings.model import Settings
+
+
+@dataclass(frozen=True)
+class LLCGroup:
+    index: int
+    cpus: tuple[int, ...]
+    node: int
+
+
+def llc_groups(root: Path | None = None) -> list[LLCGroup]:
+    """The LLC groups under ``root`` (default ``$KTSTR_SYSFS_ROOT`` or ``/sys``), by index."""
+    try:
+        topo = HostTopology.from_sysfs(root)
+    except KtstrError as exc:
+        raise RuntimeError(f"cannot read this host's LLC topology: {exc}") from None
+    return [
+        LLCGroup(index=int(llc.index), cpus=tuple(sorted(llc.cpus)), node=int(llc.node or 0))
+        for llc in topo.llcs
+    ]
 
 
 @dataclass(frozen=True)
@@ -54,7 +81,8 @@ class WorkerSpec:
         }
 
 
-def map_cpus(cpus: tuple[int, ...], allowed: set[int] | None = None) -> tuple[tuple[int, ...], str | None]:
+def map_cpus(cpus: tuple[int, ...],
+             allowed: set[int] | None = None) -> tuple[tuple[int, ...], str | None]:
     """CPUs to pin to for a group recorded as ``cpus``; the note explains a remapping."""
     real = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
     if set(cpus) <= set(real):
