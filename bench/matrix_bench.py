@@ -1,9 +1,9 @@
 """Benchmark: a matrix run whose cells are all cache hits, and the master's RSS over
 1,000 recorded builds.
 
-Runs a real service (tests/servicekit.py: real master, two LLC-pinned
+Runs a real service (tests/support/servicekit.py: real master, two LLC-pinned
 buildbot-worker processes on fake LLC groups) with a loopback kernel.org
-(tests/kernelorg.py) serving fake-kernel tarballs:
+(tests/support/kernelorg.py) serving fake-kernel tarballs:
 
 1. warm-up: a matrix run of VERSIONS x 2 profiles builds every cell (real make);
 2. measured: the same matrix again, every cell a cache hit — seconds per cell
@@ -119,8 +119,8 @@ def main() -> int:
 
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     from master.records import db as records_db
-    from tests.kernelorg import KernelOrg
-    from tests.servicekit import ServiceKit
+    from tests.support.kernelorg import KernelOrg
+    from tests.support.servicekit import ServiceKit
 
     versions = [f"6.12.{40 + i}" for i in range(args.versions)]
     server = KernelOrg()

@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ktstr_steps import kbuild, kconfig  # noqa: E402
-from tests.fakekernel import GIT_ENV  # noqa: E402
-from tests.servicekit import ServiceKit  # noqa: E402
-from tests.test_realkernel import extract_linux_source, git_commit_all  # noqa: E402
+from tests.support.fakekernel import GIT_ENV  # noqa: E402
+from tests.support.realkernel import extract_linux_source, git_commit_all  # noqa: E402
+from tests.support.servicekit import ServiceKit  # noqa: E402
 
 JOBS = 2
 ONE_FILE = "kernel/sched/core.c"

@@ -1,6 +1,6 @@
 """``make soak``: pushes with random kills for a bounded time, on a real service.
 
-A real master and two pinned workers (tests/servicekit.py, fake LLC groups)
+A real master and two pinned workers (tests/support/servicekit.py, fake LLC groups)
 build fake kernel trees whose make sleeps a few seconds. Round after round it
 pushes a new commit to one of a few branches and, while that build's make
 runs, does one thing at random: ``kill -9`` the worker that runs it, the
@@ -39,14 +39,14 @@ sys.path.insert(0, str(REPO))
 
 from master.records import db as records_db  # noqa: E402
 from master.records import queries  # noqa: E402
-from tests.fakekernel import slow_tree_files  # noqa: E402
-from tests.faultkit import (  # noqa: E402
+from tests.support.fakekernel import slow_tree_files  # noqa: E402
+from tests.support.faultkit import (  # noqa: E402
     assert_nothing_held,
     the_locks,
     wait_make_running,
     watch_build_end,
 )
-from tests.servicekit import ServiceKit  # noqa: E402
+from tests.support.servicekit import ServiceKit  # noqa: E402
 
 FAULTS = ("worker", "holder", "master", "stop", "none")
 BRANCHES = ("soak-a", "soak-b", "soak-c")

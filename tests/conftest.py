@@ -7,16 +7,19 @@ what a test sees; tests that want one set it with ``monkeypatch``.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-# Fixtures shared across modules, without per-module imports (ruff F811).
-pytest_plugins = ["tests.kernelorg"]
+from tests.support.paths import VENV_BIN
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+# The fixtures of tests/support, for every test module without per-module imports.
+pytest_plugins = [
+    "tests.support.kernelorg",
+    "tests.support.pg",
+    "tests.support.netns",
+    "tests.support.servicekit",
+]
 
 # This venv's console scripts (ktstr-ci, buildbot, buildbot-worker) first on PATH
 # for every subprocess, including those of module- and session-scoped fixtures.

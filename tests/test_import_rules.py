@@ -177,3 +177,68 @@ def test_the_ktstr_ci_command_is_assembled_by_the_launcher() -> None:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["ktstr-ci"] == "launcher.cli:main"
+
+
+# ---------------------------------------------------------------- tests and bench
+
+
+def imports_under_tests(source: str) -> list[str]:
+    """Every module a source imports under ``tests`` (absolute imports only)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            found += [n for n in names if n == "tests" or n.startswith("tests.")]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("tests.")]
+    return found
+
+
+def support_problems(source: str, label: str, *, may_import_tests: bool) -> list[str]:
+    """Imports of ``source`` that reach a test module (or, for bench/, anything but support)."""
+    problems = []
+    for name in imports_under_tests(source):
+        parts = name.split(".")
+        if parts[:2] == ["tests", "support"] or name == "tests":
+            continue
+        if may_import_tests and not any(p.startswith("test_") or p == "conftest" for p in parts):
+            continue
+        problems.append(f"{label}: imports {name}")
+    return problems
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    problems = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        problems += support_problems(path.read_text(), str(path.relative_to(REPO)),
+                                     may_import_tests=True)
+    assert problems == []
+
+
+def test_bench_imports_only_test_support() -> None:
+    problems = []
+    for path in sorted((REPO / "bench").rglob("*.py")):
+        problems += support_problems(path.read_text(), str(path.relative_to(REPO)),
+                                     may_import_tests=False)
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("path", "source"),
+    [
+        ("tests/steps/test_x.py", "from tests.steps.test_steps_base import ktstr\n"),
+        ("tests/master/test_x.py", "import tests.master.test_records as base\n"),
+        ("tests/pipeline/test_x.py", "from tests.conftest import REPO\n"),
+        ("bench/x.py", "from tests.pipeline import test_cache\n"),
+    ],
+)
+def test_the_test_import_checker_refuses(path: str, source: str) -> None:
+    assert support_problems(source, path, may_import_tests=not path.startswith("bench/"))
+    assert not support_problems("from tests.support.cli import ktstr\n", path,
+                                may_import_tests=not path.startswith("bench/"))
+
+
+def test_support_fixtures_are_registered_not_imported() -> None:
+    conftest = (REPO / "tests" / "conftest.py").read_text()
+    for mod in ("kernelorg", "pg", "netns", "servicekit"):
+        assert f'"tests.support.{mod}"' in conftest

@@ -1,0 +1,549 @@
+"""servicekit: a real ktstr-ci service (master + LLC-pinned workers) in a temp dir.
+
+It runs exactly what ``make run`` runs (:class:`launcher.service.Service`):
+a real ``buildbot`` master process, real ``buildbot-worker`` processes pinned
+to their CPUs, a real bare repository with the real hooks, real HTTP on
+127.0.0.1 - only every path is under the temp dir and the web and PB ports are
+free ports picked at start.
+
+Use::
+
+    from tests.support.servicekit import ServiceKit
+
+    def test_push_builds(tmp_path):
+        with ServiceKit(tmp_path) as kit:            # starts; stops on exit, even on failure
+            tree = kit.make_tree({"Makefile": "all:\\n\\ttrue\\n"})
+            push = kit.push(tree, "feature-x")        # git push <kit.repo_path> HEAD:refs/heads/feature-x
+            build = kit.wait_build("feature-x", finished=True, timeout=600)
+            assert build["results"] == kit.SUCCESS
+            props = kit.build_properties(build["buildid"])   # {name: value}
+            steps = kit.build_steps(build["buildid"])        # REST step dicts, in order
+            text = kit.step_log(build["buildid"], "make")    # one log's text (first log if no name)
+
+or the pytest fixture ``service_kit`` (``from tests.support.servicekit import service_kit``
+in the test module), which yields a started kit with the default options.
+
+``ServiceKit(tmp_path, **options)``:
+
+* ``factory``: ``None`` runs the checkout's own ``master.cfg`` (the real
+  ``kernel_build_factory``); ``"module:function"`` writes a wrapper
+  ``master.cfg`` that passes that factory to ``master.builders.build_config``
+  (a stand-in for tests of scheduling, hooks and workers);
+* ``workers``: start the workers (default True); False leaves the build
+  requests queued (no worker is connected), e.g. to look at collapsing;
+* ``llc_groups``: fake the host topology with these CPU groups, e.g.
+  ``[[0], [1]]`` - written as a sysfs tree and passed as ``KTSTR_SYSFS_ROOT``
+  to master and workers (CPUs that do not exist here are remapped, see
+  ``settings/worker_specs.py``);
+* ``profiles`` / ``branches``: the hosted repository's push profiles and
+  branch patterns (defaults ``("tiny",)`` and ``(".*",)``);
+* ``host``: the host part of worker names (default ``"kit"`` → ``kit-llc0``);
+* ``env``: extra environment for master and workers;
+* ``pb_bind``: the master's PB address (default ``127.0.0.1``; the local
+  workers connect to it too);
+* ``databases``: ``{"buildbot": url, "records": url}`` instead of the SQLite files;
+* ``workers_toml``: extra lines for the ``[workers]`` table, e.g.
+  ``mode = "list"`` and ``[[workers.list]]`` entries (only those whose ``host``
+  is ``host`` are started here; the others are another host's).
+
+Attributes: ``root`` (the temp dir), ``settings`` (:class:`settings.Settings`),
+``service`` (:class:`launcher.service.Service`), ``web_url``, ``repo_path``,
+``cache_dir`` (``KTSTR_CACHE_DIR`` of the workers), ``tree_store``, ``worker_names``,
+``admin`` (``(user, password)``), ``hook_password_file``.
+
+Helpers (all HTTP to 127.0.0.1, polling with bounded timeouts):
+
+* ``make_tree(files, path=None, message=...)`` → a git work tree with one commit;
+  ``commit(tree, files, message)`` → new sha;
+* ``push(tree, branch, *, ref=None, check=True)`` → :class:`PushResult`
+  (``returncode``, ``output`` incl. the hooks' ``remote:`` lines, ``sha``);
+  ``delete_branch(tree, branch)``;
+* ``api(path, **query)`` anonymous GET of ``/api/v2/<path>``;
+  ``api_status(method, path, body=None, login=False)`` → ``(status, json or text)``;
+* ``builds(branch=None, builder=None)``, ``buildrequests(**query)``, ``changes()``;
+* ``wait_build(branch, *, finished=False, after_buildid=0, timeout=30)``: the
+  first build of ``branch`` with a buildid above ``after_buildid``;
+* ``wait_finished(buildid, timeout)``, ``wait_for(predicate, timeout, what)``;
+* ``build_properties(buildid)``, ``build_steps(buildid)``, ``step_logs(buildid, step)``
+  (``{logname: text}``), ``step_log(buildid, step, name=None)``;
+* ``stop_build(buildid, reason)`` (logged in as admin) → ``(status, body)``;
+* ``force(builder, branch, login=True, **fields)`` → ``(status, body)``;
+* ``worker_pids()`` → ``{name: pid}``; ``set_hold(seconds)`` (stand-in factory
+  only: how long its ``hold`` step sleeps); ``stop()`` (also on ``__exit__``).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import http.cookiejar
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import settings as settings_mod
+from launcher.service import Service
+from tests.support.paths import REPO
+
+# Buildbot result codes.
+SUCCESS, WARNINGS, FAILURE, SKIPPED, EXCEPTION, RETRY, CANCELLED = range(7)
+
+_WRAPPER_CFG = """\
+# Generated by tests/support/servicekit.py: the real config with a stand-in factory.
+import sys
+sys.path.insert(0, {repo!r})
+for _m in [m for m in sys.modules
+           if (m == "settings" or m.startswith(("master.", "workers.", "settings.", "tests.")))
+           and not m.startswith(("master.records", "master.dashboard"))]:
+    del sys.modules[_m]
+import importlib
+from master import builders
+_mod, _fn = {factory!r}.split(":")
+_factory = getattr(importlib.import_module(_mod), _fn)
+BuildmasterConfig = builders.build_config(builders.load_settings(), factory=_factory)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_fake_sysfs(root: Path, groups: list[list[int]]) -> Path:
+    """A minimal sysfs tree with one LLC (L3) per group, all on node 0.
+
+    Written both as ``root/devices/system/...`` and ``root/sys/devices/...`` so
+    it works whether ``KTSTR_SYSFS_ROOT`` means "a copy of /sys" or "a root
+    holding sys/".
+    """
+    cpus = sorted(c for g in groups for c in g)
+    for base in (root, root / "sys"):
+        cpu_dir = base / "devices" / "system" / "cpu"
+        cpu_dir.mkdir(parents=True, exist_ok=True)
+        online = ",".join(str(c) for c in cpus)
+        (cpu_dir / "online").write_text(online + "\n")
+        (cpu_dir / "possible").write_text(online + "\n")
+        node = base / "devices" / "system" / "node" / "node0"
+        node.mkdir(parents=True, exist_ok=True)
+        (node / "cpulist").write_text(online + "\n")
+        (node / "distance").write_text("10\n")
+        (node / "meminfo").write_text("Node 0 MemTotal:       2048000 kB\n")
+        for gid, group in enumerate(groups):
+            shared = ",".join(str(c) for c in group)
+            for c in group:
+                d = cpu_dir / f"cpu{c}"
+                (d / "node0").mkdir(parents=True, exist_ok=True)
+                (d / "topology").mkdir(exist_ok=True)
+                (d / "topology" / "core_id").write_text(f"{c}\n")
+                for idx, level in ((0, 1), (1, 2), (2, 3)):
+                    cache = d / "cache" / f"index{idx}"
+                    cache.mkdir(parents=True, exist_ok=True)
+                    (cache / "level").write_text(f"{level}\n")
+                    (cache / "id").write_text(f"{gid if level == 3 else c}\n")
+                    (cache / "shared_cpu_list").write_text((shared if level == 3 else str(c)) + "\n")
+                    (cache / "size").write_text("8192K\n" if level == 3 else "32K\n")
+    return root
+
+
+@dataclass
+class PushResult:
+    returncode: int
+    output: str
+    sha: str
+
+
+class ServiceKit:
+    """See the module docstring."""
+
+    SUCCESS, WARNINGS, FAILURE, SKIPPED, EXCEPTION, RETRY, CANCELLED = range(7)
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        factory: str | None = None,
+        workers: bool = True,
+        llc_groups: list[list[int]] | None = None,
+        profiles: tuple[str, ...] = ("tiny",),
+        branches: tuple[str, ...] = (".*",),
+        host: str = "kit",
+        env: dict[str, str] | None = None,
+        timeout: float = 90.0,
+        pb_bind: str = "127.0.0.1",
+        databases: dict[str, str] | None = None,
+        workers_toml: str = "",
+        extra_toml: str = "",
+    ) -> None:
+        self.root = Path(tmp_path) / "svc"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.start_workers = workers
+        self.timeout = timeout
+        self.web_port, self.pb_port = free_port(), free_port()
+        while self.pb_port == self.web_port:
+            self.pb_port = free_port()
+        self.repo_path = self.root / "linux.git"
+        self.cache_dir = self.root / "cache"
+        self.tree_store = self.root / "trees"
+        r = self.root
+        dbs = {"buildbot": f"sqlite:///{r / 'master' / 'state.sqlite'}",
+               "records": f"sqlite:///{r / 'records.sqlite'}", **(databases or {})}
+        toml = f"""
+[master]
+title = "ktstr-ci (servicekit)"
+host = {json.dumps(host)}
+basedir = {json.dumps(str(r / "master"))}
+pb_port = {self.pb_port}
+pb_bind = {json.dumps(pb_bind)}
+[web]
+port = {self.web_port}
+users_file = {json.dumps(str(r / "secrets" / "web-users.json"))}
+[hook]
+password_file = {json.dumps(str(r / "secrets" / "hook-password"))}
+[databases]
+buildbot = {json.dumps(dbs["buildbot"])}
+records = {json.dumps(dbs["records"])}
+[paths]
+secrets = {json.dumps(str(r / "secrets"))}
+workers = {json.dumps(str(r / "workers"))}
+tree_store = {json.dumps(str(self.tree_store))}
+kernel_cache = {json.dumps(str(self.cache_dir))}
+[workers]
+keepalive = 30
+{workers_toml}
+[[repos]]
+name = "linux"
+url = {json.dumps(str(self.repo_path))}
+hosted = true
+branches = {json.dumps(list(branches))}
+profiles = {json.dumps(list(profiles))}
+"""
+        # Try builds listen on their own port: a free one, so kits never collide.
+        if "[try]" not in extra_toml:
+            toml += f"\n[try]\nport = {free_port()}\n"
+        toml += extra_toml
+        self.settings_file = r / "settings.toml"
+        self.settings_file.write_text(toml)
+        self.env = dict(os.environ)
+        # A developer's ktstr variables must not leak into the service under test.
+        for name in ("KTSTR_SYSFS_ROOT", "KTSTR_CPU_CAP", "KTSTR_BYPASS_LLC_LOCKS",
+                     "KTSTR_CI_SETTINGS", "VIRTUAL_ENV"):
+            self.env.pop(name, None)
+        self.env.update(env or {})
+        self.env["KTSTR_CACHE_DIR"] = str(self.cache_dir)
+        self.env["KTSTR_CI_RUN_DIR"] = str(r / "run")
+        self.hold_file = r / "hold-seconds"
+        self.env["KIT_HOLD_FILE"] = str(self.hold_file)
+        self.env[settings_mod.ENV_VAR] = str(self.settings_file)
+        if llc_groups is not None:
+            self.env["KTSTR_SYSFS_ROOT"] = str(write_fake_sysfs(r / "sysfs", llc_groups))
+        configfile = None
+        if factory is not None:
+            configfile = r / "master.cfg"
+            configfile.write_text(_WRAPPER_CFG.format(repo=str(REPO), factory=factory))
+        # Topology and settings are read in this process too (worker specs).
+        saved = {k: os.environ.get(k) for k in ("KTSTR_SYSFS_ROOT", "KTSTR_CACHE_DIR")}
+        try:
+            for k in saved:
+                if k in self.env:
+                    os.environ[k] = self.env[k]
+                else:
+                    os.environ.pop(k, None)
+            self.settings = settings_mod.load(self.settings_file)
+            self.service = Service(
+                self.settings, configfile=configfile, env=self.env, out=lambda m: None
+            )
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.web_url = f"http://127.0.0.1:{self.web_port}/"
+        self.worker_names = [s.name for s in self.service.local_specs]
+        self.hook_password_file = self.settings.hook.password_file
+        self.admin: tuple[str, str] = ("admin", "")
+        self._cookies: http.cookiejar.CookieJar | None = None
+        self._git_env = dict(self.env)
+        self._git_env.update({
+            "GIT_AUTHOR_NAME": "Kit Tester", "GIT_AUTHOR_EMAIL": "kit@example.com",
+            "GIT_COMMITTER_NAME": "Kit Tester", "GIT_COMMITTER_EMAIL": "kit@example.com",
+            "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(r),
+        })
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> ServiceKit:
+        svc = self.service
+        try:
+            svc.setup()
+            if not svc.master_state().running:
+                svc._start_master(self.timeout)
+            if self.start_workers:
+                for spec in svc.local_specs:
+                    if not svc.worker_state(spec).running:
+                        svc._start_worker(spec)
+                svc.wait_ready(timeout=self.timeout)
+            else:
+                self.wait_for(self._web_up, self.timeout, "the web server")
+        except BaseException:
+            self.stop()
+            raise
+        login = svc.admin_login()
+        assert login is not None
+        self.admin = login
+        return self
+
+    def stop(self) -> None:
+        self.service.stop(timeout=20)
+
+    def __enter__(self) -> ServiceKit:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _web_up(self) -> bool:
+        try:
+            self.api("masters")
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def set_hold(self, seconds: float) -> None:
+        """How long the stand-in factory's ``hold`` step sleeps in builds starting from now."""
+        self.hold_file.write_text(f"{seconds}\n")
+
+    def worker_pids(self) -> dict[str, int]:
+        out = {}
+        for spec in self.service.local_specs:
+            st = self.service.worker_state(spec)
+            if st.pid is not None:
+                out[spec.name] = st.pid
+        return out
+
+    # -- git -----------------------------------------------------------------
+
+    def git(self, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, env=self._git_env, capture_output=True, text=True,
+            check=check,
+        )
+
+    def make_tree(self, files: dict[str, str], path: Path | None = None,
+                  message: str = "kit tree") -> Path:
+        """A new git work tree holding ``files`` (relative path → text), committed."""
+        path = path or self.root / f"tree-{time.monotonic_ns()}"
+        path.mkdir(parents=True, exist_ok=True)
+        self.git(path, "init", "-q", "-b", "main")
+        self.commit(path, files, message)
+        return path
+
+    def commit(self, tree: Path, files: dict[str, str], message: str = "change") -> str:
+        for rel, text in files.items():
+            p = tree / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+        self.git(tree, "add", "-A")
+        self.git(tree, "commit", "-q", "--allow-empty", "-m", message)
+        return self.git(tree, "rev-parse", "HEAD").stdout.strip()
+
+    def push(self, tree: Path, branch: str, *, ref: str | None = None,
+             check: bool = True, force: bool = True) -> PushResult:
+        """``git push <repo> HEAD:refs/heads/<branch>`` (or ``ref``); hook output in ``output``."""
+        target = ref or f"refs/heads/{branch}"
+        sha = self.git(tree, "rev-parse", "HEAD").stdout.strip()
+        args = ["push", *(["--force"] if force else []), str(self.repo_path), f"HEAD:{target}"]
+        proc = self.git(tree, *args, check=False)
+        res = PushResult(proc.returncode, proc.stdout + proc.stderr, sha)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"git push failed ({proc.returncode}):\n{res.output}")
+        return res
+
+    def delete_branch(self, tree: Path, branch: str) -> PushResult:
+        proc = self.git(tree, "push", str(self.repo_path), f":refs/heads/{branch}", check=False)
+        return PushResult(proc.returncode, proc.stdout + proc.stderr, "0" * 40)
+
+    # -- REST ----------------------------------------------------------------
+
+    def _url(self, path: str, query: dict[str, Any] | None = None) -> str:
+        url = f"{self.web_url}api/v2/{path.lstrip('/')}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query, doseq=True)
+        return url
+
+    def api(self, path: str, **query: Any) -> Any:
+        # A busy master (two cores shared with make) now and then cuts a response
+        # short; that is the transport, not the answer: ask again.
+        for attempt in range(3):
+            try:
+                with urllib.request.urlopen(self._url(path, query), timeout=10) as resp:
+                    return json.loads(resp.read())
+            except (http.client.IncompleteRead, http.client.RemoteDisconnected,
+                    ConnectionResetError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("not reached")
+
+    def _login(self) -> urllib.request.OpenerDirector:
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        tok = base64.b64encode(f"{self.admin[0]}:{self.admin[1]}".encode()).decode()
+        req = urllib.request.Request(f"{self.web_url}auth/login",
+                                     headers={"Authorization": f"Basic {tok}"})
+        with opener.open(req, timeout=10) as resp:
+            resp.read()
+        return opener
+
+    def api_status(self, method: str, path: str, body: Any = None,
+                   login: bool = False) -> tuple[int, Any]:
+        """An HTTP request to ``/api/v2/<path>``; returns (status, decoded JSON or text)."""
+        opener = self._login() if login else urllib.request.build_opener()
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self._url(path), data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with opener.open(req, timeout=10) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def _rpc(self, path: str, method: str, params: dict, login: bool) -> tuple[int, Any]:
+        return self.api_status(
+            "POST", path, {"jsonrpc": "2.0", "method": method, "id": 1, "params": params},
+            login=login,
+        )
+
+    def force(self, builder: str, branch: str, *, login: bool = True,
+              **fields: Any) -> tuple[int, Any]:
+        """Force ``builder`` on ``branch`` (fields: profile, clean, force, revision, reason)."""
+        params = {"builderNames": [builder], "branch": branch, **fields}
+        return self._rpc("forceschedulers/force", "force", params, login)
+
+    def stop_build(self, buildid: int, reason: str = "stopped by servicekit",
+                   login: bool = True) -> tuple[int, Any]:
+        return self._rpc(f"builds/{buildid}", "stop", {"reason": reason}, login)
+
+    def builds(self, branch: str | None = None, builder: str | None = None) -> list[dict]:
+        """Builds (with properties), oldest first, optionally of one branch / builder."""
+        path = f"builders/{builder}/builds" if builder else "builds"
+        builds = self.api(path, property="*", order="buildid")["builds"]
+        if branch is not None:
+            builds = [b for b in builds if b.get("properties", {}).get("branch", [None])[0] == branch]
+        return builds
+
+    def buildrequests(self, **query: Any) -> list[dict]:
+        return self.api("buildrequests", **query)["buildrequests"]
+
+    def changes(self) -> list[dict]:
+        return self.api("changes")["changes"]
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str,
+                 interval: float = 0.1) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(interval)
+
+    def wait_build(self, branch: str, *, finished: bool = False, after_buildid: int = 0,
+                   timeout: float = 30.0) -> dict:
+        def find() -> dict | None:
+            for b in self.builds(branch=branch):
+                if b["buildid"] > after_buildid and (b["complete"] or not finished):
+                    return b
+            return None
+
+        state = "a finished build" if finished else "a build"
+        return self.wait_for(find, timeout, f"{state} of branch {branch!r}", interval=0.05)
+
+    def wait_finished(self, buildid: int, timeout: float = 600.0) -> dict:
+        def done() -> dict | None:
+            b = self.api(f"builds/{buildid}", property="*")["builds"][0]
+            return b if b["complete"] else None
+
+        return self.wait_for(done, timeout, f"build {buildid} to finish", interval=0.2)
+
+    def build_properties(self, buildid: int) -> dict[str, Any]:
+        props = self.api(f"builds/{buildid}/properties")["properties"][0]
+        return {k: v[0] for k, v in props.items()}
+
+    def build_steps(self, buildid: int) -> list[dict]:
+        return self.api(f"builds/{buildid}/steps")["steps"]
+
+    def step_logs(self, buildid: int, step: int | str) -> dict[str, str]:
+        """All logs of one step (by number or name) as ``{log name: text}``."""
+        out = {}
+        for log in self.api(f"builds/{buildid}/steps/{step}/logs")["logs"]:
+            with urllib.request.urlopen(
+                f"{self.web_url}api/v2/logs/{log['logid']}/raw", timeout=10
+            ) as resp:
+                out[log["name"]] = resp.read().decode(errors="replace")
+        return out
+
+    def step_log(self, buildid: int, step: int | str, name: str | None = None) -> str:
+        logs = self.step_logs(buildid, step)
+        if name is None:
+            return next(iter(logs.values()), "")
+        return logs[name]
+
+
+def standin_factory(*, repourl: str, profile: str, **_: Any):
+    """A tiny build for tests of scheduling and workers (not the kernel build).
+
+    Steps: ``info`` prints branch, profile, worker properties and the CPU
+    affinity the build runs with; ``hold`` sleeps as many seconds as the file
+    ``$KIT_HOLD_FILE`` says (:meth:`ServiceKit.set_hold`), so a test can keep
+    workers busy.
+    """
+    from buildbot.plugins import steps, util
+    from buildbot.process.factory import BuildFactory
+
+    f = BuildFactory()
+    f.addStep(steps.ShellCommand(
+        name="info",
+        command=[sys.executable, "-c",
+                 "import os, sys; print('branch=' + sys.argv[1]); print('profile=' + sys.argv[2]);"
+                 "print('llc_cpus=' + sys.argv[3]);"
+                 "print('affinity=' + ','.join(map(str, sorted(os.sched_getaffinity(0)))));"
+                 "print('KTSTR_CACHE_DIR=' + os.environ.get('KTSTR_CACHE_DIR', ''))",
+                 util.Property("branch", default=""), util.Property("profile", default=""),
+                 util.Property("llc_cpus", default="")],
+        logEnviron=False,
+    ))
+    f.addStep(steps.ShellCommand(
+        name="hold",
+        command=[sys.executable, "-c",
+                 "import os, time; p = os.environ.get('KIT_HOLD_FILE', '');"
+                 "time.sleep(float(open(p).read()) if p and os.path.exists(p) else 0)"],
+        logEnviron=False,
+    ))
+    f.addStep(steps.SetProperty(property="standin_repourl", value=repourl))
+    return f
+
+
+@pytest.fixture
+def service_kit(tmp_path: Path) -> Iterator[ServiceKit]:
+    """A started :class:`ServiceKit` with default options (the real master.cfg)."""
+    with ServiceKit(tmp_path) as kit:
+        yield kit
