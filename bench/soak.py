@@ -104,6 +104,12 @@ def rows_lost(kit: ServiceKit) -> list[int]:
 
 
 def main() -> int:
+    if len(sys.argv) > 1:
+        print(__doc__.split("\n\n", 1)[0], "\nusage: SOAK_SECONDS=N SOAK_SEED=N python bench/soak.py",
+              file=sys.stderr)
+        return 0 if sys.argv[1] in ("-h", "--help") else 2
+    # A TERM (timeout, CI) unwinds like ^C, so the service kit stops every process it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seconds = float(os.environ.get("SOAK_SECONDS", "600"))
     seed = int(os.environ.get("SOAK_SEED", str(int(time.time()))))
     rnd = random.Random(seed)
