@@ -59,8 +59,6 @@ def tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-
-
 # ---------------------------------------------------------------- root
 
 
@@ -401,8 +399,6 @@ def test_lookup_misses(isolated_env: Path, image: Path, capfd: pytest.CaptureFix
 # ----------------------------------------------------------------- list
 
 
-
-
 def test_list_valid_and_corrupt_kinds(isolated_env: Path) -> None:
     root = isolated_env
     write_entry(root, "new", meta(built_at="2026-05-01T00:00:00Z").dumps())
@@ -559,9 +555,6 @@ def test_clean_skips_entry_in_use(populated: Path, capfd: pytest.CaptureFixture[
 
 
 # ---------------------------------------------------------- force probe
-
-
-
 
 
 def test_force_probe(isolated_env: Path, image: Path) -> None:
