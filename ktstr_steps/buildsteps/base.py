@@ -277,3 +277,17 @@ class StateFileStep(KtstrCiStep):
 
     def arguments(self) -> list[str]:
         return ["--state", self.state]
+
+
+class SandboxedStep(StateFileStep):
+    """A phase that runs inside the build's holder (its sandbox and locks): ``--holder`` too."""
+
+    renderables = ["state", "holder"]
+
+    def __init__(self, *, holder: str | IRenderable = holder_name, **kwargs: Any) -> None:
+        check_renderable_or(holder, str, type(self), "holder")
+        self.holder = holder
+        super().__init__(**kwargs)
+
+    def arguments(self) -> list[str]:
+        return [*super().arguments(), "--holder", self.holder]
