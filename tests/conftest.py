@@ -19,6 +19,8 @@ pytest_plugins = [
     "tests.support.pg",
     "tests.support.netns",
     "tests.support.servicekit",
+    "tests.support.holderkit",
+    "tests.support.lockkit",
 ]
 
 # This venv's console scripts (ktstr-ci, buildbot, buildbot-worker) first on PATH

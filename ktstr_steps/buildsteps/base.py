@@ -263,3 +263,31 @@ class KtstrCiStep(buildstep.ShellMixin, buildstep.BuildStep):
         # ShellMixin would print the whole command line when descriptionDone is unset;
         # BuildStep's own summary falls back to the description instead.
         return buildstep.BuildStep.getResultSummary(self)
+
+
+class StateFileStep(KtstrCiStep):
+    """A phase whose one worker-side option is the build's state file (``--state``)."""
+
+    renderables = ["state"]
+
+    def __init__(self, *, state: str | IRenderable = state_path, **kwargs: Any) -> None:
+        check_renderable_or(state, str, type(self), "state")
+        self.state = state
+        super().__init__(**kwargs)
+
+    def arguments(self) -> list[str]:
+        return ["--state", self.state]
+
+
+class SandboxedStep(StateFileStep):
+    """A phase that runs inside the build's holder (its sandbox and locks): ``--holder`` too."""
+
+    renderables = ["state", "holder"]
+
+    def __init__(self, *, holder: str | IRenderable = holder_name, **kwargs: Any) -> None:
+        check_renderable_or(holder, str, type(self), "holder")
+        self.holder = holder
+        super().__init__(**kwargs)
+
+    def arguments(self) -> list[str]:
+        return [*super().arguments(), "--holder", self.holder]

@@ -8,11 +8,9 @@ from buildbot.interfaces import IRenderable
 from buildbot.process.results import SUCCESS, WARNINGS
 
 from ktstr_steps.buildsteps.base import (
-    KtstrCiStep,
+    SandboxedStep,
     check_renderable_or,
-    holder_name,
     plural,
-    state_path,
 )
 
 
@@ -29,7 +27,7 @@ def kconfig_warning_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-class Configure(KtstrCiStep):
+class Configure(SandboxedStep):
     """``ktstr-ci phase configure``; dropped options make the step (and build) WARNINGS."""
 
     name = "configure"
@@ -41,25 +39,13 @@ class Configure(KtstrCiStep):
     # make defconfig / olddefconfig / mrproper are killed with their process group on stop.
     sigtermTime = 30
 
-    def __init__(
-        self,
-        *,
-        state: str | IRenderable = state_path,
-        holder: str | IRenderable = holder_name,
-        clean: bool | IRenderable = False,
-        **kwargs: Any,
-    ) -> None:
-        check_renderable_or(state, str, type(self), "state")
-        check_renderable_or(holder, str, type(self), "holder")
+    def __init__(self, *, clean: bool | IRenderable = False, **kwargs: Any) -> None:
         check_renderable_or(clean, bool, type(self), "clean")
-        self.state = state
-        self.holder = holder
         self.clean = clean
         super().__init__(**kwargs)
 
     def arguments(self) -> list[str]:
-        argv = ["--state", self.state, "--holder", self.holder]
-        return argv + (["--clean"] if self.clean else [])
+        return super().arguments() + (["--clean"] if self.clean else [])
 
     async def interpret(self, data: dict[str, Any]) -> int:  # type: ignore[override]
         overrides = len(data.get("overrides") or [])

@@ -4,48 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from buildbot.interfaces import IRenderable
 from buildbot.process.results import SUCCESS, WARNINGS
 
 from ktstr_steps.buildsteps.base import (
-    KtstrCiStep,
-    check_renderable_or,
+    SandboxedStep,
     first_error,
-    holder_name,
     plural,
-    state_path,
 )
 
 
-class KernelMake(KtstrCiStep):
+class KernelMake(SandboxedStep):
     """``ktstr-ci phase make`` inside the holder's sandbox, ``-j`` from the holder's plan."""
 
     name = "make"
     description = ["building"]
     subcommand = ("phase", "make")
     phase = "make"
-    renderables = ["state", "holder"]
     warnOnWarnings = True
     # On stop the worker sends TERM to the process group first and KILL only after
     # this many seconds: time for ktstr-ci to kill make's own process group
     # (jobserver children included) and note the stop in the state file.
     sigtermTime = 30
-
-    def __init__(
-        self,
-        *,
-        state: str | IRenderable = state_path,
-        holder: str | IRenderable = holder_name,
-        **kwargs: Any,
-    ) -> None:
-        check_renderable_or(state, str, type(self), "state")
-        check_renderable_or(holder, str, type(self), "holder")
-        self.state = state
-        self.holder = holder
-        super().__init__(**kwargs)
-
-    def arguments(self) -> list[str]:
-        return ["--state", self.state, "--holder", self.holder]
 
     def _counts(self, data: dict[str, Any]) -> tuple[int, int]:
         warnings = int(data.get("warnings") or 0)

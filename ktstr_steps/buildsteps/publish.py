@@ -26,12 +26,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from buildbot.interfaces import IRenderable
 from buildbot.process import remotecommand, remotetransfer
 from buildbot.process.results import CANCELLED, FAILURE, SKIPPED, SUCCESS, WARNINGS
 from twisted.internet import threads
 
-from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, safe_name, state_path
+from ktstr_steps.buildsteps.base import StateFileStep, safe_name
 from ktstr_steps.buildsteps.services import ArtifactsService, find_artifacts_service
 from ktstr_steps.bundle import CONFIG, MANIFEST, SUMS, VMLINUX
 from ktstr_steps.cache.metadata import METADATA
@@ -62,27 +61,21 @@ def finish_dir(partial: Path, final: Path, manifest: dict[str, Any]) -> list[str
     return []
 
 
-class PublishKernel(KtstrCiStep):
+class PublishKernel(StateFileStep):
     """``ktstr-ci phase publish`` on the worker, then upload what it lists and link it."""
 
     name = "publish"
     description = ["publishing kernel"]
     subcommand = ("phase", "publish")
-    renderables = ["state"]
     haltOnFailure = False
     flunkOnFailure = False
     warnOnFailure = True
     warnOnWarnings = True
 
-    def __init__(self, *, state: str | IRenderable = state_path, **kwargs: Any) -> None:
-        check_renderable_or(state, str, type(self), "state")
-        self.state = state
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("hideStepIf", lambda results, step: results == SKIPPED)
         super().__init__(**kwargs)
         self.svc: ArtifactsService | None = None
-
-    def arguments(self) -> list[str]:
-        return ["--state", self.state]
 
     def service(self) -> ArtifactsService | None:
         return find_artifacts_service(self.master)

@@ -11,7 +11,6 @@ import datetime as dt
 import json
 from typing import Any
 
-from buildbot.interfaces import IRenderable
 from buildbot.process.results import (
     CANCELLED,
     EXCEPTION,
@@ -24,11 +23,9 @@ from twisted.python import log
 
 from ktstr_steps.buildsteps.base import (
     PHASE_SECONDS,
-    KtstrCiStep,
-    check_renderable_or,
+    StateFileStep,
     one_line,
     parse_json_object,
-    state_path,
 )
 from ktstr_steps.buildsteps.services import RecordsService, find_records_service
 from ktstr_steps.cpulist import format_cpulist, parse_cpulist
@@ -70,7 +67,7 @@ def read_summary(data: dict[str, Any] | None) -> tuple[BuildResult, str | None]:
         return BuildResult(), f"summary not recorded: {one_line(str(exc))}"
 
 
-class Record(KtstrCiStep):
+class Record(StateFileStep):
     """``ktstr-ci phase summary`` on the worker, merged with the build's properties, written
     through the records service. alwaysRun: failed and stopped builds are recorded too."""
 
@@ -83,26 +80,14 @@ class Record(KtstrCiStep):
     writes_build_record = True
     subcommand = ("phase", "summary")
     phase = ""
-    renderables = ["state"]
     alwaysRun = True
     haltOnFailure = False
     flunkOnFailure = False
 
-    def __init__(
-        self,
-        *,
-        state: str | IRenderable = state_path,
-        records: RecordsService | None = None,
-        **kwargs: Any,
-    ) -> None:
-        check_renderable_or(state, str, type(self), "state")
-        self.state = state
+    def __init__(self, *, records: RecordsService | None = None, **kwargs: Any) -> None:
         # Test seam and explicit wiring; None = look the service up on the master at run time.
         self.records = records
         super().__init__(**kwargs)
-
-    def arguments(self) -> list[str]:
-        return ["--state", self.state]
 
     async def run(self) -> int:
         summary: dict[str, Any] | None = None

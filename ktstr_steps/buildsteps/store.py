@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from buildbot.interfaces import IRenderable
 from buildbot.process.results import SUCCESS, WARNINGS
 
-from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, first_error, state_path
+from ktstr_steps.buildsteps.base import StateFileStep, first_error
 from ktstr_steps.results import Outcome
 
 # Why a built kernel was not cached, in the words a kernel developer acts on.
@@ -18,23 +17,14 @@ NOT_CACHED = {
 }
 
 
-class CacheStore(KtstrCiStep):
+class CacheStore(StateFileStep):
     """``ktstr-ci phase store``; ``store-failed`` is WARNINGS (the kernel was built)."""
 
     name = "cache-store"
     description = ["storing in cache"]
     subcommand = ("phase", "store")
     phase = "store"
-    renderables = ["state"]
     warnOnWarnings = True
-
-    def __init__(self, *, state: str | IRenderable = state_path, **kwargs: Any) -> None:
-        check_renderable_or(state, str, type(self), "state")
-        self.state = state
-        super().__init__(**kwargs)
-
-    def arguments(self) -> list[str]:
-        return ["--state", self.state]
 
     def interpret(self, data: dict[str, Any]) -> int:
         outcome = data.get("outcome")

@@ -4,32 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from buildbot.interfaces import IRenderable
 from buildbot.process.results import FAILURE, SUCCESS
 
-from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, state_path
+from ktstr_steps.buildsteps.base import StateFileStep
 
 
 def _options(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [m if isinstance(m, dict) else {"option": str(m)} for m in data.get("missing") or []]
 
 
-class Validate(KtstrCiStep):
+class Validate(StateFileStep):
     """``ktstr-ci phase validate``; a missing option fails the build, as in ktstr."""
 
     name = "validate"
     description = ["validating config"]
     subcommand = ("phase", "validate")
     phase = "validate"
-    renderables = ["state"]
-
-    def __init__(self, *, state: str | IRenderable = state_path, **kwargs: Any) -> None:
-        check_renderable_or(state, str, type(self), "state")
-        self.state = state
-        super().__init__(**kwargs)
-
-    def arguments(self) -> list[str]:
-        return ["--state", self.state]
 
     def _missing_summary(self, missing: list[dict[str, Any]]) -> str:
         return "missing " + ", ".join(str(m.get("option")) for m in missing)

@@ -28,7 +28,6 @@ import pytest
 
 import settings as settings_mod
 from ktstr_steps.refnames import shown
-from launcher.service import Service
 from tests.support.paths import PAYLOADS  # noqa: E402
 from tests.support.servicekit import ServiceKit
 
@@ -37,35 +36,7 @@ GL_PROJECT = "kernel/sched-ext-linux"
 
 
 class ExternalKit(ServiceKit):
-    """ServiceKit with extra settings TOML appended before the start.
-
-    ServiceKit has no option for more [[repos]] or an [external] table, so the
-    settings file it wrote is extended and settings and service are reloaded
-    the way its constructor loads them.
-    """
-
-    def __init__(self, tmp_path: Path, *, extra_toml: str, **options: Any) -> None:
-        super().__init__(tmp_path, **options)
-        with self.settings_file.open("a") as f:
-            f.write(extra_toml)
-        saved = {k: os.environ.get(k) for k in ("KTSTR_SYSFS_ROOT", "KTSTR_CACHE_DIR")}
-        try:
-            for k in saved:
-                if k in self.env:
-                    os.environ[k] = self.env[k]
-                else:
-                    os.environ.pop(k, None)
-            self.settings = settings_mod.load(self.settings_file)
-            configfile = self.root / "master.cfg" if options.get("factory") else None
-            self.service = Service(self.settings, configfile=configfile, env=self.env,
-                                   out=lambda m: None)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        self.worker_names = [s.name for s in self.service.local_specs]
+    """ServiceKit with the external repositories' secrets and the master's log at hand."""
 
     @property
     def master_log(self) -> str:

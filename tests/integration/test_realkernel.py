@@ -37,10 +37,6 @@ KTSTR_FIELDS = {
 }
 
 
-
-
-
-
 def build(tree: Path, cache: Path) -> tuple[int, dict, str, float]:
     env = {**os.environ, "KTSTR_CACHE_DIR": str(cache)}
     start = time.monotonic()

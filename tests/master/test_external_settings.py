@@ -8,7 +8,6 @@ webhooks and pollers on a running master are in ``test_external_service.py``.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from buildbot.schedulers.forcesched import ForceScheduler
 import settings
 from master import builders, webhooks
 from settings.worker_specs import WorkerSpec
-from tests.support.paths import REPO, VENV_BIN
+from tests.support.cli import run_checkconfig
 from tests.support.servicekit import standin_factory
 
 GOOD_WEBHOOKS = """
@@ -264,15 +263,6 @@ def test_poller_builder_name_clash_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors) as exc:
         builders.build_config(s, factory=standin_factory, specs=specs(tmp_path, s))
     assert "builder gh-tiny-preempt already exists; rename the poller" in exc.value.errors[0]
-
-
-def run_checkconfig(settings_file: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", settings.ENV_VAR: str(settings_file),
-           "HOME": str(cwd)}
-    return subprocess.run(
-        [str(VENV_BIN / "buildbot"), "checkconfig", str(REPO / "master.cfg")],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-    )
 
 
 def test_checkconfig_with_webhooks_and_pollers(tmp_path: Path) -> None:

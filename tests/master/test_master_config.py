@@ -6,7 +6,6 @@ kernel_build_factory) on the default settings and on a broken settings file.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +19,7 @@ from master import builders, schedulers, www
 from master.changehook import BaseChangeHook
 from master.frontdoor import SiteAuth
 from settings.worker_specs import WorkerSpec
-from tests.support.paths import REPO, VENV_BIN
+from tests.support.cli import run_checkconfig
 from tests.support.servicekit import standin_factory
 
 
@@ -193,15 +192,6 @@ def test_authz_rules(tmp_path: Path) -> None:
     p.write_text("[web]\nanonymous_read = false\n")
     closed = www.authz(settings.load(p, root=tmp_path), {"admin": "pw"})
     assert any(type(r) is em.AnyEndpointMatcher for r in closed.allowRules)
-
-
-def run_checkconfig(settings_file: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", settings.ENV_VAR: str(settings_file),
-           "HOME": str(cwd)}
-    return subprocess.run(
-        [str(VENV_BIN / "buildbot"), "checkconfig", str(REPO / "master.cfg")],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-    )
 
 
 def test_checkconfig_default_settings(tmp_path: Path) -> None:

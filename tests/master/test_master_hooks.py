@@ -14,7 +14,7 @@ import pytest
 
 from master import hooks
 from master.hooks import pre_receive
-from tests.support.hookkit import PASSWORD, Receiver, git, push
+from tests.support.hookkit import Receiver, git, hooked_repo, push
 
 
 @pytest.fixture
@@ -24,31 +24,11 @@ def receiver():
     r.close()
 
 
-
-
 @pytest.fixture
 def setup(tmp_path: Path, receiver: Receiver):
-    bare = tmp_path / "linux.git"
-    assert hooks.ensure_bare_repo(bare)
+    bare, work, cfg, pw = hooked_repo(tmp_path, receiver.port)
     assert not hooks.ensure_bare_repo(bare)  # idempotent
-    pw = tmp_path / "hook-password"
-    pw.write_text(PASSWORD + "\n")
-    cfg = {
-        "repository": str(bare), "project": "linux", "branches": [".*"],
-        "change_hook_url": f"http://127.0.0.1:{receiver.port}/change_hook/base",
-        "web_url": "http://localhost:8010/", "user": "hook", "password_file": str(pw),
-        "timeout": 5,
-    }
-    hooks.install(bare, cfg)
-    work = tmp_path / "work"
-    work.mkdir()
-    git(work, "init", "-q", "-b", "main")
-    (work / "Makefile").write_text("all:\n")
-    git(work, "add", "Makefile")
-    git(work, "commit", "-q", "-m", "first line\n\nbody text")
     return bare, work, cfg, pw
-
-
 
 
 def test_wrappers_use_the_venv_python(setup) -> None:

@@ -23,7 +23,7 @@ from twisted.internet import defer, task
 from master import hooks
 from master.hooks import spool
 from master.push_spool import PushSpoolService, check_change
-from tests.support.hookkit import PASSWORD, Receiver, git, push
+from tests.support.hookkit import Receiver, git, hooked_repo, push
 
 SHA_A = "a" * 40
 SHA_B = "b" * 40
@@ -127,23 +127,7 @@ class Answering:
 @pytest.fixture
 def repo(tmp_path: Path):
     receiver = Receiver()
-    bare = tmp_path / "linux.git"
-    hooks.ensure_bare_repo(bare)
-    pw = tmp_path / "hook-password"
-    pw.write_text(PASSWORD + "\n")
-    cfg = {
-        "repository": str(bare), "project": "linux", "branches": [".*"],
-        "change_hook_url": f"http://127.0.0.1:{receiver.port}/change_hook/base",
-        "web_url": "http://localhost:8010/", "user": "hook", "password_file": str(pw),
-        "timeout": 1,
-    }
-    hooks.install(bare, cfg)
-    work = tmp_path / "work"
-    work.mkdir()
-    git(work, "init", "-q", "-b", "main")
-    (work / "Makefile").write_text("all:\n")
-    git(work, "add", "Makefile")
-    git(work, "commit", "-q", "-m", "first line\n\nbody text")
+    bare, work, cfg, _ = hooked_repo(tmp_path, receiver.port, timeout=1)
     yield bare, work, cfg, receiver
     receiver.close()
 

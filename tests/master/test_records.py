@@ -62,8 +62,6 @@ RESULT = {
 }
 
 
-
-
 def count(engine) -> int:
     with engine.connect() as conn:
         return conn.scalar(select(func.count()).select_from(KernelBuild))

@@ -19,7 +19,7 @@ from ktstr_steps.cache import (
     ValidEntry,
 )
 from ktstr_steps.errors import KtstrError
-from tests.support.cachekit import hold_lock, lock_is_free, write_entry
+from tests.support.cachekit import hold_lock, lock_is_free, meta, write_entry
 from tests.support.vmlinux import build_vmlinux, sections
 
 KEY = "6.14.2-tarball-x86_64-kcc0bd848c"
@@ -38,18 +38,6 @@ def image(tmp_path: Path) -> Path:
     return p
 
 
-def meta(**kw) -> KernelMetadata:
-    base = dict(
-        source=KernelSource.tarball(),
-        arch="x86_64",
-        image_name="bzImage",
-        built_at="2026-04-12T10:00:00Z",
-        version="6.14.2",
-        config_hash="0badc0de",
-        ktstr_kconfig_hash="c0bd848c",
-    )
-    base.update(kw)
-    return KernelMetadata(**base)
 
 
 def tree(root: Path) -> list[str]:
@@ -57,8 +45,6 @@ def tree(root: Path) -> list[str]:
     if not root.exists():
         return []
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
 
 
 # ---------------------------------------------------------------- root
@@ -401,8 +387,6 @@ def test_lookup_misses(isolated_env: Path, image: Path, capfd: pytest.CaptureFix
 # ----------------------------------------------------------------- list
 
 
-
-
 def test_list_valid_and_corrupt_kinds(isolated_env: Path) -> None:
     root = isolated_env
     write_entry(root, "new", meta(built_at="2026-05-01T00:00:00Z").dumps())
@@ -559,9 +543,6 @@ def test_clean_skips_entry_in_use(populated: Path, capfd: pytest.CaptureFixture[
 
 
 # ---------------------------------------------------------- force probe
-
-
-
 
 
 def test_force_probe(isolated_env: Path, image: Path) -> None:

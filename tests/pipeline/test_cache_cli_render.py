@@ -8,24 +8,11 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import cache, cli_render
-from ktstr_steps.cache import KernelMetadata, KernelSource
+from ktstr_steps.cache import KernelSource
 from ktstr_steps.kernelorg import versions
-from tests.support.cachekit import write_entry
+from tests.support.cachekit import meta, write_entry
 
 CURRENT = "c0bd848c"
-
-
-def meta(**kw) -> KernelMetadata:
-    base = dict(
-        source=KernelSource.tarball(),
-        arch="x86_64",
-        image_name="bzImage",
-        built_at="2026-04-12T10:00:00Z",
-        version="6.14.2",
-        ktstr_kconfig_hash=CURRENT,
-    )
-    base.update(kw)
-    return KernelMetadata(**base)
 
 
 @pytest.fixture

@@ -35,22 +35,12 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def holder():
-    procs: list[subprocess.Popen] = []
-
+def holder(lock_holding_processes):
     def start(path: Path, mode: str) -> subprocess.Popen:
         path.parent.mkdir(parents=True, exist_ok=True)
-        p = subprocess.Popen(
-            [sys.executable, "-c", HOLD, str(path), mode], stdout=subprocess.PIPE, text=True
-        )
-        assert p.stdout is not None and p.stdout.readline().strip() == "held"
-        procs.append(p)
-        return p
+        return lock_holding_processes(HOLD, path, mode)
 
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+    return start
 
 
 def test_topology_json_on_recorded_epyc(tmp_path):

@@ -22,19 +22,11 @@ time.sleep(60)
 
 
 @pytest.fixture
-def holder_proc(tmp_path: Path):
-    procs = []
-
+def holder_proc(lock_holding_processes):
     def start(path: Path, mode: str = "ex") -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-c", HOLD, str(path), mode], stdout=subprocess.PIPE, text=True)
-        assert p.stdout is not None and p.stdout.readline().strip() == "held"
-        procs.append(p)
-        return p
+        return lock_holding_processes(HOLD, path, mode)
 
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+    return start
 
 
 def test_holder_of_exclusive_lock_is_found_with_mode_and_cmdline(tmp_path, holder_proc):

@@ -22,32 +22,7 @@ from pathlib import Path
 import pytest
 
 from ktstr_steps import buildprocs, flock, holder
-
-
-@pytest.fixture
-def lock_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "locks"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def owner():
-    """A stand-in for the buildbot-worker: the holder's owner."""
-    p = subprocess.Popen(["sleep", "600"])
-    yield p
-    p.kill()
-    p.wait()
-
-
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["ktstr-ci", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def acquire(name: str, lock_dir: Path, *extra: str) -> dict:
-    r = cli("holder", "acquire", "--name", name, "--lock-dir", str(lock_dir), "--json", *extra)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+from tests.support.holderkit import acquire, cli
 
 
 def lock_tree(name: str, tree: Path) -> Path:

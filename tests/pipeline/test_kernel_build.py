@@ -27,8 +27,6 @@ ALL_OUTCOMES = {
 }
 
 
-
-
 def assert_no_sandbox_left() -> None:
     """No ktstr-build-<ns>-<pid> cgroup (v1 or v2) outlived its owner.
 

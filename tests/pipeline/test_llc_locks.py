@@ -27,23 +27,11 @@ time.sleep(float(sys.argv[3]))
 
 
 @pytest.fixture
-def perf_run():
-    procs: list[subprocess.Popen] = []
-
+def perf_run(lock_holding_processes):
     def start(path: Path, mode: str = "ex", hold: float = 60.0) -> subprocess.Popen:
-        p = subprocess.Popen(
-            [sys.executable, "-c", PERF_RUN, str(path), mode, str(hold)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert p.stdout is not None and p.stdout.readline().strip() == "held"
-        procs.append(p)
-        return p
+        return lock_holding_processes(PERF_RUN, path, mode, hold)
 
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+    return start
 
 
 @pytest.fixture

@@ -40,8 +40,6 @@ WORKER_PROPS = {"workername": "host1-llc0", "host": "host1", "llc_index": 0,
 REACHED_LOOKUP = {"phase_seconds": {"lookup": 0.1}}
 
 
-
-
 class FailedStep:
     """An executed step of the build that failed, as Build.executedSteps holds it."""
 

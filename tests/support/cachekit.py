@@ -1,4 +1,4 @@
-"""Kernel-cache helpers: hand-written entries and lock holders in other processes."""
+"""Kernel-cache helpers: metadata, hand-written entries, lock holders in other processes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from ktstr_steps.cache import KernelMetadata, KernelSource
 from ktstr_steps.flock import try_flock
 
 
@@ -49,3 +50,17 @@ def hold_lock(path: Path, mode: str) -> subprocess.Popen:
     )
     assert proc.stdout.readline().strip() == "held"
     return proc
+
+
+def meta(**kw) -> KernelMetadata:
+    base = dict(
+        source=KernelSource.tarball(),
+        arch="x86_64",
+        image_name="bzImage",
+        built_at="2026-04-12T10:00:00Z",
+        version="6.14.2",
+        config_hash="0badc0de",
+        ktstr_kconfig_hash="c0bd848c",
+    )
+    base.update(kw)
+    return KernelMetadata(**base)

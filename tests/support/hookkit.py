@@ -10,6 +10,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from master import hooks
+
 PASSWORD = "s3cret-hook"
 
 
@@ -58,3 +60,26 @@ def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
 
 def push(work: Path, bare: Path, refspec: str) -> subprocess.CompletedProcess:
     return git(work, "push", str(bare), refspec, check=False)
+
+
+def hooked_repo(tmp_path: Path, hook_port: int, *, timeout: float = 5) -> tuple[Path, Path, dict, Path]:
+    """A bare repository with the ktstr-ci hooks posting to 127.0.0.1:``hook_port``, and a
+    work tree with one commit on main: ``(bare, work, hook config, password file)``."""
+    bare = tmp_path / "linux.git"
+    assert hooks.ensure_bare_repo(bare)
+    pw = tmp_path / "hook-password"
+    pw.write_text(PASSWORD + "\n")
+    cfg = {
+        "repository": str(bare), "project": "linux", "branches": [".*"],
+        "change_hook_url": f"http://127.0.0.1:{hook_port}/change_hook/base",
+        "web_url": "http://localhost:8010/", "user": "hook", "password_file": str(pw),
+        "timeout": timeout,
+    }
+    hooks.install(bare, cfg)
+    work = tmp_path / "work"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    (work / "Makefile").write_text("all:\n")
+    git(work, "add", "Makefile")
+    git(work, "commit", "-q", "-m", "first line\n\nbody text")
+    return bare, work, cfg, pw
