@@ -46,6 +46,8 @@ class BuildState:
     image_rel: str = ""
     base_config: str = "defconfig"
     profile: str | None = None
+    # Configured from its profile alone (CI's builds): the tree's .config is no input.
+    profile_build: bool = False
     extra_kconfig: str | None = None  # fragment text (profile fragments + --extra-kconfig)
     kconfig_hash: str = ""
     extra_kconfig_hash: str | None = None

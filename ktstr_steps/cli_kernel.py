@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ktstr_steps.cli_values import int_at_least, parse_seconds
 from ktstr_steps.errors import KtstrError
-from ktstr_steps.messages import LABEL
+from ktstr_steps.messages import LABEL, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lk_src.add_argument("--source", type=Path, metavar="DIR")
     # A release (matrix cells): keyed without I/O; a miss fetches through the download cache.
     lk_src.add_argument("--version", metavar="V", help="an exact release, e.g. 6.12.3")
+    # A pushed commit (with --profile): keyed without a tree, so a hit needs no checkout.
+    lk_src.add_argument("--revision", metavar="SHA",
+                        help="a full commit id; needs --profile; no tree is read")
+    lk.add_argument("--tree", metavar="DIR",
+                    help="with --revision: where the build's tree would be (recorded only)")
     lk.add_argument("--download-cache", type=Path, metavar="DIR", help="with --version")
     lk.add_argument("--tree-store", type=Path, metavar="DIR", help="with --version")
     lk.add_argument("--mirror", metavar="URL", help="with --version (KTSTR_CI_KERNEL_MIRROR)")
@@ -311,9 +316,17 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
                 force=args.force,
             )  # fmt: skip
         with timed(state, "lookup"):
-            src = source.acquire_local(args.source)
-            pipeline.apply_source(state, src)
-            pipeline.compute_key(state, src, clean=args.clean)
+            if args.revision is not None:
+                if not args.profile:
+                    raise KtstrError("--revision needs --profile: only a profile build is "
+                                     "keyed by its commit alone", kind="usage")
+                pipeline.revision_key(state, args.revision, tree=args.tree)
+            else:
+                src = source.acquire_local(args.source)
+                pipeline.apply_source(state, src)
+                pipeline.compute_key(state, src, clean=args.clean,
+                                     profile_build=args.profile is not None)
+            say(f"cache key: {state.cache_key}")
             entry = None if args.force else pipeline.lookup_cached(state)
         if entry is not None:
             pipeline.mark_hit(state, entry)

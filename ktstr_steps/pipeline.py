@@ -120,18 +120,53 @@ def tree_diff_hash(tree: Path) -> str | None:
     return hashlib.sha256(proc.stdout).hexdigest()
 
 
-def compute_key(state: BuildState, src, *, clean: bool = False) -> str:
-    """The cache key of this build (ktstr's formats + our base-config suffix)."""
+def key_suffix(state: BuildState) -> str:
+    """``kc{S}[-xkc{X}][base suffix]``: the profile's inputs as the key carries them."""
     state.kconfig_hash = kconfig.kconfig_hash()
     state.extra_kconfig_hash = kconfig.extra_kconfig_hash(state.extra_kconfig)
-    suffix = keys.kconfig_suffix(state.kconfig_hash, state.extra_kconfig_hash) + keys.base_suffix(
+    return keys.kconfig_suffix(state.kconfig_hash, state.extra_kconfig_hash) + keys.base_suffix(
         state.base_config
     )
+
+
+def compute_key(state: BuildState, src, *, clean: bool = False,
+                profile_build: bool = False) -> str:
+    """The cache key of this build (ktstr's formats + our base-config suffix).
+
+    ``profile_build``: the build configures from its profile alone, so a clean
+    git tree is keyed by commit and profile (``keys.profile_key``) and its
+    leftover ``.config`` is no input; otherwise ktstr's cfg-keyed rules hold.
+    """
+    suffix = key_suffix(state)
+    state.profile_build = profile_build
+    if profile_build and src.kind == "local" and src.cacheable and src.git_hash:
+        state.config_crc = None
+        state.cache_key = keys.profile_key(src.git_hash, src.arch.arch, suffix)
+        return state.cache_key
     if clean and src.kind == "local":
         # mrproper will delete .config before configure: key what will be built.
         src = dataclasses.replace(src, config_crc=None)
         state.config_crc = None
     state.cache_key = src.cache_key(suffix)
+    return state.cache_key
+
+
+def revision_key(state: BuildState, revision: str, *, tree: str | None = None) -> str:
+    """Key a profile build by the commit alone, before any tree exists (no checkout).
+
+    The state then describes a clean git tree at that commit, so a hit can be
+    published and recorded like one found after a checkout; ``tree`` is where
+    that tree would be, for the record only.
+    """
+    hash7 = keys.revision_hash7(revision)
+    state.kind = "local"
+    state.git_hash = hash7
+    state.is_git = True
+    state.is_dirty = False
+    state.config_crc = None
+    state.profile_build = True
+    state.source_meta = {"type": "local", "source_tree_path": tree, "git_hash": hash7}
+    state.cache_key = keys.profile_key(hash7, state.arch, key_suffix(state))
     return state.cache_key
 
 
