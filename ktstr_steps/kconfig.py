@@ -21,7 +21,7 @@ from ktstr_steps.errors import KtstrError
 from ktstr_steps.kbuild import run_make
 from ktstr_steps.keys import crc32_hex
 from ktstr_steps.messages import Progress, warn
-from ktstr_steps.paths import kconfig_dir
+from ktstr_steps.paths import KTSTR_KCONFIG_ENV, kconfig_dir, ktstr_kconfig_path
 
 BASE_CONFIGS = ("defconfig", "tinyconfig", "allnoconfig")
 
@@ -42,16 +42,24 @@ ABSENT = "(absent — symbol not present in .config; likely disabled or unrecogn
 
 
 def baked_fragment() -> str:
-    """kconfig/ktstr.kconfig: merged after the base config, before the user's fragment."""
-    path = kconfig_dir() / "ktstr.kconfig"
+    """The ktstr.kconfig fragment, merged after the base config, before the user's fragment:
+    ``$KTSTR_CI_KTSTR_KCONFIG`` (the user's ktstr's file) or kconfig/ktstr.kconfig."""
+    path = ktstr_kconfig_path()
     try:
-        return path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
     except OSError as e:
-        raise KtstrError(
-            f"read {path}: {e.strerror or e}; ktstr-ci's install is incomplete "
-            "(set KTSTR_CI_KCONFIG_DIR to the kconfig/ directory)",
-            kind="bad-kconfig",
-        ) from e
+        if os.environ.get(KTSTR_KCONFIG_ENV):
+            fix = (f"point {KTSTR_KCONFIG_ENV} ([kconfig] ktstr_fragment) at the ktstr.kconfig "
+                   "your ktstr uses, or unset it for ktstr-ci's own")
+        else:
+            fix = ("ktstr-ci's install is incomplete (set KTSTR_CI_KCONFIG_DIR to the kconfig/ "
+                   "directory)")
+        raise KtstrError(f"read {path}: {e.strerror or e}; {fix}", kind="bad-kconfig") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise KtstrError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                         "a ktstr.kconfig fragment is text", kind="bad-kconfig") from None
 
 
 def kconfig_hash() -> str:
