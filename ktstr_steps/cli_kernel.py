@@ -398,7 +398,8 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
         }
     if phase == "configure":
         changed = pipeline.phase_configure(state, clean=args.clean)
-        return {"configured": changed, "overrides": state.overrides, "dropped": state.dropped}
+        return {"configured": changed, "skipped": state.configure_skipped,
+                "overrides": state.overrides, "dropped": state.dropped}
     if phase == "make":
         try:
             pipeline.phase_make(state, jobs=args.jobs)

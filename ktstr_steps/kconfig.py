@@ -358,12 +358,15 @@ def configure_kernel(
     base_config: str = "defconfig",
     make_vars: list[str],
     force: bool = False,
+    from_base: bool = False,
 ) -> bool:
-    """Base config (only when there is no ``.config``), then fragment + ``make olddefconfig``
-    unless the fragment is already applied (``force`` skips that probe).
+    """Base config (only when there is no ``.config``, or always with ``from_base``), then
+    fragment + ``make olddefconfig`` unless the fragment is already applied (``force``
+    skips that probe).
 
-    Returns whether ``.config`` changed. On a failure ``.config`` is put back
-    as it was, so a broken fragment leaves nothing behind.
+    Returns whether ``.config`` changed; when it did not, its mtime is kept, so
+    kbuild does not even resync. On a failure ``.config`` is put back as it
+    was, so a broken fragment leaves nothing behind.
     """
     src = Path(src)
     config = src / ".config"
@@ -375,28 +378,26 @@ def configure_kernel(
     except FileNotFoundError:
         before = None
     try:
-        if before is None:
+        if before is None or from_base:
             if base in BASE_CONFIGS:
                 progress.update(f"make {base}")
                 run_make(src, [base], make_vars=make_vars)
             else:
                 progress.update(f"base config from {base}")
                 shutil.copyfile(base, config)
-        if not force and fragment_applied(src, fragment):
-            return before is None
-        current = config.read_bytes()
-        with open(config, "ab") as f:
-            # A .config without a final newline would glue its last line to ours.
-            if current and not current.endswith(b"\n"):
-                f.write(b"\n")
-            f.write(fragment.encode("utf-8"))
-        progress.update("ktstr.kconfig + extra fragment merged; make olddefconfig")
-        run_make(src, ["olddefconfig"], make_vars=make_vars)
+        if force or not fragment_applied(src, fragment):
+            current = config.read_bytes()
+            with open(config, "ab") as f:
+                # A .config without a final newline would glue its last line to ours.
+                if current and not current.endswith(b"\n"):
+                    f.write(b"\n")
+                f.write(fragment.encode("utf-8"))
+            progress.update("ktstr.kconfig + extra fragment merged; make olddefconfig")
+            run_make(src, ["olddefconfig"], make_vars=make_vars)
         if before is not None and config.read_bytes() == before:
             # On a real tree some baked lines can never survive (arm-only
             # symbols on x86...), so the probe fails and olddefconfig reruns;
-            # when it changed nothing, keep the old mtime so kbuild does not
-            # even resync.
+            # when it changed nothing, keep the old mtime.
             os.utime(config, ns=(before_stat.st_atime_ns, before_stat.st_mtime_ns))
     except BaseException as e:
         _restore(src, before)

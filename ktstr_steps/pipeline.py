@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ktstr_steps import cache, kbuild, kconfig, keys
+from ktstr_steps import cache, configstamp, kbuild, kconfig, keys
 from ktstr_steps.buildstate import BuildState, timed
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.keys import crc32_hex
@@ -207,7 +207,12 @@ def phase_clean(state: BuildState, *, clean: bool) -> None:
 
 
 def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
-    """Base config, baked fragment + extra, olddefconfig; override/dropped warnings."""
+    """Base config, baked fragment + extra, olddefconfig; override/dropped warnings.
+
+    A profile build configures from its profile alone (the base config is
+    made again over any leftover ``.config``), and not at all when the
+    configure stamp says nothing it reads has changed.
+    """
     src = Path(state.source_dir)
     with timed(state, "configure"):
         try:
@@ -219,23 +224,42 @@ def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
                 for o in kconfig.overrides(baked, extra):
                     state.overrides.append(dataclasses.asdict(o))
                     state.warn(kconfig.format_override(o))
-            needed = extra is not None or not kconfig.has_sched_ext(src)
-            changed = False
-            if needed:
-                changed = kconfig.configure_kernel(
-                    src,
-                    fragment,
-                    base_config=state.base_config,
-                    make_vars=kbuild.make_vars(state.arch),
-                )
-                if extra is not None:
-                    for d in kconfig.dropped_lines(src, extra):
-                        state.dropped.append(dataclasses.asdict(d))
-                        state.warn(kconfig.format_dropped(d))
+            make_vars = kbuild.make_vars(state.arch)
+            if state.profile_build:
+                changed = _configure_profile(state, src, baked, fragment, make_vars)
+                needed = True
+            else:
+                needed = extra is not None or not kconfig.has_sched_ext(src)
+                changed = needed and kconfig.configure_kernel(
+                    src, fragment, base_config=state.base_config, make_vars=make_vars)
+            if needed and extra is not None:
+                for d in kconfig.dropped_lines(src, extra):
+                    state.dropped.append(dataclasses.asdict(d))
+                    state.warn(kconfig.format_dropped(d))
             return changed
         except KtstrError as exc:
             hint = " (check the --extra-kconfig / profile fragment)" if state.extra_kconfig else ""
             raise KtstrError(f"kernel configure failed{hint}: {exc}", kind=exc.kind) from exc
+
+
+def _configure_profile(state: BuildState, src: Path, baked: str, fragment: str,
+                       make_vars: list[str]) -> bool:
+    digest = configstamp.inputs_digest(base_config=state.base_config, baked=baked,
+                                       extra=state.extra_kconfig, arch=state.arch,
+                                       make_vars=make_vars)
+    # A patched (dirty) tree's Kconfig files are not those of its commit.
+    why = None if state.is_dirty else configstamp.unchanged(src, digest)
+    if why is not None:
+        say(f"configure: {why}, skipped")
+        state.configure_skipped = why
+        return False
+    changed = kconfig.configure_kernel(src, fragment, base_config=state.base_config,
+                                       make_vars=make_vars, from_base=True)
+    if state.is_dirty:
+        configstamp.remove(src)
+    else:
+        configstamp.write(src, digest)
+    return changed
 
 
 def phase_make(state: BuildState, *, jobs: int | None = None) -> None:
