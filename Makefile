@@ -64,6 +64,7 @@ status: venv
 bench: setup
 	$(PY) bench/run.py
 	$(PY) bench/matrix_bench.py
+	$(PY) bench/reuse_bench.py
 
 # Bounded: SOAK_SECONDS (default 600); prints faults survived / tried and rows lost.
 soak: setup
