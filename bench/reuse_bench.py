@@ -67,6 +67,15 @@ def step_states(kit: ServiceKit, buildid: int) -> dict[str, str]:
     return {s["name"]: s["state_string"] for s in kit.build_steps(buildid)}
 
 
+def step_times(kit: ServiceKit, buildid: int) -> str:
+    """Every step's wall time, in order: where push→done goes beyond make."""
+    out = []
+    for st in kit.build_steps(buildid):
+        if st.get("started_at") and st.get("complete_at"):
+            out.append(f"{st['name']} {st['complete_at'] - st['started_at']:.2f}")
+    return ", ".join(out)
+
+
 def measure(work: Path, fake: bool) -> tuple[dict[str, float], dict[str, str]]:
     fig: dict[str, float] = {}
     seen: dict[str, str] = {}
@@ -98,6 +107,7 @@ def measure(work: Path, fake: bool) -> tuple[dict[str, float], dict[str, str]]:
         note(fig, "service_incremental_configure_s",
              step_seconds(kit, inc["buildid"], "configure"))
         seen["one-file configure"] = step_states(kit, inc["buildid"]).get("configure", "?")
+        seen["one-file steps (s)"] = step_times(kit, inc["buildid"])
 
         print("bench: the same commit pushed to a new branch", file=sys.stderr)
         _, total, hit = service_build(kit, src, "reuse-new-branch", timeout=timeout)
@@ -105,6 +115,7 @@ def measure(work: Path, fake: bool) -> tuple[dict[str, float], dict[str, str]]:
         states = step_states(kit, hit["buildid"])
         seen["new-branch lookup"] = states.get("revision-lookup", "?")
         seen["new-branch checkout"] = states.get("checkout", "?")
+        seen["new-branch steps (s)"] = step_times(kit, hit["buildid"])
         seen["new-branch outcome"] = str(
             kit.build_properties(hit["buildid"]).get("kernel_outcome"))
     return fig, seen

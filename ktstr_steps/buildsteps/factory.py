@@ -78,6 +78,7 @@ KERNEL_PROPERTIES: tuple[str, ...] = (
     "make_jobs",
     "source_tree",
     "cache_key",
+    "hit_before_checkout",
     "kernel_profile",
     "kernel_outcome",
     "config_overrides",
