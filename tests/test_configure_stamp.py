@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ktstr_steps.configstamp import STAMP_NAME, touches_kconfig
+from ktstr_steps.configstamp import STAMP_NAME, inputs_digest, touches_kconfig
 from tests.fakekernel import git, make_fake_kernel
 
 SKIPPED_LINE = "ktstr-ci: configure: unchanged inputs, skipped"
@@ -45,6 +45,21 @@ def tree(tmp_path: Path) -> Path:
 ])
 def test_which_changes_can_change_the_configuration(path: str, touches: bool):
     assert touches_kconfig(path) is touches
+
+
+def test_digest_covers_every_input_and_a_base_files_bytes(tmp_path: Path):
+    base = dict(base_config="tinyconfig", baked="CONFIG_A=y\n", extra=None, arch="x86_64",
+                make_vars=["ARCH=x86_64"])
+    digests = {inputs_digest(**base)}
+    for name, value in (("base_config", "defconfig"), ("baked", "CONFIG_B=y\n"),
+                        ("extra", "CONFIG_C=y\n"), ("arch", "aarch64"), ("make_vars", [])):
+        digests.add(inputs_digest(**{**base, name: value}))
+    assert len(digests) == 6
+    cfg = tmp_path / "base.config"
+    cfg.write_text("CONFIG_X=y\n")
+    one = inputs_digest(**{**base, "base_config": str(cfg)})
+    cfg.write_text("CONFIG_Y=y\n")
+    assert inputs_digest(**{**base, "base_config": str(cfg)}) != one
 
 
 def test_second_configure_with_the_same_inputs_is_skipped(tree: Path, tmp_path: Path):

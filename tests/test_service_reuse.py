@@ -51,6 +51,10 @@ def test_second_build_of_a_branch_is_found_from_a_new_branch_without_checkout(ki
     assert built["kernel_outcome"] == "cached"
     assert built["cache_key"].startswith(f"local-{sha[:7]}-x86_64-kc")
     assert "-cfg" not in built["cache_key"]
+    # Same profile, same .config, no Kconfig change since the first build: no configure.
+    configure = {s["name"]: s for s in kit.build_steps(second["buildid"])}["configure"]
+    assert configure["state_string"] == "unchanged inputs, skipped"
+    assert "configure: unchanged inputs, skipped" in kit.step_log(second["buildid"], "configure")
 
     push = kit.push(tree, "reuse-b")
     assert push.sha == sha
