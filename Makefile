@@ -22,7 +22,7 @@ help:
 	@echo "make status master, supervisord, workers (pid, CPUs, connected, restarts)"
 	@echo "make test   set up and run the tests (FAST=1 skips the real-kernel build)"
 	@echo "make lint   ruff"
-	@echo "make bench  benchmarks under bench/ (service vs plain make; matrix cache hits)"
+	@echo "make bench  benchmarks under bench/ (service vs plain make; matrix cache hits; reuse)"
 	@echo "make soak   pushes with random kill -9 of workers, holders, the master (SOAK_SECONDS=600)"
 
 # Install missing Debian packages only; no apt-get when all are present.
@@ -64,6 +64,7 @@ status: venv
 bench: setup
 	$(PY) bench/run.py
 	$(PY) bench/matrix_bench.py
+	$(PY) bench/reuse_bench.py
 
 # Bounded: SOAK_SECONDS (default 600); prints faults survived / tried and rows lost.
 soak: setup

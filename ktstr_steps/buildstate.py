@@ -46,6 +46,9 @@ class BuildState:
     image_rel: str = ""
     base_config: str = "defconfig"
     profile: str | None = None
+    # Configured from its profile alone (CI's builds): the tree's .config is no input.
+    profile_build: bool = False
+    configure_skipped: str | None = None  # why configure did nothing (the configure stamp)
     extra_kconfig: str | None = None  # fragment text (profile fragments + --extra-kconfig)
     kconfig_hash: str = ""
     extra_kconfig_hash: str | None = None

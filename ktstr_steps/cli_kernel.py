@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ktstr_steps.cli_values import int_at_least, parse_seconds
 from ktstr_steps.errors import KtstrError
-from ktstr_steps.messages import LABEL
+from ktstr_steps.messages import LABEL, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +54,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     cl.add_argument("--force", action="store_true", help="do not ask for confirmation")
     cl.set_defaults(func=cmd_clean)
 
+    ky = ksub.add_parser(
+        "key",
+        help="print the cache key a build would use, without building",
+        description="--revision SHA: the key of the service's profile build of that commit "
+        "(commit + profile inputs; default profile: defconfig + ktstr.kconfig, ktstr's own key). "
+        "--source DIR: the key `kernel build --source DIR` would use (ktstr's rules: a "
+        "leftover .config is part of it).",
+    )
+    ky_src = ky.add_mutually_exclusive_group(required=True)
+    ky_src.add_argument("--revision", metavar="SHA", help="a full commit id")
+    ky_src.add_argument("--source", type=Path, metavar="DIR", help="a local kernel tree")
+    _config_args(ky)
+    ky.add_argument("--kconfig", type=Path, metavar="FILE",
+                    help="the ktstr.kconfig your ktstr uses (sets the kc<crc> suffix; default: "
+                    "$KTSTR_CI_KTSTR_KCONFIG, else ktstr-ci's kconfig/ktstr.kconfig)")
+    ky.add_argument("--json", action="store_true")
+    ky.set_defaults(func=cmd_key)
+
     ph = sub.add_parser("phase", help="run one build phase against a state file (Buildbot steps)")
     psub = ph.add_subparsers(dest="phase", required=True, metavar="PHASE")
     lk = psub.add_parser("lookup", help="acquire the tree, compute the cache key, look it up")
@@ -62,6 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lk_src.add_argument("--source", type=Path, metavar="DIR")
     # A release (matrix cells): keyed without I/O; a miss fetches through the download cache.
     lk_src.add_argument("--version", metavar="V", help="an exact release, e.g. 6.12.3")
+    # A pushed commit (with --profile): keyed without a tree, so a hit needs no checkout.
+    lk_src.add_argument("--revision", metavar="SHA",
+                        help="a full commit id; needs --profile; no tree is read")
+    lk.add_argument("--tree", metavar="DIR",
+                    help="with --revision: where the build's tree would be (recorded only)")
     lk.add_argument("--download-cache", type=Path, metavar="DIR", help="with --version")
     lk.add_argument("--tree-store", type=Path, metavar="DIR", help="with --version")
     lk.add_argument("--mirror", metavar="URL", help="with --version (KTSTR_CI_KERNEL_MIRROR)")
@@ -170,6 +193,44 @@ def cmd_build(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 1 if failed else 0
+
+
+# -- kernel key ---------------------------------------------------------------------
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    import os
+
+    from ktstr_steps import pipeline, source
+    from ktstr_steps.paths import KTSTR_KCONFIG_ENV
+
+    if args.kconfig is not None:
+        if not args.kconfig.is_file():
+            raise KtstrError(f"--kconfig {args.kconfig}: no such file; give the ktstr.kconfig "
+                             "your ktstr uses", kind="bad-kconfig")
+        # This process only: every key rule reads the fragment from this one place.
+        os.environ[KTSTR_KCONFIG_ENV] = str(args.kconfig.resolve())
+    state = pipeline.init_state(
+        profile=args.profile, base_config=args.base_config, extra_kconfig=args.extra_kconfig)
+    if args.revision is not None:
+        pipeline.revision_key(state, args.revision)
+    else:
+        pipeline.compute_key(state, source.acquire_local(args.source))
+    out = {
+        "cache_key": state.cache_key,
+        "kconfig_hash": state.kconfig_hash,
+        "extra_kconfig_hash": state.extra_kconfig_hash,
+        "base_config": state.base_config,
+        "profile": state.profile,
+        "arch": state.arch,
+        "git_hash": state.git_hash,
+        "profile_build": state.profile_build,
+    }
+    if args.json:
+        _emit(args, out)
+    else:
+        print(state.cache_key)
+    return 0
 
 
 # -- kernel list / clean --------------------------------------------------------------
@@ -311,9 +372,17 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
                 force=args.force,
             )  # fmt: skip
         with timed(state, "lookup"):
-            src = source.acquire_local(args.source)
-            pipeline.apply_source(state, src)
-            pipeline.compute_key(state, src, clean=args.clean)
+            if args.revision is not None:
+                if not args.profile:
+                    raise KtstrError("--revision needs --profile: only a profile build is "
+                                     "keyed by its commit alone", kind="usage")
+                pipeline.revision_key(state, args.revision, tree=args.tree)
+            else:
+                src = source.acquire_local(args.source)
+                pipeline.apply_source(state, src)
+                pipeline.compute_key(state, src, clean=args.clean,
+                                     profile_build=args.profile is not None)
+            say(f"cache key: {state.cache_key}")
             entry = None if args.force else pipeline.lookup_cached(state)
         if entry is not None:
             pipeline.mark_hit(state, entry)
@@ -329,7 +398,8 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
         }
     if phase == "configure":
         changed = pipeline.phase_configure(state, clean=args.clean)
-        return {"configured": changed, "overrides": state.overrides, "dropped": state.dropped}
+        return {"configured": changed, "skipped": state.configure_skipped,
+                "overrides": state.overrides, "dropped": state.dropped}
     if phase == "make":
         try:
             pipeline.phase_make(state, jobs=args.jobs)

@@ -21,7 +21,7 @@ from ktstr_steps.errors import KtstrError
 from ktstr_steps.kbuild import run_make
 from ktstr_steps.keys import crc32_hex
 from ktstr_steps.messages import Progress, warn
-from ktstr_steps.paths import kconfig_dir
+from ktstr_steps.paths import KTSTR_KCONFIG_ENV, kconfig_dir, ktstr_kconfig_path
 
 BASE_CONFIGS = ("defconfig", "tinyconfig", "allnoconfig")
 
@@ -42,16 +42,24 @@ ABSENT = "(absent — symbol not present in .config; likely disabled or unrecogn
 
 
 def baked_fragment() -> str:
-    """kconfig/ktstr.kconfig: merged after the base config, before the user's fragment."""
-    path = kconfig_dir() / "ktstr.kconfig"
+    """The ktstr.kconfig fragment, merged after the base config, before the user's fragment:
+    ``$KTSTR_CI_KTSTR_KCONFIG`` (the user's ktstr's file) or kconfig/ktstr.kconfig."""
+    path = ktstr_kconfig_path()
     try:
-        return path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
     except OSError as e:
-        raise KtstrError(
-            f"read {path}: {e.strerror or e}; ktstr-ci's install is incomplete "
-            "(set KTSTR_CI_KCONFIG_DIR to the kconfig/ directory)",
-            kind="bad-kconfig",
-        ) from e
+        if os.environ.get(KTSTR_KCONFIG_ENV):
+            fix = (f"point {KTSTR_KCONFIG_ENV} ([kconfig] ktstr_fragment) at the ktstr.kconfig "
+                   "your ktstr uses, or unset it for ktstr-ci's own")
+        else:
+            fix = ("ktstr-ci's install is incomplete (set KTSTR_CI_KCONFIG_DIR to the kconfig/ "
+                   "directory)")
+        raise KtstrError(f"read {path}: {e.strerror or e}; {fix}", kind="bad-kconfig") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise KtstrError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                         "a ktstr.kconfig fragment is text", kind="bad-kconfig") from None
 
 
 def kconfig_hash() -> str:
@@ -350,12 +358,15 @@ def configure_kernel(
     base_config: str = "defconfig",
     make_vars: list[str],
     force: bool = False,
+    from_base: bool = False,
 ) -> bool:
-    """Base config (only when there is no ``.config``), then fragment + ``make olddefconfig``
-    unless the fragment is already applied (``force`` skips that probe).
+    """Base config (only when there is no ``.config``, or always with ``from_base``), then
+    fragment + ``make olddefconfig`` unless the fragment is already applied (``force``
+    skips that probe).
 
-    Returns whether ``.config`` changed. On a failure ``.config`` is put back
-    as it was, so a broken fragment leaves nothing behind.
+    Returns whether ``.config`` changed; when it did not, its mtime is kept, so
+    kbuild does not even resync. On a failure ``.config`` is put back as it
+    was, so a broken fragment leaves nothing behind.
     """
     src = Path(src)
     config = src / ".config"
@@ -367,28 +378,26 @@ def configure_kernel(
     except FileNotFoundError:
         before = None
     try:
-        if before is None:
+        if before is None or from_base:
             if base in BASE_CONFIGS:
                 progress.update(f"make {base}")
                 run_make(src, [base], make_vars=make_vars)
             else:
                 progress.update(f"base config from {base}")
                 shutil.copyfile(base, config)
-        if not force and fragment_applied(src, fragment):
-            return before is None
-        current = config.read_bytes()
-        with open(config, "ab") as f:
-            # A .config without a final newline would glue its last line to ours.
-            if current and not current.endswith(b"\n"):
-                f.write(b"\n")
-            f.write(fragment.encode("utf-8"))
-        progress.update("ktstr.kconfig + extra fragment merged; make olddefconfig")
-        run_make(src, ["olddefconfig"], make_vars=make_vars)
+        if force or not fragment_applied(src, fragment):
+            current = config.read_bytes()
+            with open(config, "ab") as f:
+                # A .config without a final newline would glue its last line to ours.
+                if current and not current.endswith(b"\n"):
+                    f.write(b"\n")
+                f.write(fragment.encode("utf-8"))
+            progress.update("ktstr.kconfig + extra fragment merged; make olddefconfig")
+            run_make(src, ["olddefconfig"], make_vars=make_vars)
         if before is not None and config.read_bytes() == before:
             # On a real tree some baked lines can never survive (arm-only
             # symbols on x86...), so the probe fails and olddefconfig reruns;
-            # when it changed nothing, keep the old mtime so kbuild does not
-            # even resync.
+            # when it changed nothing, keep the old mtime.
             os.utime(config, ns=(before_stat.st_atime_ns, before_stat.st_mtime_ns))
     except BaseException as e:
         _restore(src, before)

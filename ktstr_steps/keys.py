@@ -8,12 +8,15 @@ are found by ktstr under exactly the key it would compute.
 
 from __future__ import annotations
 
+import re
 import zlib
 from pathlib import Path
 
 from ktstr_steps.errors import KtstrError
 
 _NAMED_BASES = ("defconfig", "tinyconfig", "allnoconfig")
+# SHA-1 or SHA-256 object names: only a full id names one commit on every host.
+_FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def crc32_hex(data: bytes) -> str:
@@ -50,6 +53,30 @@ def git_key(ref: str, hash7: str, arch: str, suffix: str) -> str:
 def local_key(hash7: str, arch: str, suffix: str, config_crc: str | None = None) -> str:
     cfg = f"cfg{config_crc}-" if config_crc else ""
     return f"local-{hash7}-{arch}-{cfg}{suffix}"
+
+
+def profile_key(hash7: str, arch: str, suffix: str) -> str:
+    """A profile build's key: the commit and the profile's inputs, nothing of the tree.
+
+    A profile build configures from its profile, never from the ``.config`` a
+    previous build left in the tree, so that ``.config`` is not part of what was
+    built: the same commit and profile give this key on every branch, tree and
+    host. For a defconfig profile it is ktstr's key of a clean tree without a
+    ``.config``, the key ktstr itself looks up for that commit.
+    """
+    return local_key(hash7, arch, suffix)
+
+
+def revision_hash7(revision: str) -> str:
+    """The ``hash7`` of a full commit id (ktstr keys the first 7 hex digits of HEAD)."""
+    rev = revision.strip().lower()
+    if not _FULL_SHA.fullmatch(rev):
+        raise KtstrError(
+            f"revision {revision!r} is not a full commit id (40 or 64 hex digits); "
+            "pass the commit's full hash, or look up from the checked-out tree (--source)",
+            kind="bad-revision",
+        )
+    return rev[:7]
 
 
 def local_unknown_key(path_crc: str, arch: str, suffix: str) -> str:

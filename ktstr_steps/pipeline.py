@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ktstr_steps import cache, kbuild, kconfig, keys
+from ktstr_steps import cache, configstamp, kbuild, kconfig, keys
 from ktstr_steps.buildstate import BuildState, timed
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.keys import crc32_hex
@@ -120,18 +120,53 @@ def tree_diff_hash(tree: Path) -> str | None:
     return hashlib.sha256(proc.stdout).hexdigest()
 
 
-def compute_key(state: BuildState, src, *, clean: bool = False) -> str:
-    """The cache key of this build (ktstr's formats + our base-config suffix)."""
+def key_suffix(state: BuildState) -> str:
+    """``kc{S}[-xkc{X}][base suffix]``: the profile's inputs as the key carries them."""
     state.kconfig_hash = kconfig.kconfig_hash()
     state.extra_kconfig_hash = kconfig.extra_kconfig_hash(state.extra_kconfig)
-    suffix = keys.kconfig_suffix(state.kconfig_hash, state.extra_kconfig_hash) + keys.base_suffix(
+    return keys.kconfig_suffix(state.kconfig_hash, state.extra_kconfig_hash) + keys.base_suffix(
         state.base_config
     )
+
+
+def compute_key(state: BuildState, src, *, clean: bool = False,
+                profile_build: bool = False) -> str:
+    """The cache key of this build (ktstr's formats + our base-config suffix).
+
+    ``profile_build``: the build configures from its profile alone, so a clean
+    git tree is keyed by commit and profile (``keys.profile_key``) and its
+    leftover ``.config`` is no input; otherwise ktstr's cfg-keyed rules hold.
+    """
+    suffix = key_suffix(state)
+    state.profile_build = profile_build
+    if profile_build and src.kind == "local" and src.cacheable and src.git_hash:
+        state.config_crc = None
+        state.cache_key = keys.profile_key(src.git_hash, src.arch.arch, suffix)
+        return state.cache_key
     if clean and src.kind == "local":
         # mrproper will delete .config before configure: key what will be built.
         src = dataclasses.replace(src, config_crc=None)
         state.config_crc = None
     state.cache_key = src.cache_key(suffix)
+    return state.cache_key
+
+
+def revision_key(state: BuildState, revision: str, *, tree: str | None = None) -> str:
+    """Key a profile build by the commit alone, before any tree exists (no checkout).
+
+    The state then describes a clean git tree at that commit, so a hit can be
+    published and recorded like one found after a checkout; ``tree`` is where
+    that tree would be, for the record only.
+    """
+    hash7 = keys.revision_hash7(revision)
+    state.kind = "local"
+    state.git_hash = hash7
+    state.is_git = True
+    state.is_dirty = False
+    state.config_crc = None
+    state.profile_build = True
+    state.source_meta = {"type": "local", "source_tree_path": tree, "git_hash": hash7}
+    state.cache_key = keys.profile_key(hash7, state.arch, key_suffix(state))
     return state.cache_key
 
 
@@ -172,7 +207,12 @@ def phase_clean(state: BuildState, *, clean: bool) -> None:
 
 
 def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
-    """Base config, baked fragment + extra, olddefconfig; override/dropped warnings."""
+    """Base config, baked fragment + extra, olddefconfig; override/dropped warnings.
+
+    A profile build configures from its profile alone (the base config is
+    made again over any leftover ``.config``), and not at all when the
+    configure stamp says nothing it reads has changed.
+    """
     src = Path(state.source_dir)
     with timed(state, "configure"):
         try:
@@ -184,23 +224,42 @@ def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
                 for o in kconfig.overrides(baked, extra):
                     state.overrides.append(dataclasses.asdict(o))
                     state.warn(kconfig.format_override(o))
-            needed = extra is not None or not kconfig.has_sched_ext(src)
-            changed = False
-            if needed:
-                changed = kconfig.configure_kernel(
-                    src,
-                    fragment,
-                    base_config=state.base_config,
-                    make_vars=kbuild.make_vars(state.arch),
-                )
-                if extra is not None:
-                    for d in kconfig.dropped_lines(src, extra):
-                        state.dropped.append(dataclasses.asdict(d))
-                        state.warn(kconfig.format_dropped(d))
+            make_vars = kbuild.make_vars(state.arch)
+            if state.profile_build:
+                changed = _configure_profile(state, src, baked, fragment, make_vars)
+                needed = True
+            else:
+                needed = extra is not None or not kconfig.has_sched_ext(src)
+                changed = needed and kconfig.configure_kernel(
+                    src, fragment, base_config=state.base_config, make_vars=make_vars)
+            if needed and extra is not None:
+                for d in kconfig.dropped_lines(src, extra):
+                    state.dropped.append(dataclasses.asdict(d))
+                    state.warn(kconfig.format_dropped(d))
             return changed
         except KtstrError as exc:
             hint = " (check the --extra-kconfig / profile fragment)" if state.extra_kconfig else ""
             raise KtstrError(f"kernel configure failed{hint}: {exc}", kind=exc.kind) from exc
+
+
+def _configure_profile(state: BuildState, src: Path, baked: str, fragment: str,
+                       make_vars: list[str]) -> bool:
+    digest = configstamp.inputs_digest(base_config=state.base_config, baked=baked,
+                                       extra=state.extra_kconfig, arch=state.arch,
+                                       make_vars=make_vars)
+    # A patched (dirty) tree's Kconfig files are not those of its commit.
+    why = None if state.is_dirty else configstamp.unchanged(src, digest)
+    if why is not None:
+        say(f"configure: {why}, skipped")
+        state.configure_skipped = why
+        return False
+    changed = kconfig.configure_kernel(src, fragment, base_config=state.base_config,
+                                       make_vars=make_vars, from_base=True)
+    if state.is_dirty:
+        configstamp.remove(src)
+    else:
+        configstamp.write(src, digest)
+    return changed
 
 
 def phase_make(state: BuildState, *, jobs: int | None = None) -> None:

@@ -128,6 +128,7 @@ ERROR_KINDS: Mapping[str, str] = {
     "clean-failed": "kernel clean could not remove every entry",
     "needs-terminal": "a confirmation needs a terminal; --force skips it",
     "bad-cache-key": "the cache key breaks ktstr's key rules",
+    "bad-revision": "a revision to look up is not a full commit id",
     "bad-image-name": "the kernel image name is not a plain file name",
     "bad-metadata": "cache metadata that cannot be written",
     "publish-failed": "the built kernel's files could not be gathered for publishing",

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr_steps.cpulist import format_cpulist
+from ktstr_steps.paths import KTSTR_KCONFIG_ENV
 from launcher.procs import ProcState, alive, pid_alive, stop_pid, tail
 from launcher.tacs import master_tac, worker_tac
 from master import hooks
@@ -105,6 +106,10 @@ class Service:
         # Steps run `ktstr-ci` from this venv; the worker finds it on PATH.
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
         env["KTSTR_CACHE_DIR"] = str(self.settings.paths.kernel_cache)
+        if self.settings.kconfig.ktstr_fragment is not None:
+            env[KTSTR_KCONFIG_ENV] = str(self.settings.kconfig.ktstr_fragment)
+        else:
+            env.pop(KTSTR_KCONFIG_ENV, None)
         env[ENV_VAR] = str(self.settings.source)
         env.pop("VIRTUAL_ENV", None)
         # `make run` is itself a make: its jobserver and flags must not reach the

@@ -60,6 +60,14 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class KconfigSettings:
+    """``[kconfig]``: ``ktstr_fragment`` is the ktstr.kconfig of the user's ktstr (None:
+    ktstr-ci's own kconfig/ktstr.kconfig); its bytes set the kc<crc> of every key."""
+
+    ktstr_fragment: Path | None = None
+
+
+@dataclass(frozen=True)
 class ListedWorker:
     name: str
     host: str
@@ -213,6 +221,7 @@ class Settings:
     try_: TrySettings  # the [try] table ("try" is a Python keyword)
     external: ExternalSettings
     artifacts: ArtifactSettings
+    kconfig: KconfigSettings = KconfigSettings()
 
     @property
     def web_url(self) -> str:

@@ -20,6 +20,7 @@ from settings.model import (
     Databases,
     HookSettings,
     Janitor,
+    KconfigSettings,
     ListedWorker,
     MasterSettings,
     Paths,
@@ -115,6 +116,27 @@ def paths_table(p: TableReader, root: Path) -> Paths:
         tree_store=abspath(root, p.str("tree_store")),
         kernel_cache=abspath(root, cache) if cache else default_kernel_cache(p),
     )
+
+
+def kconfig_table(k: TableReader, root: Path) -> KconfigSettings:
+    """The fragment must exist now: a typo would otherwise key every build under a kc<crc>
+    ktstr never computes, or fail every build at its lookup."""
+    given = k.str("ktstr_fragment")
+    if not given:
+        return KconfigSettings()
+    path = abspath(root, given)
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise k.err("ktstr_fragment", f"{path} {what}; point it at the ktstr.kconfig your ktstr "
+                    "uses (in ktstr's source tree), or set \"\" for ktstr-ci's own")
+    try:
+        path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise k.err("ktstr_fragment", f"{path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise k.err("ktstr_fragment", f"{path} is not UTF-8 text; a kconfig fragment is "
+                    "text") from None
+    return KconfigSettings(ktstr_fragment=path)
 
 
 def workers_table(wk: TableReader) -> WorkersSettings:

@@ -16,7 +16,7 @@ from ktstr_steps.buildsteps.factory import (
     ReleaseSource,
     kernel_build_factory,
 )
-from ktstr_steps.buildsteps.lookup import CacheLookup, not_cache_hit
+from ktstr_steps.buildsteps.lookup import CacheLookup, RevisionLookup, not_cache_hit
 from ktstr_steps.buildsteps.make import KernelMake
 from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
@@ -28,6 +28,7 @@ from ktstr_steps.buildsteps.validate import Validate
 __all__ = [
     "KERNEL_PROPERTIES",
     "CacheLookup",
+    "RevisionLookup",
     "CacheStore",
     "Checkout",
     "CompileCommands",

@@ -55,7 +55,10 @@ class Configure(SandboxedStep):
         lines = kconfig_warning_lines(data)
         if lines:
             await self.addCompleteLog("kconfig-warnings", "\n".join(lines) + "\n")
-        done = "configured" if data.get("configured", True) else "config up to date"
+        if data.get("skipped"):
+            done = f"{data['skipped']}, skipped"
+        else:
+            done = "configured" if data.get("configured", True) else "config up to date"
         if overrides or dropped:
             done += f"; {plural(overrides, 'override')}, {dropped} dropped"
         self.descriptionDone = done

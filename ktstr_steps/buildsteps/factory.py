@@ -18,10 +18,16 @@ or webhook repositories, matrix cells) gets its factory from
 
 The steps, in build order (a git tree)::
 
-    reserve, source-lock, checkout, cache-lookup, configure, make, validate,
-    compile-commands, cache-store, publish, record, release
+    revision-lookup, reserve, source-lock, checkout, cache-lookup, configure,
+    make, validate, compile-commands, cache-store, publish, record, release
 
-A cache hit skips configure..cache-store (``doStepIf``) and the build
+The revision lookup keys the commit the change carries with the profile,
+before any tree exists; on a hit reserve..cache-store are skipped
+(``doStepIf``), so a commit built on any branch costs no clone, no tree and
+no source lock, and release has nothing to give back. Without a full commit id
+(or when forced) it is skipped and cache-lookup keys the checked-out tree; a
+try build has no revision lookup (its patch is not in the commit). A hit of
+cache-lookup skips configure..cache-store and the build
 succeeds; any failure halts the kernel phases; record and release always run,
 also after a stop, so every build is recorded and nothing stays held. A
 release tree starts with its lookup instead, which on a miss adds reserve,
@@ -45,7 +51,12 @@ from buildbot.process.properties import Property
 from ktstr_steps.buildsteps.checkout import KernelCheckout, TryCheckout
 from ktstr_steps.buildsteps.compile_commands import CompileCommands
 from ktstr_steps.buildsteps.configure import Configure
-from ktstr_steps.buildsteps.lookup import CacheLookup, not_cache_hit
+from ktstr_steps.buildsteps.lookup import (
+    CacheLookup,
+    RevisionLookup,
+    held_something,
+    not_cache_hit,
+)
 from ktstr_steps.buildsteps.make import KernelMake
 from ktstr_steps.buildsteps.matrix_cell import EXTRACTED_TREE, MatrixLookup
 from ktstr_steps.buildsteps.publish import PublishKernel
@@ -67,6 +78,7 @@ KERNEL_PROPERTIES: tuple[str, ...] = (
     "make_jobs",
     "source_tree",
     "cache_key",
+    "hit_before_checkout",
     "kernel_profile",
     "kernel_outcome",
     "config_overrides",
@@ -170,15 +182,27 @@ def kernel_build_factory(
     release = Release(ktstr_ci=ktstr_ci)
     factory = BuildFactory()
     if lookup is Lookup.BY_TREE:
-        checkout_step = TryCheckout if checkout is Checkout.TRY_TREE else KernelCheckout
+        if checkout is Checkout.TRY_TREE:
+            # A try build is its patch on top of the commit: only its tree says what it is.
+            first: list[BuildStep] = []
+            tree_steps = [reserve, SourceLock(lock_wait=lock_wait, ktstr_ci=ktstr_ci),
+                          TryCheckout(repourl=repourl)]
+        else:
+            first = [RevisionLookup(profile=profile, force=force, ktstr_ci=ktstr_ci)]
+            tree_steps = [
+                Reserve(cpu_cap=cap, lock_wait=lock_wait, ktstr_ci=ktstr_ci,
+                        doStepIf=not_cache_hit),
+                SourceLock(lock_wait=lock_wait, ktstr_ci=ktstr_ci, doStepIf=not_cache_hit),
+                KernelCheckout(repourl=repourl, doStepIf=not_cache_hit),
+            ]
         factory.addSteps([
-            reserve,
-            SourceLock(lock_wait=lock_wait, ktstr_ci=ktstr_ci),
-            checkout_step(repourl=repourl),
-            CacheLookup(profile=profile, force=force, ktstr_ci=ktstr_ci),
+            *first,
+            *tree_steps,
+            CacheLookup(profile=profile, force=force, ktstr_ci=ktstr_ci,
+                        doStepIf=not_cache_hit),
             *phases,
             *every_build,
-            release,
+            Release(ktstr_ci=ktstr_ci, doStepIf=held_something),
         ])
         return factory
     assert releases is not None  # parts_problem refused a release tree without it

@@ -1,20 +1,44 @@
-"""CacheLookup: the kernel's cache identity; a hit ends the kernel phases early and successfully."""
+"""The cache lookups: a hit ends the kernel phases early and successfully.
+
+:class:`RevisionLookup` runs first, from the commit the change carries and the
+profile, with no tree: a commit already built for this profile (on any branch,
+tree or host sharing the cache) needs no reservation, no source lock and no
+checkout. :class:`CacheLookup` runs after the checkout and keys the tree
+itself: for a build without a commit id (a forced build of a branch tip), or
+when the revision lookup missed.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from buildbot.interfaces import IRenderable
-from buildbot.process.results import SUCCESS
+from buildbot.process.results import SKIPPED, SUCCESS
 
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, state_path, tree_path
 from ktstr_steps.buildsteps.sourcelock import check_tree
 from ktstr_steps.results import Outcome
 
+# Set on a hit of the revision lookup: nothing was reserved or locked, nothing to release.
+HIT_BEFORE_CHECKOUT = "hit_before_checkout"
+_FULL_SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
+
 
 def not_cache_hit(step: Any) -> bool:
     """doStepIf of the phases after lookup: skip them when the kernel came from the cache."""
     return step.getProperty("kernel_outcome") != Outcome.CACHE_HIT
+
+
+def held_something(step: Any) -> bool:
+    """doStepIf of release: false only when the build ended at the revision lookup."""
+    return not step.getProperty(HIT_BEFORE_CHECKOUT)
+
+
+def commit_revision(step: Any) -> str | None:
+    """The full commit id this build is for, or None (a branch tip, several codebases...)."""
+    rev = step.getProperty("revision")
+    return rev if isinstance(rev, str) and _FULL_SHA.fullmatch(rev) else None
 
 
 def take_lookup(step: KtstrCiStep, data: dict[str, Any]) -> bool:
@@ -81,4 +105,39 @@ class CacheLookup(KtstrCiStep):
         if data.get("is_git") is False:
             why.append("not a git tree")
         self.descriptionDone = f"cache miss {key}" + (f" ({', '.join(why)})" if why else "")
+        return SUCCESS
+
+
+class RevisionLookup(CacheLookup):
+    """``ktstr-ci phase lookup --revision``: the commit and the profile, before any checkout.
+
+    Skipped (the tree lookup after the checkout does the work) when the build
+    carries no full commit id or is forced.
+    """
+
+    name = "revision-lookup"
+    description = ["looking up commit"]
+
+    async def run(self) -> int:
+        self.revision = commit_revision(self)
+        if self.revision is None or self.force:
+            self.descriptionDone = ("forced: no lookup before checkout" if self.force
+                                    else "no commit id: looked up after checkout")
+            return SKIPPED
+        return await super().run()
+
+    def check_rendered(self) -> str | None:
+        return None if self.profile else "no kernel config profile given"
+
+    def arguments(self) -> list[str]:
+        argv = ["--state", self.state, "--revision", self.revision, "--profile", self.profile]
+        return argv + (["--tree", self.tree] if isinstance(self.tree, str) and self.tree else [])
+
+    def interpret(self, data: dict[str, Any]) -> int:
+        short = self.revision[:12]
+        if take_lookup(self, data):
+            self.set_prop(HIT_BEFORE_CHECKOUT, True)
+            self.descriptionDone = f"cache hit {data.get('cache_key')} ({short}, no checkout)"
+            return SUCCESS
+        self.descriptionDone = f"cache miss {data.get('cache_key')} ({short})"
         return SUCCESS

@@ -1,7 +1,7 @@
 """No record is lost, with real processes: a real master, real pinned workers, a real
 SQLite records file, ``kill -9`` and another process's write lock.
 
-The builds are tests/recordskit.py's stand-in (``info``, ``hold`` for as long as
+The builds are tests/support/recordskit.py's stand-in (``info``, ``hold`` for as long as
 the test says, then the real ``Record`` step), so a build can be faulted
 mid-way without building a kernel. Each test has its own service (a fault
 leaves it in a state the next test must not see).

@@ -91,8 +91,8 @@ def test_same_commit_on_another_branch_is_a_cache_hit_without_make(kit: ServiceK
     assert props["kernel_outcome"] == "cache-hit"
     assert props["cache_key"] == kit.build_properties(first["buildid"])["cache_key"]
     steps = steps_by_name(kit, second["buildid"])
-    assert steps["cache-lookup"]["state_string"].startswith("cache hit")
-    for name in KERNEL_STEPS:
+    assert steps["revision-lookup"]["state_string"].startswith("cache hit")
+    for name in ("reserve", "source-lock", "checkout", "cache-lookup", *KERNEL_STEPS):
         assert steps[name]["results"] == kit.SKIPPED, name
     assert record_rows(kit, second["buildid"])[0]["kernel_outcome"] == "cache-hit"
 

@@ -99,9 +99,13 @@ def test_real_factory_gets_the_try_checkout(base: settings_mod.Settings, tmp_pat
     by_name = {b.name: b for b in c["builders"]}
     push = [sf.step_class for sf in by_name["linux-tiny"].factory.steps]
     tried = [sf.step_class for sf in by_name["try-tiny"].factory.steps]
+    from ktstr_steps.buildsteps.lookup import RevisionLookup
+
     assert KernelCheckout in push and TryCheckout in tried
+    # A try build is its patch on top of the commit: no lookup by the commit alone.
+    assert RevisionLookup in push and RevisionLookup not in tried
     assert [c for c in tried if c is not TryCheckout] == \
-        [c for c in push if c is not KernelCheckout]
+        [c for c in push if c not in (KernelCheckout, RevisionLookup)]
 
 
 def test_port_zero_means_no_try(base: settings_mod.Settings, tmp_path: Path) -> None:

@@ -38,6 +38,11 @@ if cmd == ("holder", "acquire"):
          "sandbox": {"kind": "none", "path": None}})
 if cmd == ("holder", "lock-source"):
     out({"name": argv[3], "lockfile": "/tmp/x.lock", "waited_seconds": 0, "holders_seen": []})
+if cmd == ("phase", "lookup") and "--revision" in argv:
+    hit = scenario == "revision-hit"
+    out({"cache_key": key, "hit": hit, "entry_dir": "/cache/" + key if hit else None,
+         "dirty": False, "is_git": True, "git_hash": "1a2b3c4",
+         "outcome": "cache-hit" if hit else None})
 if cmd == ("phase", "lookup"):
     src = argv[argv.index("--source") + 1]
     assert os.path.isfile(os.path.join(src, "Makefile")), "checkout did not run first"
@@ -60,7 +65,8 @@ if cmd == ("phase", "store"):
     out({"outcome": "cached", "cache_key": key, "entry_dir": "/cache/" + key,
          "image_path": "/cache/" + key + "/bzImage", "config_hash": "deadbeef"})
 if cmd == ("phase", "summary"):
-    outcome = {"hit": "cache-hit", "build": "cached"}.get(scenario, "failed")
+    outcome = {"hit": "cache-hit", "revision-hit": "cache-hit",
+               "build": "cached"}.get(scenario, "failed")
     out({"ok": outcome != "failed", "outcome": outcome, "cache_key": key,
          "image_path": "/cache/" + key + "/bzImage", "phases": {}},
         0 if outcome != "failed" else 1)
@@ -117,6 +123,8 @@ class TestKernelBuild(RunMasterBase):
         self.scenario("build")
         build = yield self.doForceBuild(wantSteps=True, wantProperties=True)
         steps = self.results(build)
+        # A forced build without a revision is looked up from its tree, after the checkout.
+        self.assertEqual(steps.pop("revision-lookup"), SKIPPED)
         # record has no records service here: a warning on the step, not on the build.
         self.assertEqual(steps.pop("record"), WARNINGS)
         # ... and no artifacts service: nothing to publish to.
@@ -144,6 +152,43 @@ class TestKernelBuild(RunMasterBase):
         self.assertEqual(build["properties"]["kernel_outcome"][0], "cache-hit")
         self.assertNotIn("phase make", " ".join(self.calls()))
         self.assertEqual(self.calls()[-1].split(" --")[0], "holder release")
+
+    def head(self) -> str:
+        return subprocess.run(["git", "-C", str(self.repo), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    @defer.inlineCallbacks
+    def test_hit_by_revision_needs_no_tree(self) -> Any:
+        self.scenario("revision-hit")
+        sha = self.head()
+        build = yield self.doForceBuild(wantSteps=True, wantProperties=True,
+                                        forceParams={"revision": sha})
+        steps = self.results(build)
+        self.assertEqual(build["results"], SUCCESS)
+        self.assertEqual(steps["revision-lookup"], SUCCESS)
+        for name in ("reserve", "source-lock", "checkout", "cache-lookup", "configure", "make",
+                     "validate", "compile-commands", "cache-store", "release"):
+            self.assertEqual(steps[name], SKIPPED, name)
+        self.assertEqual(build["properties"]["kernel_outcome"][0], "cache-hit")
+        self.assertEqual([c.split(" --")[0] for c in self.calls()],
+                         ["phase lookup", "phase summary"])
+        self.assertIn(f"--revision {sha} --profile tiny", self.calls()[0])
+        self.assertFalse((self.trees / "kernel").exists(), "a hit must create no tree")
+
+    @defer.inlineCallbacks
+    def test_revision_miss_goes_on_to_the_tree(self) -> Any:
+        self.scenario("build")
+        build = yield self.doForceBuild(wantSteps=True, wantProperties=True,
+                                        forceParams={"revision": self.head()})
+        steps = self.results(build)
+        self.assertEqual(build["results"], SUCCESS)
+        self.assertEqual(steps["revision-lookup"], SUCCESS)
+        self.assertEqual(build["properties"]["kernel_outcome"][0], "cached")
+        self.assertEqual([c.split(" --")[0] for c in self.calls()], [
+            "phase lookup", "holder acquire", "holder lock-source", "phase lookup",
+            "phase configure", "phase make", "phase validate", "phase compile-commands",
+            "phase store", "phase summary", "holder release",
+        ])
 
     @defer.inlineCallbacks
     def test_stop_during_make_still_records_and_releases(self) -> Any:

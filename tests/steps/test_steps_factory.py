@@ -20,15 +20,18 @@ from ktstr_steps.buildsteps import (
     Record,
     Release,
     Reserve,
+    RevisionLookup,
     SourceLock,
     Validate,
     kernel_build_factory,
     not_cache_hit,
 )
+from ktstr_steps.buildsteps.lookup import held_something
 from ktstr_steps.buildsteps.publish import PublishKernel
 from tests.support.steps_harness import HOLDER, STATE, FakeRecords, KtstrStepMixin, answer, ktstr
 
 ORDER = [
+    ("revision-lookup", RevisionLookup),
     ("reserve", Reserve),
     ("source-lock", SourceLock),
     ("checkout", KernelCheckout),
@@ -43,6 +46,8 @@ ORDER = [
     ("release", Release),
 ]
 KERNEL_PHASES = {"configure", "make", "validate", "compile-commands", "cache-store"}
+# A hit of the revision lookup also skips everything that needs a tree.
+TREE_STEPS = {"reserve", "source-lock", "checkout", "cache-lookup"}
 
 
 def built_steps(factory: BuildFactory) -> list[Any]:
@@ -69,26 +74,30 @@ class TestFactoryShape(unittest.TestCase):
         always = [s.name for s in self.steps if s.alwaysRun]
         self.assertEqual(always, ["record", "release"])
 
-    def test_cache_hit_skips_only_kernel_phases(self) -> None:
+    def test_cache_hit_skips_only_tree_steps_and_kernel_phases(self) -> None:
         skipped_on_hit = {s.name for s in self.steps if s.doStepIf is not_cache_hit}
-        self.assertEqual(skipped_on_hit, KERNEL_PHASES)
+        self.assertEqual(skipped_on_hit, KERNEL_PHASES | TREE_STEPS)
+        by_name = {s.name: s for s in self.steps}
+        self.assertIs(by_name["release"].doStepIf, held_something)
         for s in self.steps:
-            if s.name not in KERNEL_PHASES:
+            if s.name not in KERNEL_PHASES | TREE_STEPS | {"release"}:
                 self.assertIs(s.doStepIf, True, s.name)
+        self.assertFalse(held_something(FakeStep(hit_before_checkout=True)))
+        self.assertTrue(held_something(FakeStep(kernel_outcome="cache-hit")))
         self.assertFalse(not_cache_hit(FakeStep(kernel_outcome="cache-hit")))
         self.assertTrue(not_cache_hit(FakeStep()))
 
     def test_failures_halt_before_record(self) -> None:
         halting = [s.name for s in self.steps if s.haltOnFailure]
-        self.assertEqual(halting, [name for name, _ in ORDER[:9]])
-        self.assertFalse(self.steps[9].flunkOnFailure)  # a lost row never fails a kernel build
+        self.assertEqual(halting, [name for name, _ in ORDER[:10]])
+        self.assertFalse(self.steps[10].flunkOnFailure)  # a lost row never fails a kernel build
 
     def test_warnings_reach_the_build(self) -> None:
         warn = {s.name for s in self.steps if s.warnOnWarnings}
         self.assertEqual(warn, {"configure", "make", "cache-store", "publish"})
 
     def test_stop_lets_ktstr_ci_kill_make(self) -> None:
-        make = self.steps[5]
+        make = self.steps[6]
         self.assertEqual(make.sigtermTime, 30)
         self.assertEqual(make.interruptSignal, "KILL")
 
@@ -97,9 +106,9 @@ class TestFactoryShape(unittest.TestCase):
             self.assertIs(s.logEnviron, False, s.name)
 
     def test_cpu_cap_defaults_to_worker_llc_group(self) -> None:
-        self.assertEqual(self.steps[0].cpu_cap, Property("llc_ncpus", default=None))
+        self.assertEqual(self.steps[1].cpu_cap, Property("llc_ncpus", default=None))
         explicit = built_steps(kernel_build_factory(repourl="r", profile="p", cpu_cap=3))
-        self.assertEqual(explicit[0].cpu_cap, 3)
+        self.assertEqual(explicit[1].cpu_cap, 3)
 
     def test_options_reach_their_steps(self) -> None:
         steps = built_steps(kernel_build_factory(
@@ -113,6 +122,8 @@ class TestFactoryShape(unittest.TestCase):
         self.assertEqual(by_name["checkout"].mode, "incremental")
         self.assertEqual(by_name["cache-lookup"].profile, Property("profile"))
         self.assertIs(by_name["cache-lookup"].force, True)
+        self.assertEqual(by_name["revision-lookup"].profile, Property("profile"))
+        self.assertIs(by_name["revision-lookup"].force, True)
         self.assertEqual(by_name["configure"].clean, Property("clean"))
         for s in steps:
             if s.name not in ("checkout", "publish"):  # publish runs no ktstr-ci

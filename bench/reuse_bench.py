@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""ktstr-ci reuse benchmark: what the service costs when the work was (mostly) done before.
+
+Measures, in one run on this machine, on the real tiny 6.12 tree (Debian's
+linux-source-6.12, like bench/run.py), and prints a table of ratios:
+
+* an already-built commit pushed to a new branch: push → done (target ≤ 3 s;
+  the lookup before checkout finds it, with no clone and no make);
+* a one-file change on the same branch: push → done ÷ plain incremental
+  ``make -j2`` of the same change (target ≤ 1.2; configure is skipped when the
+  profile's inputs are unchanged);
+* a full build through the service ÷ plain configure + ``make -j2`` (target
+  ≤ 1.03).
+
+Run: ``.venv/bin/python bench/reuse_bench.py`` (about 15 minutes on 2 cores).
+``--fake`` runs the same sequence against the fake kernel of
+tests/support/fakekernel.py in well under a minute: a smoke check of the script, whose
+ratios mean nothing. ``--work DIR`` keeps the trees; ``--json`` prints the
+figures as JSON too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from run import (  # noqa: E402
+    note,
+    plain_configure,
+    plain_make,
+    service_build,
+    sh,
+    step_seconds,
+    timed,
+    touch_one_file,
+)
+
+from tests.support.fakekernel import GIT_ENV, make_fake_kernel  # noqa: E402
+from tests.support.realkernel import extract_linux_source, git_commit_all  # noqa: E402
+from tests.support.servicekit import ServiceKit  # noqa: E402
+
+TARGETS = {
+    "already-built commit, new branch: push→done (s)": 3.0,
+    "one-file change: service push→done / plain incremental make": 1.2,
+    "full build: service push→done / plain configure + make": 1.03,
+}
+
+
+def source_tree(work: Path, fake: bool) -> Path:
+    if fake:
+        return make_fake_kernel(work / "src" / "linux")
+    src = extract_linux_source(work / "src")
+    git_commit_all(src)
+    return src
+
+
+def step_states(kit: ServiceKit, buildid: int) -> dict[str, str]:
+    return {s["name"]: s["state_string"] for s in kit.build_steps(buildid)}
+
+
+def step_times(kit: ServiceKit, buildid: int) -> str:
+    """Every step's wall time, in order: where push→done goes beyond make."""
+    out = []
+    for st in kit.build_steps(buildid):
+        if st.get("started_at") and st.get("complete_at"):
+            out.append(f"{st['name']} {st['complete_at'] - st['started_at']:.2f}")
+    return ", ".join(out)
+
+
+def measure(work: Path, fake: bool) -> tuple[dict[str, float], dict[str, str]]:
+    fig: dict[str, float] = {}
+    seen: dict[str, str] = {}
+    git_env = {**os.environ, **GIT_ENV}
+    print(f"bench: source tree in {work}", file=sys.stderr)
+    src = source_tree(work, fake)
+    plain = work / "plain"
+    sh(["git", "clone", "-q", "--no-hardlinks", str(src), str(plain)], work, env=git_env)
+
+    print("bench: plain configure + make -j2 (full), then a one-file incremental make",
+          file=sys.stderr)
+    note(fig, "plain_configure_s", timed(lambda: plain_configure(plain)))
+    note(fig, "plain_full_make_s", timed(lambda: plain_make(plain)))
+    touch_one_file(plain, 1)
+    note(fig, "plain_incremental_make_s", timed(lambda: plain_make(plain)))
+
+    timeout = 300 if fake else 3600
+    with ServiceKit(work / "service", profiles=("tiny",)) as kit:
+        print("bench: full build through the service", file=sys.stderr)
+        _, total, full = service_build(kit, src, "reuse", timeout=timeout)
+        note(fig, "service_full_s", total)
+
+        touch_one_file(src, 1)
+        sh(["git", "commit", "-qam", "one-file change"], src, env=git_env)
+        print("bench: one-file change on the same branch", file=sys.stderr)
+        _, total, inc = service_build(kit, src, "reuse", timeout=timeout)
+        note(fig, "service_incremental_s", total)
+        note(fig, "service_incremental_make_s", step_seconds(kit, inc["buildid"], "make"))
+        note(fig, "service_incremental_configure_s",
+             step_seconds(kit, inc["buildid"], "configure"))
+        seen["one-file configure"] = step_states(kit, inc["buildid"]).get("configure", "?")
+        seen["one-file steps (s)"] = step_times(kit, inc["buildid"])
+
+        print("bench: the same commit pushed to a new branch", file=sys.stderr)
+        _, total, hit = service_build(kit, src, "reuse-new-branch", timeout=timeout)
+        note(fig, "new_branch_hit_s", total)
+        states = step_states(kit, hit["buildid"])
+        seen["new-branch lookup"] = states.get("revision-lookup", "?")
+        seen["new-branch checkout"] = states.get("checkout", "?")
+        seen["new-branch steps (s)"] = step_times(kit, hit["buildid"])
+        seen["new-branch outcome"] = str(
+            kit.build_properties(hit["buildid"]).get("kernel_outcome"))
+    return fig, seen
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fake", action="store_true",
+                    help="the fake kernel of tests/support/fakekernel.py: a quick smoke check only")
+    ap.add_argument("--work", type=Path, help="work directory (kept); default a temp dir")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ktstr-ci-reuse-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        fig, seen = measure(work, args.fake)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    ratios = {
+        "already-built commit, new branch: push→done (s)": fig["new_branch_hit_s"],
+        "one-file change: service push→done / plain incremental make":
+            fig["service_incremental_s"] / fig["plain_incremental_make_s"],
+        "full build: service push→done / plain configure + make":
+            fig["service_full_s"] / (fig["plain_configure_s"] + fig["plain_full_make_s"]),
+    }
+    kind = "FAKE kernel (smoke check; ratios mean nothing)" if args.fake else "real tiny 6.12"
+    print(f"\nktstr-ci reuse benchmark ({kind}; one run, this machine)")
+    for k, v in fig.items():
+        print(f"  {k:36s} {v:9.2f}")
+    for k, v in seen.items():
+        print(f"  {k:36s} {v}")
+    print()
+    print(f"  {'figure':62s} {'value':>8s}  target")
+    for k, v in ratios.items():
+        t = TARGETS[k]
+        print(f"  {k:62s} {v:8.3f}  <= {t:.2f} {'met' if v <= t else 'MISSED'}")
+    if args.json:
+        print(json.dumps({"kernel": kind, "figures": fig, "ratios": ratios, "seen": seen},
+                         indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
