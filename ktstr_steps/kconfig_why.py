@@ -34,6 +34,8 @@ import kconfiglib
 from ktstr_steps.messages import warn
 
 PARSE_DIR = "kconfig-parse"
+# Parses kept (newest first): each is ~10 MB for a full tree and the run dir may be tmpfs.
+KEEP_PARSES = 4
 _BARE_MODULES = re.compile(r"^(\t+)modules[ \t]*$", re.M)
 _SRCARCH = {"x86_64": "x86", "aarch64": "arm64"}
 # What the kernel's Makefile exports for Kconfig; $(shell,...) calls in Kconfig.include
@@ -115,11 +117,21 @@ def load_tree(src: Path, arch: str, *, cache_dir: Path | None, commit: str | Non
                 with open(tmp, "wb") as f:
                     pickle.dump(kconf, f, protocol=pickle.HIGHEST_PROTOCOL)
                 os.replace(tmp, path)
+                _prune(path.parent)
             except (OSError, pickle.PicklingError, RecursionError) as exc:
                 warn(f"cannot cache the kconfig parse in {path}: {exc}")
         return kconf
     finally:
         sys.setrecursionlimit(old)
+
+
+def _prune(directory: Path) -> None:
+    try:
+        found = sorted(directory.glob("*.pickle"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in found[KEEP_PARSES:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # another build pruned first
 
 
 # -- the reasons ---------------------------------------------------------------

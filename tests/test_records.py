@@ -32,7 +32,7 @@ from master.records.service import (
 
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
 # The newest migration: the schema the code expects.
-HEAD = "0002_git_names_whole"
+HEAD = "0003_build_identity"
 
 # The build result object of docs/contracts.md, as `phase summary --json` prints it.
 RESULT = {

@@ -29,6 +29,11 @@ class RecordsService(Protocol):
         waits in the service's spool for the database to come back."""
         ...
 
+    def get_row(self, rowid: int) -> Any:
+        """A Deferred firing with the written row (its ``alerts``, ``new_warnings``...)
+        or None. Optional: a service without it reports no alerts."""
+        ...
+
     def start_matrix_run(self, *, versions: list[str], profiles: list[str],
                          spec: str | None = None, buildid: int | None = None) -> Any:
         """Create a ``matrix_runs`` row; a Deferred firing with its id."""
