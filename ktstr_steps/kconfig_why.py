@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ _SRCARCH = {"x86_64": "x86", "aarch64": "arm64"}
 # test these tools.
 _KCONFIG_ENV = {"CC": "gcc", "LD": "ld", "HOSTCC": "gcc", "HOSTCXX": "g++", "RUSTC": "rustc",
                 "BINDGEN": "bindgen", "CC_VERSION_TEXT": ""}
-# The parsed tree is a deep linked structure; pickling walks it recursively.
+# The parsed tree is a deep linked structure; pickling walks it recursively, deeper
+# than Python's default limit and than the C stack of the main thread allows.
 _RECURSION = 100_000
+_PICKLE_STACK = 512 * 1024 * 1024
 
 
 class NotEvaluated(Exception):
@@ -88,6 +91,38 @@ def parse_tree(src: Path, arch: str) -> Any:
     return kconf
 
 
+def _on_big_stack(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a thread with a stack deep enough to pickle a parsed tree."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller's thread
+            out["error"] = exc
+
+    old = threading.stack_size(_PICKLE_STACK)
+    try:
+        worker = threading.Thread(target=run, name="kconfig-pickle")
+        worker.start()
+    finally:
+        threading.stack_size(old)
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _read_pickle(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _write_pickle(path: Path, kconf: Any) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(kconf, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _pickle_path(cache_dir: Path, src: Path, commit: str | None, arch: str) -> Path:
     tag = hashlib.sha256(f"{Path(src).resolve()}\0{commit}\0{arch}".encode()).hexdigest()[:16]
     return Path(cache_dir) / PARSE_DIR / f"{tag}.pickle"
@@ -105,20 +140,19 @@ def load_tree(src: Path, arch: str, *, cache_dir: Path | None, commit: str | Non
     try:
         if path is not None and path.is_file():
             try:
-                with open(path, "rb") as f:
-                    return pickle.load(f)
+                return _on_big_stack(_read_pickle, path)
             except Exception as exc:  # a stale or torn pickle is parsed again
                 warn(f"kconfig parse cache {path} unreadable ({exc}); parsing again")
         kconf = parse_tree(src, arch)
         if path is not None:
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
-                    pickle.dump(kconf, f, protocol=pickle.HIGHEST_PROTOCOL)
+                _on_big_stack(_write_pickle, tmp, kconf)
                 os.replace(tmp, path)
                 _prune(path.parent)
             except (OSError, pickle.PicklingError, RecursionError) as exc:
+                tmp.unlink(missing_ok=True)
                 warn(f"cannot cache the kconfig parse in {path}: {exc}")
         return kconf
     finally:
