@@ -128,10 +128,13 @@ def provenance(state: Any) -> dict[str, Any]:
 
 def safe_config_lists(state: Any, src: Path, cache_dir: Path | None) -> None:
     """:func:`config_lists` into the state; a failure only costs the lists, never the build."""
+    # A release tarball's tree never changes under its version: that names its parse too.
+    commit = state.git_hash or (f"v{state.version}" if state.kind == "tarball" and state.version
+                                else None)
     try:
         state.config_overrides, state.config_dropped = config_lists(
             src, state.overrides, state.dropped, arch=state.arch, cache_dir=cache_dir,
-            commit=state.git_hash,
+            commit=commit,
         )  # fmt: skip
     except Exception as exc:  # the lists describe the build; they must never fail it
         warn(f"cannot list requested vs effective config: {exc}")
