@@ -101,10 +101,16 @@ def fragment_identity(name: str, text: str) -> dict[str, str]:
 
 
 def build_identity(state: Any, make_vars: Sequence[str]) -> dict[str, Any]:
-    """The identity of the build in ``state`` (a BuildState after its source is known)."""
+    """The identity of the build in ``state`` (a BuildState after its source is known).
+
+    ``commit`` is the short git hash, ``v<version>`` for a release tarball, or None.
+    """
     src = Path(state.source_dir) if state.source_dir else None
+    commit = state.git_hash
+    if commit is None and state.kind == "tarball" and state.version:
+        commit = f"v{state.version}"  # a release tarball is its version's tag
     return {
-        "commit": state.git_hash,
+        "commit": commit,
         "profile": state.profile,
         "base_config": base_config_identity(state.base_config, src, state.arch),
         "ktstr_kconfig_hash": state.kconfig_hash or None,

@@ -170,3 +170,16 @@ def test_kernel_build_records_identity_outputs_and_warnings(tmp_path, isolated_e
     # The entry keeps the identity for the next miss to compare against.
     prov = json.loads((entry / "ktstr-ci.json").read_text())
     assert prov["identity"] == ident
+
+
+def test_a_release_tarball_is_identified_by_its_version_tag():
+    from ktstr_steps.buildstate import BuildState
+
+    state = BuildState(kind="tarball", version="6.12.3", arch="x86_64", profile="tiny",
+                       base_config="tinyconfig", kconfig_hash="0123abcd",
+                       fragments=[{"name": "preempt.kconfig", "hash": "aaaaaaaa"}])
+    ident = identity.build_identity(state, ["ARCH=x86_64"])
+    assert ident["commit"] == "v6.12.3"
+    assert ident["fragments"] == [{"name": "preempt.kconfig", "hash": "aaaaaaaa"}]
+    assert ident["base_config"] == {"name": "tinyconfig", "hash": None}  # no tree yet
+    assert ident["make_vars"] == {"ARCH": "x86_64"}
