@@ -124,6 +124,7 @@ class RecordsService(service.BuildbotService):
             retry_budget=retry_budget,
             alerts=alerts,
         )
+        self.alert_rules = alerts or compare.AlertRules()
         self.db_url: str | None = None
         self.threads: int | None = None
         self.engine: Engine | None = None
