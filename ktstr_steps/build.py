@@ -114,6 +114,9 @@ def build_one(req: BuildRequest, version: str | None) -> BuildState:
                 return state
         else:
             cache.force_probe(state.cache_key)
+        from ktstr_steps.explain import explain_miss
+
+        state.explanation = explain_miss(state, force=req.force)
         # -- reservation: LLC flocks and the sandbox --
         from ktstr_steps.reservation import acquire_build_reservation
 

@@ -53,6 +53,10 @@ class BuildState:
     kconfig_hash: str = ""
     extra_kconfig_hash: str | None = None
     cache_key: str = ""
+    # extra fragments by name: [{"name", "hash"}] (profile fragments, then --extra-kconfig)
+    fragments: list[dict] = field(default_factory=list)
+    identity: dict | None = None  # identity.build_identity, set by lookup
+    explanation: str | None = None  # why make runs (lookup miss); None on a hit
     # reservation
     make_jobs: int | None = None
     llcs: list[int] = field(default_factory=list)
@@ -69,6 +73,13 @@ class BuildState:
     make_log: str | None = None
     overrides: list[dict] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
+    config_overrides: list[dict] = field(default_factory=list)  # {symbol, requested, effective}
+    config_dropped: list[dict] = field(default_factory=list)  # ... and reason
+    config_symbols: dict[str, str] | None = None  # the final .config's set symbols
+    build_warnings: list[dict] = field(default_factory=list)  # {file, line, message}
+    bzimage_bytes: int | None = None
+    vmlinux_bytes: int | None = None
+    vmlinux_stripped_bytes: int | None = None
     warnings: list[str] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
@@ -149,6 +160,15 @@ class BuildState:
             make_log=self.make_log,
             overrides=self.overrides,
             dropped=self.dropped,
+            identity=self.identity,
+            explanation=self.explanation,
+            config_overrides=self.config_overrides,
+            config_dropped=self.config_dropped,
+            config_symbols=self.config_symbols,
+            build_warnings=self.build_warnings,
+            bzimage_bytes=self.bzimage_bytes,
+            vmlinux_bytes=self.vmlinux_bytes,
+            vmlinux_stripped_bytes=self.vmlinux_stripped_bytes,
             warnings=self.warnings,
             errors=self.errors,
             phases=self.phases,

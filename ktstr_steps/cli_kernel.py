@@ -386,8 +386,13 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
             entry = None if args.force else pipeline.lookup_cached(state)
         if entry is not None:
             pipeline.mark_hit(state, entry)
+        else:
+            from ktstr_steps.explain import explain_miss
+
+            state.explanation = explain_miss(state, force=args.force)
         return {
             "cache_key": state.cache_key,
+            "explanation": state.explanation,
             "hit": entry is not None,
             "entry_dir": state.entry_dir,
             "dirty": state.is_dirty,

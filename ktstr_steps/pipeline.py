@@ -25,7 +25,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ktstr_steps import cache, configstamp, kbuild, kconfig, keys
+from ktstr_steps import (
+    build_facts,
+    cache,
+    configstamp,
+    identity,
+    kbuild,
+    kconfig,
+    keys,
+    make_warnings,
+)
 from ktstr_steps.buildstate import BuildState, timed
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.keys import crc32_hex
@@ -148,6 +157,7 @@ def compute_key(state: BuildState, src, *, clean: bool = False,
         src = dataclasses.replace(src, config_crc=None)
         state.config_crc = None
     state.cache_key = src.cache_key(suffix)
+    state.identity = identity.build_identity(state, kbuild.make_vars(state.arch))
     return state.cache_key
 
 
@@ -236,6 +246,7 @@ def phase_configure(state: BuildState, *, clean: bool = False) -> bool:
                 for d in kconfig.dropped_lines(src, extra):
                     state.dropped.append(dataclasses.asdict(d))
                     state.warn(kconfig.format_dropped(d))
+                build_facts.safe_config_lists(state, src, kconfig_parse_dir())
             return changed
         except KtstrError as exc:
             hint = " (check the --extra-kconfig / profile fragment)" if state.extra_kconfig else ""
@@ -266,15 +277,19 @@ def phase_make(state: BuildState, *, jobs: int | None = None) -> None:
     src = Path(state.source_dir)
     n = jobs or state.make_jobs or kbuild.available_parallelism()
     state.make_jobs = n
+    collected = make_warnings.WarningCollector()
     with timed(state, "make"):
         try:
             # No log_path: kbuild.py keeps the log only when the build fails.
-            res = kbuild.run_make_streamed(src, jobs=n, make_vars=kbuild.make_vars(state.arch))
+            res = kbuild.run_make_streamed(src, jobs=n, make_vars=kbuild.make_vars(state.arch),
+                                           on_line=collected)
         except KtstrError as exc:
             res = getattr(exc, "result", None)
             if res is not None:
                 _take_make_counts(state, res)
             raise
+        finally:
+            state.build_warnings = collected.items
         _take_make_counts(state, res)
 
 
@@ -322,6 +337,7 @@ def phase_store(state: BuildState) -> None:
         say(kbuild.vmlinux_message(src))
         config = src / ".config"
         state.config_hash = crc32_hex(config.read_bytes()) if config.is_file() else None
+        build_facts.record_outputs(state, image, vmlinux, None)
         if state.is_dirty:
             say(f"kernel built at {image}")
             hint = DIRTY_TREE_CACHE_SKIP_HINT if state.is_git else NON_GIT_TREE_CACHE_SKIP_HINT
@@ -367,6 +383,7 @@ def phase_store(state: BuildState) -> None:
                 image,
                 vmlinux=vmlinux if vmlinux.is_file() else None,
                 metadata=meta,
+                provenance=build_facts.provenance(state),
             )
         except (KtstrError, OSError) as exc:
             say(f"cache store failed: {exc}")
@@ -374,6 +391,7 @@ def phase_store(state: BuildState) -> None:
             state.errors.append(error_json("store-failed", str(exc)))
             state.image_path = None if state.is_temp else str(image)
             return
+        build_facts.record_outputs(state, image, vmlinux, entry)
         print(f"✓ Kernel cached: {state.cache_key}", file=sys.stderr, flush=True)
         say(f"image: {entry.image_path}")
         state.outcome = Outcome.CACHED
@@ -405,7 +423,27 @@ def init_state(
     state.base_config, state.extra_kconfig = resolve_config_inputs(
         profile=profile, base_config=base_config, extra_kconfig=extra_kconfig
     )
+    state.fragments = fragment_identities(profile, extra_kconfig)
     return state
+
+
+def fragment_identities(profile: str | None, extra_kconfig: Path | None) -> list[dict]:
+    """Each extra fragment by file name and hash, in merge order (profile's, then the flag's)."""
+    out = []
+    if profile:
+        for f in kconfig.load_profile(profile).extra_files:
+            out.append(identity.fragment_identity(f.name, kconfig.load_extra_kconfig(f)))
+    if extra_kconfig is not None:
+        out.append(identity.fragment_identity(
+            Path(extra_kconfig).name, kconfig.load_extra_kconfig(extra_kconfig)))
+    return out
+
+
+def kconfig_parse_dir() -> Path:
+    """Where parsed Kconfig trees are kept between builds: the host's run directory."""
+    from ktstr_steps.holder.state import run_dir
+
+    return run_dir()
 
 
 def remove_tree(path: Path | None) -> None:

@@ -83,4 +83,8 @@ def lookup_version(
     )  # fmt: skip
     pipeline.apply_source(state, src)
     pipeline.compute_key(state, src)
-    return {**out, "entry_dir": None, "outcome": None, "source_dir": str(tree)}
+    from ktstr_steps.explain import explain_miss
+
+    state.explanation = explain_miss(state, force=force)
+    return {**out, "entry_dir": None, "outcome": None, "source_dir": str(tree),
+            "explanation": state.explanation}

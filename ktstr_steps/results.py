@@ -246,6 +246,19 @@ class BuildResult:
     make_log: str | None = None
     overrides: list[dict] | None = None
     dropped: list[dict] | None = None
+    # The whole identity (identity.py) and why make ran (None on a cache hit).
+    identity: dict | None = None
+    explanation: str | None = None
+    # Requested vs effective: [{"symbol", "requested", "effective"}] (+ "reason" when dropped).
+    config_overrides: list[dict] | None = None
+    config_dropped: list[dict] | None = None
+    # The final .config's set symbols {"X": "y"}: the master diffs builds with it.
+    config_symbols: dict[str, str] | None = None
+    # make's warnings as data, deduplicated: [{"file", "line", "message"}].
+    build_warnings: list[dict] | None = None
+    bzimage_bytes: int | None = None
+    vmlinux_bytes: int | None = None
+    vmlinux_stripped_bytes: int | None = None
     warnings: list[str] | None = None
     errors: list[dict] = field(default_factory=list)
     phases: dict[str, float] | None = None

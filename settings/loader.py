@@ -100,4 +100,5 @@ def _build(data: dict, src: Path, root: Path) -> Settings:
                                          profiles=profiles),
         artifacts=features.artifacts_table(table("artifacts"), root, master),
         kconfig=tables.kconfig_table(table("kconfig"), root),
+        alerts=tables.alerts_table(table("alerts")),
     )

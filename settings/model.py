@@ -114,6 +114,15 @@ class Janitor:
     hour: int
 
 
+@dataclass(frozen=True)
+class Alerts:
+    """The [alerts] table: the regressions that end a build WARNINGS (0 turns a rule off)."""
+
+    new_warnings: bool = True
+    bzimage_growth_pct: float = 2.0
+    make_time_growth_pct: float = 25.0
+
+
 # -- feature tables ----------------------------------------------------------------
 
 
@@ -222,6 +231,7 @@ class Settings:
     external: ExternalSettings
     artifacts: ArtifactSettings
     kconfig: KconfigSettings = KconfigSettings()
+    alerts: Alerts = Alerts()
 
     @property
     def web_url(self) -> str:

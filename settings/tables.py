@@ -17,6 +17,7 @@ from ktstr_steps.cache import cache_root
 from ktstr_steps.cpulist import parse_cpulist
 from ktstr_steps.errors import KtstrError
 from settings.model import (
+    Alerts,
     Databases,
     HookSettings,
     Janitor,
@@ -210,4 +211,20 @@ def janitor_table(j: TableReader) -> Janitor:
         log_days=j.int("log_days", 1, 36500),
         build_data_days=j.int("build_data_days", 1, 36500),
         hour=j.int("hour", 0, 23),
+    )
+
+
+def _percent(a: TableReader, key: str) -> float:
+    value = a.get(key, (int, float), "a percentage (0 turns the alert off)")
+    if not 0 <= value <= 10000:
+        raise a.err(key, f"must be a percentage from 0 to 10000 (0 turns the alert off), not {value}")
+    return float(value)
+
+
+def alerts_table(a: TableReader) -> Alerts:
+    a.check_keys(("new_warnings", "bzimage_growth_pct", "make_time_growth_pct"))
+    return Alerts(
+        new_warnings=a.bool("new_warnings"),
+        bzimage_growth_pct=_percent(a, "bzimage_growth_pct"),
+        make_time_growth_pct=_percent(a, "make_time_growth_pct"),
     )

@@ -6,7 +6,7 @@ reaches. The allowed edges:
 
 | package                      | may import                                  |
 |------------------------------|---------------------------------------------|
-| pipeline (ktstr_steps/)      | stdlib, psutil                              |
+| pipeline (ktstr_steps/)      | stdlib, psutil, kconfiglib                  |
 | steps (ktstr_steps/buildsteps)| pipeline, Buildbot, Twisted                 |
 | settings                     | pipeline                                    |
 | workers                      | pipeline, settings                          |

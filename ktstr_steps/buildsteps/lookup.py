@@ -51,6 +51,8 @@ def take_lookup(step: KtstrCiStep, data: dict[str, Any]) -> bool:
     step.set_prop("cache_key", key)
     step.set_prop("kernel_profile", step.profile)
     if not data.get("hit"):
+        # Why make runs: shown in the summary, kept for the record step and the pages.
+        step.set_prop("rebuild_explanation", data.get("explanation"))
         return False
     step.set_prop("kernel_outcome", Outcome.CACHE_HIT.value)
     step.set_prop("entry_dir", data.get("entry_dir"))
@@ -104,7 +106,11 @@ class CacheLookup(KtstrCiStep):
             why.append("dirty tree")
         if data.get("is_git") is False:
             why.append("not a git tree")
-        self.descriptionDone = f"cache miss {key}" + (f" ({', '.join(why)})" if why else "")
+        text = f"cache miss {key}" + (f" ({', '.join(why)})" if why else "")
+        explanation = data.get("explanation")
+        if explanation and not self.force and not data.get("dirty"):
+            text += f": {explanation}"
+        self.descriptionDone = text
         return SUCCESS
 
 

@@ -34,6 +34,9 @@ from ktstr_steps.results import PHASES, BuildResult, Outcome
 # Result-object fields copied to the row (and the build's properties) as they are.
 _SAME_NAME = ("cache_key", "config_hash", "kconfig_hash", "extra_kconfig_hash", "dirty",
               "make_jobs", "make_warnings", "image_path", "entry_dir", "diff_hash")
+# Identity and outputs, copied when the summary has them (a hit has no sizes or warnings).
+_IDENTITY = ("identity", "explanation", "config_overrides", "config_dropped", "config_symbols",
+             "bzimage_bytes", "vmlinux_bytes", "vmlinux_stripped_bytes")
 
 
 def _cpus_text(value: Any) -> str | None:
@@ -83,6 +86,8 @@ class Record(StateFileStep):
     alwaysRun = True
     haltOnFailure = False
     flunkOnFailure = False
+    # An alert (a regression against the branch's earlier builds) ends the build WARNINGS.
+    warnOnWarnings = True
 
     def __init__(self, *, records: RecordsService | None = None, **kwargs: Any) -> None:
         # Test seam and explicit wiring; None = look the service up on the master at run time.
@@ -133,8 +138,36 @@ class Record(StateFileStep):
             self.descriptionDone = f"not recorded: {one_line(str(exc)) or type(exc).__name__}"
             return WARNINGS
         self.set_prop("record_id", rowid)
-        self.descriptionDone = f"recorded row {rowid} ({row['kernel_outcome']})"
+        text = f"recorded row {rowid} ({row['kernel_outcome']})"
+        tripped = await self.alerts_of(svc, rowid)
+        if tripped:
+            self.set_prop("alerts", tripped)
+            await self.addCompleteLog("alerts", "".join(f"{a}\n" for a in tripped))
+            # A regression is worth a look, not a failed build: WARNINGS, saying which.
+            self.descriptionDone = f"{text}; alert: {'; '.join(tripped)}"
+            if row.get("result") == "success":
+                # The row said how the build stood before this step; it ends WARNINGS now.
+                row["result"] = "warnings"
+                try:
+                    await svc.record(row)
+                except Exception as exc:
+                    log.msg(f"record: row {rowid} keeps result success: {exc}")
+            return WARNINGS
+        self.descriptionDone = text
         return SUCCESS
+
+    async def alerts_of(self, svc: RecordsService, rowid: int) -> list[str]:
+        """The alerts the records service found for the written row ([] when it has none)."""
+        get_row = getattr(svc, "get_row", None)
+        if get_row is None:
+            return []
+        try:
+            written = await get_row(rowid)
+        except Exception as exc:  # the row is written; only the alert summary is lost
+            log.msg(f"record: cannot read back row {rowid}: {exc}")
+            return []
+        found = (written or {}).get("alerts") or []
+        return [str(a) for a in found]
 
     def outcome(self, summary: BuildResult) -> str:
         """The kernel outcome: the pipeline's word, else what the build's state implies."""
@@ -204,6 +237,15 @@ class Record(StateFileStep):
         for name in _SAME_NAME:
             value = getattr(summary, name)
             row[name] = value if value is not None else prop(name)
+        for name in _IDENTITY:
+            value = getattr(summary, name)
+            if value is not None:
+                row[name] = value
+        if summary.build_warnings is not None:
+            row["warnings"] = summary.build_warnings
+        if row["kernel_outcome"] != Outcome.CACHE_HIT and not row.get("explanation"):
+            # The lookup step's answer, for a build whose summary could not be read.
+            row["explanation"] = prop("rebuild_explanation")
         for phase in PHASES:
             row[f"{phase}_s"] = phases.get(phase)
         return row

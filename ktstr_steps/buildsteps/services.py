@@ -20,7 +20,12 @@ ARTIFACTS_SERVICE_NAME = "ktstr_artifacts"
 
 @runtime_checkable
 class RecordsService(Protocol):
-    """What the record and matrix steps need from the master's records service."""
+    """What the record and matrix steps need from the master's records service.
+
+    The record step also uses ``get_row(rowid)`` (a Deferred firing with the written
+    row, whose ``alerts`` it reports) when the service has it; it is not part of the
+    Protocol, so a service without it is still found and simply reports no alerts.
+    """
 
     def record(self, row: dict[str, Any]) -> Any:
         """Write one ``kernel_builds`` row; a Deferred firing with its id.

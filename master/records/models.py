@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -162,6 +163,20 @@ class KernelBuild(Base):
     matrix_run_id: Mapped[int | None] = mapped_column(
         ForeignKey("matrix_runs.id", ondelete="SET NULL")
     )
+    # What went in and what came out (migration 0003; NULL on older rows).
+    identity: Mapped[dict | None] = mapped_column(JSON)
+    config_overrides: Mapped[list | None] = mapped_column(JSON)
+    config_dropped: Mapped[list | None] = mapped_column(JSON)
+    config_symbols: Mapped[dict | None] = mapped_column(JSON)  # final .config's set symbols
+    bzimage_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    vmlinux_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    vmlinux_stripped_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    warnings: Mapped[list | None] = mapped_column(JSON)
+    explanation: Mapped[str | None] = mapped_column(Text)  # why make ran; NULL for hits
+    # Against the branch's previous build of the same profile (the records service).
+    config_diff: Mapped[dict | None] = mapped_column(JSON)
+    new_warnings: Mapped[list | None] = mapped_column(JSON)
+    alerts: Mapped[list | None] = mapped_column(JSON)
 
     matrix_run: Mapped[MatrixRun | None] = relationship(back_populates="builds")
 

@@ -10,15 +10,27 @@ from __future__ import annotations
 
 from master.dashboard import dashboard_config
 from master.parts import ConfigPart
+from master.records.compare import AlertRules
 from master.records.service import RecordsService
 from settings import Settings
+
+
+def alert_rules(settings: Settings) -> AlertRules:
+    """The ``[alerts]`` table as the records service applies it (0 % = that rule off)."""
+    a = settings.alerts
+    return AlertRules(
+        new_warnings=a.new_warnings,
+        bzimage_growth_pct=a.bzimage_growth_pct or None,
+        make_time_growth_pct=a.make_time_growth_pct or None,
+    )
 
 
 def config_part(settings: Settings) -> ConfigPart:
     """The records service and the dashboard over the same database."""
     return ConfigPart(
         feature="records",
-        services=[RecordsService(db_url=settings.databases.records)],
+        services=[RecordsService(db_url=settings.databases.records,
+                                 alerts=alert_rules(settings))],
         dashboards=[dashboard_config(settings.databases.records,
                                      cache_root=str(settings.paths.kernel_cache))],
     )

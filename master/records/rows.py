@@ -10,6 +10,7 @@ of unrecorded builds all refuse the same rows the same way;
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +22,13 @@ from master.records.models import BUILD_COLUMNS, OUTCOMES, PHASES, RESULTS, Kern
 _INT = {
     "buildid", "builderid", "build_number", "llc_index", "make_jobs", "make_warnings",
     "overrides_count", "dropped_count", "matrix_run_id",
+    "bzimage_bytes", "vmlinux_bytes", "vmlinux_stripped_bytes",
 }  # fmt: skip
+# JSON columns and the shape each holds: a mapping, or a list of mappings (or of text).
+_JSON_MAP = {"identity", "config_symbols", "config_diff"}
+_JSON_LIST = {"config_overrides", "config_dropped", "warnings", "new_warnings"}
+_JSON_TEXTS = {"alerts"}
+_JSON = _JSON_MAP | _JSON_LIST | _JSON_TEXTS
 _FLOAT = {f"{p}_s" for p in PHASES}
 _TIME = {"started_at", "finished_at"}
 _BOOL = {"dirty"}
@@ -29,7 +36,7 @@ _BOOL = {"dirty"}
 _STR = {
     c.name: getattr(c.type, "length", None)
     for c in KernelBuild.__table__.columns
-    if c.name in BUILD_COLUMNS and c.name not in _INT | _FLOAT | _TIME | _BOOL
+    if c.name in BUILD_COLUMNS and c.name not in _INT | _FLOAT | _TIME | _BOOL | _JSON
 }
 # Convenience keys turned into columns by validate_build_row.
 _EXTRA_KEYS = ("phases",)
@@ -62,6 +69,8 @@ def _check_value(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidRecord(f"{key}: expected an integer, got {value!r}")
         return value
+    if key in _JSON:
+        return _check_json(key, value)
     if key in _FLOAT:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidRecord(f"{key}: expected seconds as a number, got {value!r}")
@@ -97,6 +106,24 @@ def _check_value(key: str, value: Any) -> Any:
             f"result: unknown Buildbot result {value!r} (expected one of {', '.join(RESULTS)})"
         )
     return value
+
+
+def _check_json(key: str, value: Any) -> Any:
+    if key in _JSON_MAP and not isinstance(value, Mapping):
+        raise InvalidRecord(f"{key}: expected a JSON object, got {value!r:.80}")
+    if key in _JSON_LIST and not (
+        isinstance(value, list) and all(isinstance(v, Mapping) for v in value)
+    ):
+        raise InvalidRecord(f"{key}: expected a list of JSON objects, got {value!r:.80}")
+    if key in _JSON_TEXTS and not (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        raise InvalidRecord(f"{key}: expected a list of texts, got {value!r:.80}")
+    try:
+        # What the database's JSON type will store: plain JSON, nothing else.
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidRecord(f"{key}: not JSON ({exc})") from None
 
 
 def validate_build_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,5 +209,22 @@ def row_from_result(result: Mapping[str, Any], **build: Any) -> dict[str, Any]:
         )
     if isinstance(result.get("phases"), Mapping):
         row["phases"] = dict(result["phases"])
+    row.update(identity_columns(result))
     row.update(build)
+    return row
+
+
+# Result-object fields kept as they are (migration 0003), and the one renamed:
+# the result's "warnings" are human lines, its "build_warnings" make's warnings as data.
+IDENTITY_FIELDS = (
+    "identity", "explanation", "config_overrides", "config_dropped", "config_symbols",
+    "bzimage_bytes", "vmlinux_bytes", "vmlinux_stripped_bytes",
+)  # fmt: skip
+
+
+def identity_columns(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity and output columns of a row, from the build result object."""
+    row = {k: result[k] for k in IDENTITY_FIELDS if result.get(k) is not None}
+    if isinstance(result.get("build_warnings"), list):
+        row["warnings"] = result["build_warnings"]
     return row

@@ -44,7 +44,7 @@ from twisted.python.threadpool import ThreadPool
 
 from ktstr_steps.buildsteps.services import RECORDS_SERVICE_NAME as SERVICE_NAME
 from ktstr_steps.buildsteps.services import services_of
-from master.records import db, queries, retry, rows
+from master.records import compare, db, queries, retry, rows
 from master.records.retry import Backoff, RecordsUnavailable
 from master.records.spool import SPOOL_DIRNAME, Spool, SpoolError
 from master.records.unrecorded import UnrecordedBuilds
@@ -87,7 +87,10 @@ class RecordsService(service.BuildbotService):
         name: str | None = None,
         spool_dir: str | None = None,
         retry_budget: float | None = None,
+        alerts: compare.AlertRules | None = None,
     ) -> None:
+        if alerts is not None and not isinstance(alerts, compare.AlertRules):
+            bbconfig.error(f"{SERVICE_NAME}: alerts must be AlertRules, got {alerts!r}")
         try:
             db.parse_url(db_url if db_url is not None else db.default_url())
         except db.RecordsError as exc:
@@ -111,6 +114,7 @@ class RecordsService(service.BuildbotService):
         name: str | None = None,
         spool_dir: str | None = None,
         retry_budget: float | None = None,
+        alerts: compare.AlertRules | None = None,
     ) -> None:
         super().__init__(
             db_url=db_url,
@@ -118,7 +122,9 @@ class RecordsService(service.BuildbotService):
             name=name or SERVICE_NAME,
             spool_dir=spool_dir,
             retry_budget=retry_budget,
+            alerts=alerts,
         )
+        self.alert_rules = alerts or compare.AlertRules()
         self.db_url: str | None = None
         self.threads: int | None = None
         self.engine: Engine | None = None
@@ -144,7 +150,9 @@ class RecordsService(service.BuildbotService):
         name: str | None = None,
         spool_dir: str | None = None,
         retry_budget: float | None = None,
+        alerts: compare.AlertRules | None = None,
     ):
+        self.alert_rules = alerts or compare.AlertRules()
         new_url = db_url if db_url is not None else db.default_url()
         changed = (new_url, threads) != (self.db_url, self.threads)
         self.db_url, self.threads = new_url, threads
@@ -299,7 +307,7 @@ class RecordsService(service.BuildbotService):
                 log.msg(f"{SERVICE_NAME}: spooled file {path.name} moved to rejected/: {why}")
                 continue
             try:
-                rowid = await self._run(queries.insert_build, entry.row)
+                rowid = await self._run(compare.insert_compared, entry.row, self._rules())
             except Exception as exc:
                 if retry.is_transient(exc):
                     self._say_waiting(len(spool), retry.describe(exc))
@@ -377,7 +385,7 @@ class RecordsService(service.BuildbotService):
         why = ""
         for delay in self.backoff.delays():
             try:
-                rowid = await self._run(queries.insert_build, clean)
+                rowid = await self._run(compare.insert_compared, clean, self._rules())
             except Exception as exc:
                 # Stopped while retrying (the master shuts down): the spool keeps the row.
                 stopped = self._pool is None
@@ -436,6 +444,13 @@ class RecordsService(service.BuildbotService):
     ) -> defer.Deferred[dict[str, Any]]:
         """Close the run; totals default to counts over its recorded cells."""
         return self._run(queries.finish_matrix_run, run_id, finished_at=finished_at, totals=totals)
+
+    def _rules(self) -> compare.AlertRules:
+        return getattr(self, "alert_rules", None) or compare.AlertRules()
+
+    def get_row(self, rowid: int) -> defer.Deferred[dict[str, Any] | None]:
+        """The written row by its id (the record step reads the alerts it tripped)."""
+        return self._run(queries.get_build, id=rowid)
 
     def query(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Run any ``queries`` function (engine first) in the service's pool."""

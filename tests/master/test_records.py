@@ -33,7 +33,7 @@ from master.records.service import (
 from tests.support.recordskit import T0, build_row
 
 # The newest migration: the schema the code expects.
-HEAD = "0002_git_names_whole"
+HEAD = "0003_build_identity"
 
 # The build result object of docs/contracts.md, as `phase summary --json` prints it.
 RESULT = {

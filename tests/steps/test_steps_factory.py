@@ -94,7 +94,7 @@ class TestFactoryShape(unittest.TestCase):
 
     def test_warnings_reach_the_build(self) -> None:
         warn = {s.name for s in self.steps if s.warnOnWarnings}
-        self.assertEqual(warn, {"configure", "make", "cache-store", "publish"})
+        self.assertEqual(warn, {"configure", "make", "cache-store", "publish", "record"})
 
     def test_stop_lets_ktstr_ci_kill_make(self) -> None:
         make = self.steps[6]
