@@ -78,8 +78,10 @@ def test_push_builds_at_once(kit: ServiceKit) -> None:
     res = kit.push(tree, "feature/fast")
     build = kit.wait_build("feature/fast", after_buildid=before, timeout=10)
     elapsed = time.monotonic() - t0
-    # push (both hooks) + change + scheduler + worker start, all on a loaded test host
-    assert elapsed < 2.0, f"build started {elapsed:.2f}s after the push began"
+    # The push itself starts the build (no poller runs: its interval would be minutes);
+    # push (both hooks) + change + scheduler + worker start take about 1 s on an idle
+    # host. How fast exactly is bench/run.py's business, not a timed test's.
+    assert elapsed < 10.0, f"build started {elapsed:.2f}s after the push began"
     assert "build of feature/fast" in res.output and "requested" in res.output
     build = kit.wait_finished(build["buildid"], timeout=60)
     assert build["results"] == SUCCESS
