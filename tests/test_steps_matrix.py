@@ -51,6 +51,12 @@ class FakeRecords:
         self.started: list[dict[str, Any]] = []
         self.finished: list[tuple[int, Any]] = []
         self.rows: list[dict[str, Any]] = []
+        self.built: list[tuple[str, str]] = []
+        self.since: list[float] = []
+
+    def recent_branches(self, since: float) -> defer.Deferred[list[tuple[str, str]]]:
+        self.since.append(since)
+        return defer.succeed(list(self.built))
 
     def record(self, row: dict[str, Any]) -> defer.Deferred[int]:
         self.rows.append(row)
@@ -293,6 +299,18 @@ class TestRecentBranches(MatrixStepMixin, unittest.TestCase):
         self.assertEqual(self.ls_remote, [REPO_URL])  # one ls-remote per repository
         self.assertEqual(records.started[0]["versions"],
                          ["branch:linux/feature-a", "branch:linux/main"])
+
+    @defer.inlineCallbacks
+    def test_an_old_commit_pushed_today_is_recent_through_its_build(self) -> Any:
+        # The change is dated by its commit (a year ago); its push built two days ago.
+        yield self.push((REPO_URL, "feature-a", 365))
+        records = self.use_records(FakeRecords())
+        records.built = [(REPO_URL, "feature-a"), ("/elsewhere.git", "main")]
+        self.setup_step(self.step())
+        self.expect_outcome(result=SUCCESS,
+                            state_string="2 cells: branch:linux/feature-a x tiny, default")
+        yield self.run_step()
+        self.assertEqual(records.since, [100 * DAY - 14 * DAY])
 
     @defer.inlineCallbacks
     def test_no_push_lately_is_an_empty_run_that_says_why(self) -> Any:

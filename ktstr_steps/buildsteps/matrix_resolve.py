@@ -3,8 +3,13 @@
 A run's rows (the grid's left column) come from the settings' version specs:
 
 * ``recent-branches``: every branch of a pushed repository that got a push in
-  the last ``matrix.recent_days`` (Buildbot's changes table, which every push,
-  webhook and poller fills) and would build on push, at its tip of now;
+  the last ``matrix.recent_days`` and would build on push, at its tip of now.
+  A branch is recent when the records database has a build of it started in
+  that time (pushes, forced builds, pollers and webhooks; not the matrix's own
+  cells, or a branch would stay recent forever) or when Buildbot's changes
+  table has a change of it dated in that time (a push whose build has not run
+  yet). A change's date is its commit's date, so an old commit pushed today
+  counts through its build;
 * ``branch:<repo>/<branch>``: that branch's tip of now;
 * kernel.org versions (``latest-stable``, ``mainline``, prefixes, ranges) from
   releases.json, fetched over treq so the reactor keeps serving; exact versions
@@ -145,6 +150,13 @@ class MatrixResolve(MasterStep):
         if spec.kind == RECENT:
             since = self.master.reactor.seconds() - self.recent_days * DAY
             pushes = await _recent_pushes(self.master, since)
+            svc, _ = self.records()
+            built = getattr(svc, "recent_branches", None)
+            if built is not None:
+                try:
+                    pushes += await built(since)
+                except Exception as exc:  # the changes alone still name the pushed branches
+                    lines.append(f"recent-branches: records not read: {one_line(str(exc))}")
             pairs = recent_branches(pushes, self.repos, self.branch_patterns)
             lines.append(f"recent-branches: {len(pairs)} branch(es) pushed in the last "
                          f"{self.recent_days} days")

@@ -327,6 +327,20 @@ def cache_entries(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
     return out
 
 
+def recent_branches(engine: Engine, since: dt.datetime | float) -> list[tuple[str, str]]:
+    """(repository, branch) of every build started since ``since`` that a push, a forced
+    build or a poller asked for: the matrix's own cells do not keep a branch recent."""
+    when = to_time("since", since)
+    stmt = (
+        select(KernelBuild.repository, KernelBuild.branch)
+        .where(KernelBuild.started_at >= when, KernelBuild.branch.is_not(None),
+               KernelBuild.repository.is_not(None), KernelBuild.matrix_run_id.is_(None))
+        .distinct()
+    )
+    with engine.connect() as conn:
+        return sorted((r, b) for r, b in conn.execute(stmt).all())
+
+
 def matrix_runs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
     stmt = select(MatrixRun).order_by(MatrixRun.started_at.desc(), MatrixRun.id.desc())
     with Session(engine) as session:

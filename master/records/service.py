@@ -437,6 +437,10 @@ class RecordsService(service.BuildbotService):
         """Close the run; totals default to counts over its recorded cells."""
         return self._run(queries.finish_matrix_run, run_id, finished_at=finished_at, totals=totals)
 
+    def recent_branches(self, since: float) -> defer.Deferred[list[tuple[str, str]]]:
+        """(repository, branch) built since ``since`` (epoch seconds), matrix cells aside."""
+        return self._run(queries.recent_branches, since)
+
     def query(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Run any ``queries`` function (engine first) in the service's pool."""
         return self._run(fn, *args, **kwargs)

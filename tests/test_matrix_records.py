@@ -1,4 +1,5 @@
-"""What broke since the previous night: a matrix run's page against the run before it."""
+"""The matrix's reads of the records: what broke since the previous night (a run's page
+against the run before it), and which branches were built lately."""
 
 from __future__ import annotations
 
@@ -73,3 +74,27 @@ def test_the_run_page_says_what_broke_and_marks_the_cell(runs):
     assert f'class="cell" data-version="{FEAT}" data-profile="default"' in html
     first_page = client.get(f"/matrix.html?id={first}", base_url=BASE).get_data(as_text=True)
     assert "No previous run to compare with." in first_page
+
+
+def test_recent_branches_are_branches_built_lately_but_not_by_the_matrix(tmp_path):
+    url = f"sqlite:///{tmp_path / 'records.sqlite'}"
+    db.upgrade(url)
+    eng = db.make_engine(url)
+    try:
+        run = queries.start_matrix_run(eng, versions=[MAIN], profiles=["tiny"])
+        now = T0 + dt.timedelta(days=30)
+        for i, (branch, age, matrix_run) in enumerate([
+            ("fresh", 1, None), ("fresh", 2, None), ("edge", 13.9, None), ("stale", 15, None),
+            ("kept-alive-by-the-matrix", 1, run),
+        ]):
+            queries.insert_build(eng, {
+                "buildid": i + 1, "branch": branch, "repository": "/srv/linux.git",
+                "result": "success", "matrix_run_id": matrix_run,
+                "started_at": now - dt.timedelta(days=age)})
+        since = now - dt.timedelta(days=14)
+        assert queries.recent_branches(eng, since) == [
+            ("/srv/linux.git", "edge"), ("/srv/linux.git", "fresh")]
+        assert queries.recent_branches(eng, since.timestamp()) == [
+            ("/srv/linux.git", "edge"), ("/srv/linux.git", "fresh")]
+    finally:
+        eng.dispose()
