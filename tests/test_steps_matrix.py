@@ -174,7 +174,7 @@ class TestMatrixResolve(MatrixStepMixin, unittest.TestCase):
                             state_string="2 cells: branch:other/main, 6.12.3 x tiny (1 unresolved)")
         self.expect_property(CELLS_PROP, [
             {"label": "branch:other/main", "profile": "tiny", "kind": "unresolved",
-             "error": "no repository 'other' in [[repos]]"},
+             "why": "no repository 'other' in [[repos]]"},
             {"label": "6.12.3", "profile": "tiny", "kind": "exact", "version": "6.12.3"}])
         return self.run_step()
 
@@ -184,7 +184,7 @@ class TestMatrixResolve(MatrixStepMixin, unittest.TestCase):
         self.expect_outcome(result=SUCCESS, state_string=None)
         self.expect_property(CELLS_PROP, [
             {"label": "branch:linux/gone", "profile": "tiny", "kind": "unresolved",
-             "error": f"branch 'gone' does not exist in {REPO_URL}"}])
+             "why": f"branch 'gone' does not exist in {REPO_URL}"}])
         return self.run_step()
 
     def test_unreachable_kernel_org_fails_only_its_cells_naming_the_url(self) -> None:
@@ -208,9 +208,9 @@ class TestMatrixResolve(MatrixStepMixin, unittest.TestCase):
                 ("latest-stable", "tiny"), ("latest-stable", "default"),
                 ("6.6..6.12", "tiny"), ("6.6..6.12", "default")])
             for c in failed:  # one line that names the URL and the setting to change
-                self.assertNotIn("\n", c["error"])
-                self.assertIn(RELEASES_URL, c["error"])
-                self.assertIn("matrix.releases_url", c["error"])
+                self.assertNotIn("\n", c["why"])
+                self.assertIn(RELEASES_URL, c["why"])
+                self.assertIn("matrix.releases_url", c["why"])
             # The branch still builds, and the run row lists every row of the grid.
             self.assertEqual([(c["label"], c["kind"]) for c in cells if c not in failed],
                              [("branch:linux/main", "branch")] * 2)
@@ -336,7 +336,7 @@ class TestRecentBranches(MatrixStepMixin, unittest.TestCase):
         self.expect_outcome(result=SUCCESS, state_string=None)
         self.expect_property(CELLS_PROP, [
             {"label": "branch:linux/main", "profile": "tiny", "kind": "unresolved",
-             "error": f"git ls-remote {REPO_URL}: connection refused"},
+             "why": f"git ls-remote {REPO_URL}: connection refused"},
             {"label": "6.12.3", "profile": "tiny", "kind": "exact", "version": "6.12.3"}])
         yield self.run_step()
 
@@ -440,7 +440,7 @@ class TestMatrixFanOut(MatrixStepMixin, unittest.TestCase):
         self.setup_step(fan_out())
         self.build.setProperty(CELLS_PROP, [
             CELLS[0], {"label": "latest-stable", "profile": "tiny", "kind": "unresolved",
-                       "error": why}], "MatrixResolve")
+                       "why": why}], "MatrixResolve")
         self.build.setProperty(RUN_ID_PROP, 5, "MatrixResolve")
         self.expect_outcome(result=FAILURE,
                             state_string="2 cells: 1 built, 0 cache hits, 1 failed (failure)")

@@ -169,7 +169,7 @@ class MatrixResolve(MasterStep):
             except KtstrError as exc:
                 if spec.kind != RECENT:
                     raise
-                rows.append({"label": branch_label(repo, branch), "error": str(exc)})
+                rows.append({"label": branch_label(repo, branch), "why": str(exc)})
                 continue
             if sha is None:
                 if spec.kind == RECENT:
@@ -202,7 +202,7 @@ class MatrixResolve(MasterStep):
                     found = await self.branch_cells(spec, lines)
                     for row in found:
                         tip = f" @ {row['revision'][:12]}" if "revision" in row else ""
-                        why = f": {row['error']}" if "error" in row else ""
+                        why = f": {row['why']}" if "why" in row else ""
                         lines.append(f"{spec.text} -> {row['label']}{tip}{why}")
                     out += [{**row, "kind": "branch" if "revision" in row else "unresolved"}
                             for row in found]
@@ -213,7 +213,7 @@ class MatrixResolve(MasterStep):
             except KtstrError as exc:
                 message = one_line(str(exc))
                 lines.append(f"{spec.text} -> error: {message}")
-                out.append({"label": spec.text, "kind": "unresolved", "error": message})
+                out.append({"label": spec.text, "kind": "unresolved", "why": message})
                 continue
             lines.append(f"{spec.text} -> {', '.join(labels)}")
             out += [{"label": v, "kind": spec.kind, "version": v} for v in labels]

@@ -146,11 +146,11 @@ class MatrixFanOut(MasterStep):
                 await svc.record({
                     "builder": self.build.builder.name, "kernel_version": cell["label"],
                     "profile": cell["profile"], "kernel_outcome": Outcome.FAILED,
-                    "result": "failure", "error": cell["error"], "matrix_run_id": run_id,
+                    "result": "failure", "error": cell["why"], "matrix_run_id": run_id,
                     "started_at": now, "finished_at": now,
                 })  # fmt: skip
             except Exception as exc:  # the run's log still says it
-                cell = {**cell, "error": f"{cell['error']} (not recorded: {one_line(str(exc))})"}
+                cell = {**cell, "why": f"{cell['why']} (not recorded: {one_line(str(exc))})"}
         self.finished += 1
         self.updateSummary()
         return cell
@@ -179,7 +179,7 @@ class MatrixFanOut(MasterStep):
                               f"{value.getErrorMessage()}")
                 continue
             if value["kind"] == "unresolved":
-                kind, line = "failed", f"{value['label']} x {value['profile']}: {value['error']}"
+                kind, line = "failed", f"{value['label']} x {value['profile']}: {value['why']}"
             else:
                 kind, line = await self._cell_result(value)
             totals[kind] += 1
