@@ -185,7 +185,8 @@ def follow(api: Api, job: TryJob, *, timeout: float, interval: float = 1.0,
             if step.get("complete"):
                 word = RESULTS[step["results"]] if step["results"] in range(len(RESULTS)) else "?"
                 say(f"{step['name']}: {state[0]} ({word})")
-            elif time.monotonic() - shown_at >= 2 or old is None:
+            elif state[0] not in ("", "pending") and time.monotonic() - shown_at >= 2:
+                # A running step's progress line, at most one every 2 s.
                 shown_at = time.monotonic()
                 say(f"{step['name']}: {state[0]}")
         now = api.get(f"builds/{build['buildid']}") or [build]
