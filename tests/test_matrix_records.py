@@ -58,6 +58,9 @@ def test_broke_is_green_the_night_before_and_red_now(runs):
     # The first night has nothing to compare with.
     first_grid = queries.matrix_grid(eng, first)
     assert first_grid["previous"] is None and first_grid["broke"] == []
+    # What the finish step asks the records service for.
+    assert queries.matrix_changes(eng, second) == {
+        "previous": first, "broke": [[MAIN, "default"]], "fixed": [[FEAT, "tiny"]]}
 
 
 def test_the_run_page_says_what_broke_and_marks_the_cell(runs):

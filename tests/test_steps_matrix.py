@@ -53,6 +53,10 @@ class FakeRecords:
         self.rows: list[dict[str, Any]] = []
         self.built: list[tuple[str, str]] = []
         self.since: list[float] = []
+        self.changes: dict[str, Any] = {"previous": None, "broke": [], "fixed": []}
+
+    def matrix_changes(self, run_id: int) -> defer.Deferred[dict[str, Any]]:
+        return defer.succeed(self.changes)
 
     def recent_branches(self, since: float) -> defer.Deferred[list[tuple[str, str]]]:
         self.since.append(since)
@@ -562,6 +566,27 @@ class TestMatrixFinish(MatrixStepMixin, unittest.TestCase):
                                      "wsgi_dashboards/ktstr/matrix.html?id=5")])
 
         return d
+
+    def test_says_what_broke_since_the_previous_run(self) -> defer.Deferred:
+        records = self.use_records(FakeRecords())
+        records.changes = {"previous": 4, "broke": [["branch:linux/main", "default"]],
+                           "fixed": [["6.12.3", "tiny"]]}
+        self.setup_step(self.finish())
+        self.build.setProperty(RUN_ID_PROP, 5, "MatrixResolve")
+        text = "4 cells: 2 built, 1 cache hits, 1 failed; 1 broke since run 4"
+        self.expect_outcome(result=SUCCESS, state_string=text)
+        self.expect_result_summary({"step": text, "build": text})
+        self.expect_log_file("since previous run", "compared with matrix run 4\n"
+                             "broke: branch:linux/main x default\nfixed: 6.12.3 x tiny\n")
+        return self.run_step()
+
+    def test_nothing_broke_keeps_the_totals_line(self) -> defer.Deferred:
+        records = self.use_records(FakeRecords())
+        records.changes = {"previous": 4, "broke": [], "fixed": []}
+        self.setup_step(self.finish())
+        self.build.setProperty(RUN_ID_PROP, 5, "MatrixResolve")
+        self.expect_outcome(result=SUCCESS, state_string="4 cells: 2 built, 1 cache hits, 1 failed")
+        return self.run_step()
 
     def test_a_stopped_fan_out_lets_the_row_count_the_cells(self) -> defer.Deferred:
         records = self.use_records(FakeRecords())

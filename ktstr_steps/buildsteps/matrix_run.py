@@ -254,8 +254,28 @@ class MatrixFinish(MasterStep):
         self.text = summary_text(run["cells"], run["built"], run["cache_hits"], run["failed"])
         if self.dashboard_url:
             await self.addURL(f"matrix run {run_id}", f"{self.dashboard_url}?id={run_id}")
+        await self.since_previous(svc, int(run_id))
         self.descriptionDone = self.text
         return SUCCESS
+
+    async def since_previous(self, svc: Any, run_id: int) -> None:
+        """Add what broke (green in the previous run, red now) to the summary, and a log."""
+        changes = getattr(svc, "matrix_changes", None)
+        if changes is None:
+            return
+        try:
+            got = await changes(run_id)
+        except Exception as exc:  # the run is closed; only the comparison is missing
+            await self.addCompleteLog("since previous run", f"not compared: {exc}\n")
+            return
+        if got.get("previous") is None:
+            return
+        lines = [f"compared with matrix run {got['previous']}"]
+        lines += [f"broke: {v} x {p}" for v, p in got["broke"]]
+        lines += [f"fixed: {v} x {p}" for v, p in got["fixed"]]
+        await self.addCompleteLog("since previous run", "\n".join(lines) + "\n")
+        if got["broke"]:
+            self.text = f"{self.text}; {len(got['broke'])} broke since run {got['previous']}"
 
     def getResultSummary(self) -> dict[str, str]:
         summary = super().getResultSummary()

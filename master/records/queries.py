@@ -383,6 +383,15 @@ def matrix_grid(engine: Engine, run_id: int) -> dict[str, Any] | None:
             "broke": broke, "fixed": fixed}
 
 
+def matrix_changes(engine: Engine, run_id: int) -> dict[str, Any]:
+    """``previous``, ``broke`` and ``fixed`` of :func:`matrix_grid` (cells as lists)."""
+    grid = matrix_grid(engine, run_id)
+    if grid is None:
+        raise InvalidRecord(f"no matrix run with id {run_id}")
+    return {"previous": grid["previous"], "broke": [list(c) for c in grid["broke"]],
+            "fixed": [list(c) for c in grid["fixed"]]}
+
+
 def cell_state(row: Mapping[str, Any] | None) -> str | None:
     """green (built or found in the cache), red (failed), or None (running, cancelled, ...)."""
     if row is None:
