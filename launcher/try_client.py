@@ -163,7 +163,7 @@ def follow(api: Api, job: TryJob, *, timeout: float, interval: float = 1.0,
             if got:
                 return got
             time.sleep(interval)
-        raise KtstrError(f"gave up after {timeout:.0f}s waiting for {what}", kind="try-failed")
+        raise KtstrError(f"gave up after {timeout:g}s waiting for {what}", kind="try-failed")
 
     bset = poll("the try job's buildset", lambda: api.get("buildsets", reason=job.reason))[-1]
     req = poll("its build request",
@@ -196,7 +196,7 @@ def follow(api: Api, job: TryJob, *, timeout: float, interval: float = 1.0,
             say(f"build {word}: {now[0].get('state_string') or ''}")
             return int(result) if isinstance(result, int) else 2
         if time.monotonic() > deadline:
-            raise KtstrError(f"gave up following after {timeout:.0f}s; the build goes on: "
+            raise KtstrError(f"gave up following after {timeout:g}s; the build goes on: "
                              f"{api.web}#/builders/{build['builderid']}/builds/{build['number']}",
                              kind="try-failed")
         time.sleep(interval)
