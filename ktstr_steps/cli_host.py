@@ -1,4 +1,4 @@
-"""Host-resource subcommands: ``topology``, ``plan``, ``locks``.
+"""Host-resource subcommands: ``topology``, ``plan``, ``locks`` (``--watch``: a live view).
 
 Handlers import the host modules lazily so ``ktstr-ci --help`` and unrelated
 subcommands stay cheap. ``plan`` and ``locks`` have a hidden ``--lock-dir``
@@ -13,8 +13,10 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
+from ktstr_steps.cli_values import int_at_least, parse_seconds
 from ktstr_steps.errors import KtstrError
 
 
@@ -31,7 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("locks", help="every ktstr lock file with its holders and waiters")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout (with --watch: one compact object per line)")
+    p.add_argument("--watch", nargs="?", const="1", default=None, metavar="SECONDS",
+                   help="redraw every SECONDS (default 1) until interrupted (Ctrl-C)")
+    p.add_argument("--count", type=int_at_least(1), metavar="N",
+                   help="with --watch: stop after N views")
     p.add_argument("--lock-dir", type=Path, default=Path("/tmp"), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_locks)
 
@@ -123,18 +130,48 @@ def cmd_locks(args: argparse.Namespace) -> int:
     from ktstr_steps.cache import cache_root
     from ktstr_steps.messages import warn
 
+    interval = parse_seconds(args.watch, "--watch", zero_ok=False)
+    if args.count is not None and interval is None:
+        raise KtstrError("--count needs --watch", kind="usage")
     try:
         root: Path | None = cache_root()
     except KtstrError as exc:
         warn(f"cache root unavailable ({exc}); listing only {args.lock_dir} locks")
         root = None
-    locks = collect_locks(args.lock_dir, root)
-    if args.json:
-        print(json.dumps({"cache_root": str(root) if root else None, "locks": locks}))
+    if interval is None:
+        show_locks(args, root, collect_locks(args.lock_dir, root))
         return 0
+    # Live view: redrawn in place on a terminal, one block (or JSON line) per view otherwise.
+    redraw = sys.stdout.isatty() and not args.json
+    shown = 0
+    try:
+        while True:
+            locks = collect_locks(args.lock_dir, root)
+            if redraw:
+                sys.stdout.write("\x1b[H\x1b[2J")
+            if not args.json:
+                print(f"{time.strftime('%H:%M:%S')}  every {interval:g}s, Ctrl-C to stop")
+            show_locks(args, root, locks)
+            if not args.json and not redraw:
+                print()
+            sys.stdout.flush()
+            shown += 1
+            if args.count is not None and shown >= args.count:
+                return 0
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0  # the way a watch ends
+
+
+def show_locks(args: argparse.Namespace, root: Path | None, locks: list[dict]) -> None:
+    """One view of the locks: JSON (compact under --watch) or the table."""
+    if args.json:
+        body = {"cache_root": str(root) if root else None, "locks": locks}
+        print(json.dumps(body, separators=(",", ":") if args.watch else None))
+        return
     if not locks:
         print("no ktstr lock files")
-        return 0
+        return
     print(f"{'LOCK':<44} {'HOLDERS':<40}")
     for e in locks:
         name = f"{e['kind']} {e.get('index', e.get('key'))}"
@@ -142,4 +179,3 @@ def cmd_locks(args: argparse.Namespace) -> int:
         waiting = f"  (waiting: {', '.join(map(str, e['waiters']))})" if e["waiters"] else ""
         print(f"{name:<44} {held}{waiting}")
         print(f"  {e['path']}")
-    return 0

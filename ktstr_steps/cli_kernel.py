@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument(
         "--offline", action="store_true", help="do not fetch releases.json (no EOL tags)"
     )
+    ls.add_argument("--range", metavar="START..END",
+                    help="preview which releases a range expands to (releases.json only: "
+                         "no cache read, nothing built)")
     ls.set_defaults(func=cmd_list)
 
     cl = ksub.add_parser("clean", help="remove cached kernels")
@@ -236,10 +239,29 @@ def cmd_key(args: argparse.Namespace) -> int:
 # -- kernel list / clean --------------------------------------------------------------
 
 
+def list_range(args: argparse.Namespace) -> int:
+    """``kernel list --range A..B``: ktstr's range preview, the versions a range build builds."""
+    from ktstr_steps.kernelorg import releases
+    from ktstr_steps.kernelorg.versions import parse_range
+
+    if args.offline:
+        raise KtstrError("--range reads releases.json: it cannot be --offline", kind="usage")
+    # Checked before any I/O, like ktstr (an inverted range never fetches).
+    start, end = parse_range(args.range)
+    versions = releases.expand_range(args.range, releases.fetch_releases(args.releases_url))
+    if args.json:
+        _emit(args, {"range": args.range, "start": start, "end": end, "versions": versions})
+    else:
+        sys.stdout.write("".join(f"{v}\n" for v in versions))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from ktstr_steps import cache, cli_render, kconfig
     from ktstr_steps.kernelorg import releases
 
+    if args.range is not None:
+        return list_range(args)
     root = cache.cache_root()
     active: set[str] | None = None
     fetch_error: str | None = None

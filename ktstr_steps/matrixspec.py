@@ -9,6 +9,7 @@ starts, from releases.json.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ktstr_steps.errors import KtstrError
@@ -17,6 +18,8 @@ from ktstr_steps.kernelorg.versions import is_prefix, is_range, parse_range, ver
 from ktstr_steps.refnames import RULE, branch_problem
 
 BRANCH_PREFIX = "branch:"
+# Every branch of every pushed repository that got a push in the last matrix.recent_days.
+RECENT = "recent-branches"
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -25,7 +28,7 @@ class Spec:
     """One entry of ``matrix.versions``."""
 
     text: str
-    kind: str  # exact | prefix | latest-stable | mainline | range | branch
+    kind: str  # exact | prefix | latest-stable | mainline | range | branch | recent-branches
     repo: str | None = None
     branch: str | None = None
 
@@ -35,8 +38,8 @@ class Spec:
 
 
 SPEC_FORMS = (
-    "an exact version (6.12.3, 6.15-rc3), a prefix (6.12), latest-stable, mainline, "
-    "a range (6.6..6.12) or branch:<repo>/<branch>"
+    "recent-branches, an exact version (6.12.3, 6.15-rc3), a prefix (6.12), latest-stable, "
+    "mainline, a range (6.6..6.12) or branch:<repo>/<branch>"
 )
 
 
@@ -44,7 +47,7 @@ def parse_spec(text: str) -> Spec:
     """Classify a version spec without any I/O; ValueError says what is accepted."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"must be {SPEC_FORMS}, not {text!r}")
-    if text in ("latest-stable", "mainline"):
+    if text in ("latest-stable", "mainline", RECENT):
         return Spec(text, text)
     if text.startswith(BRANCH_PREFIX):
         repo, sep, branch = text[len(BRANCH_PREFIX):].partition("/")
@@ -85,7 +88,9 @@ def resolve_versions(
         if spec.needs_releases and rows is None:
             raise KtstrError(f"{spec.text}: releases.json is needed", kind="releases-fetch")
         try:
-            if spec.kind in ("exact", "branch"):
+            if spec.kind == RECENT:
+                labels = []  # known only to the run: see recent_branches
+            elif spec.kind in ("exact", "branch"):
                 labels = [spec.text]
             elif spec.kind == "latest-stable":
                 labels = [releases.latest_stable(rows or [])]
@@ -109,3 +114,35 @@ def unique_labels(resolved: list[tuple[Spec, list[str]]]) -> list[str]:
         for label in labels:
             seen.setdefault(label, None)
     return list(seen)
+
+
+def branch_label(repo: str, branch: str) -> str:
+    """A branch cell's label (the grid's row), the same text as a ``branch:`` entry."""
+    return f"{BRANCH_PREFIX}{repo}/{branch}"
+
+
+def recent_branches(
+    pushes: Iterable[tuple[str | None, str | None]],
+    repos: Mapping[str, str],
+    patterns: Mapping[str, Sequence[str]],
+) -> list[tuple[str, str]]:
+    """The (repo, branch) pairs a ``recent-branches`` run builds, from recent pushes.
+
+    ``pushes`` are (repository URL, branch) of the changes of the last
+    ``recent_days``; ``repos`` maps a repository name to its URL (settings
+    order), ``patterns`` a name to its push branch patterns. A branch counts
+    when its repository is one of ``repos`` and a push to it would build
+    (a buildable name matching a pattern), so the night builds what the day
+    built, not branches nobody asked to build. Sorted by repository (settings
+    order), then branch name, each once.
+    """
+    by_url = {url: name for name, url in repos.items()}
+    order = {name: i for i, name in enumerate(repos)}
+    found: set[tuple[str, str]] = set()
+    for url, branch in pushes:
+        name = by_url.get(url or "")
+        if name is None or not branch or branch_problem(branch) is not None:
+            continue
+        if any(re.fullmatch(p, branch) for p in patterns.get(name, (".*",))):
+            found.add((name, branch))
+    return sorted(found, key=lambda rb: (order[rb[0]], rb[1]))

@@ -132,6 +132,9 @@ ERROR_KINDS: Mapping[str, str] = {
     "bad-image-name": "the kernel image name is not a plain file name",
     "bad-metadata": "cache metadata that cannot be written",
     "publish-failed": "the built kernel's files could not be gathered for publishing",
+    # ktstr-ci try
+    "try-refused": "the try port refused the login, the builder or the job",
+    "try-failed": "the try job could not be sent or followed",
     # why a cache entry is corrupt (ktstr's error_kind values of `kernel list --json`)
     "missing": "the entry has no metadata.json",
     "unreadable": "the entry's metadata.json cannot be read",

@@ -2,7 +2,7 @@
 
 The pipeline registers ``kernel``, ``phase``, ``holder`` and the host
 commands, the master ``records``, the workers ``workers list``, and the
-launcher ``workers start|stop|status`` (``make run|stop|status``). The
+launcher ``workers start|stop|status`` (``make run|stop|status``) and ``try``. The
 assembly lives here because the launcher is the one package that may import
 all of them.
 
@@ -20,6 +20,7 @@ import sys
 from ktstr_steps import cli_holder, cli_host, cli_kernel
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.messages import LABEL
+from launcher import try_cli
 from master import cli_records
 from workers import cli_workers
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_host.register(sub)
     cli_holder.register(sub)
     cli_records.register(sub)
+    try_cli.register(sub)
     actions = cli_workers.register(sub)
     for action in ("start", "stop", "status"):
         make = "run" if action == "start" else action

@@ -1,9 +1,14 @@
 """The nightly kernel matrix: versions x profiles, one build per cell, one parent run.
 
 Settings: ``settings.matrix`` (the ``[matrix]`` table of settings/default.toml:
-``enabled``, ``versions``, ``profiles``, ``time``, ``releases_url``,
-``mirror``, ``rc_mirror``, ``download_cache`` and ``cpu_cap``), validated
-when the settings are loaded.
+``enabled``, ``versions``, ``recent_days``, ``profiles``, ``time``,
+``releases_url``, ``mirror``, ``rc_mirror``, ``download_cache`` and
+``cpu_cap``), validated when the settings are loaded.
+
+The embedded default is on and downloads nothing: every night it builds the
+tips of the branches pushed in the last ``recent_days`` (``recent-branches``)
+under the push profiles plus ``default``, so each branch is also checked
+against the configs nobody builds on push. kernel.org versions are opt-in.
 
 What its part of the config (:func:`config_part`) holds when ``enabled``:
 
@@ -38,11 +43,12 @@ from buildbot.process.properties import Property
 
 from ktstr_steps.buildsteps.factory import Checkout, ReleaseSource, kernel_build_factory
 from ktstr_steps.buildsteps.matrix_run import matrix_run_factory
-from ktstr_steps.matrixspec import parse_spec
+from ktstr_steps.matrixspec import RECENT, parse_spec
 from master.dashboard import DEFAULT_NAME
 from master.parts import ConfigPart
+from master.pushes import pushed_repos
 from master.schedulers import KtstrForceScheduler, ReasonParameter, builder_name
-from settings import MatrixSettings, Settings
+from settings import MatrixSettings, Repo, Settings
 from settings.worker_specs import WorkerSpec
 
 MATRIX_WORKER = "__matrix"
@@ -54,13 +60,18 @@ CELL_SCHEDULER = "matrix-cells"
 BRANCH_SCHEDULER = "matrix-{repo}-{profile}"
 
 
-def branch_repos(m: MatrixSettings) -> list[str]:
-    """Repositories named by ``branch:`` entries, in settings order."""
+def branch_repos(m: MatrixSettings, repos: tuple[Repo, ...]) -> list[str]:
+    """Repositories whose branches the matrix builds, in settings order.
+
+    ``recent-branches`` builds branches of every pushed repository; a
+    ``branch:`` entry those of its repository.
+    """
     out: list[str] = []
     for text in m.versions:
         spec = parse_spec(text)
-        if spec.kind == "branch" and spec.repo not in out:
-            out.append(spec.repo or "")
+        named = [r.name for r in repos] if spec.kind == RECENT else [spec.repo or ""]
+        if spec.kind in ("branch", RECENT):
+            out += [name for name in named if name not in out]
     return out
 
 
@@ -94,7 +105,8 @@ def config_part(settings: Settings, specs: list[WorkerSpec]) -> ConfigPart:
     m = settings.matrix
     if not m.enabled:
         return ConfigPart(feature="matrix")
-    repos = {r.name: r.url for r in settings.repos}
+    pushed = pushed_repos(settings)
+    repos = {r.name: r.url for r in pushed}
     builders = [
         util.BuilderConfig(
             name=MATRIX_BUILDER,
@@ -107,6 +119,8 @@ def config_part(settings: Settings, specs: list[WorkerSpec]) -> ConfigPart:
                 repos=repos,
                 cell_scheduler=CELL_SCHEDULER,
                 branch_scheduler=BRANCH_SCHEDULER,
+                branch_patterns={r.name: list(r.branches) for r in pushed},
+                recent_days=m.recent_days,
                 releases_url=m.releases_url,
                 mirror=m.mirror,
                 dashboard_url=dashboard_url(settings),
@@ -140,8 +154,8 @@ def config_part(settings: Settings, specs: list[WorkerSpec]) -> ConfigPart:
         force_matrix(),
         schedulers.Triggerable(name=CELL_SCHEDULER, builderNames=[CELL_BUILDER]),
     ]
-    for repo in branch_repos(m):
-        r = next(x for x in settings.repos if x.name == repo)
+    for repo in branch_repos(m, pushed):
+        r = next(x for x in pushed if x.name == repo)
         scheds += [
             schedulers.Triggerable(
                 name=BRANCH_SCHEDULER.format(repo=repo, profile=profile),

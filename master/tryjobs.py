@@ -21,7 +21,9 @@ mode 0600, under ``paths.secrets``, never committed). Every name in ``[try]
 users`` gets a generated password the first time the config is loaded; more
 users can be added to the file by hand (a restart or reconfig picks them up).
 
-Send one (see :func:`try_command` for the exact argv)::
+Send one with ``ktstr-ci try`` from a kernel work tree (:mod:`launcher.try_cli`:
+the tree's diff against the pushed tip, the build followed to its result), or
+with Buildbot's own client (see :func:`try_command` for the exact argv)::
 
     buildbot try --connect=pb --master=127.0.0.1:8031 --username=try \\
         --passwd="$(jq -r .try var/secrets/try-users.json)" --vc=git --branch=main \\

@@ -39,6 +39,19 @@ POLLER_KEYS = ("name", "url", "branches", "interval", "profiles")
 PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
 
 
+def default_matrix_profiles(repos: tuple[Repo, ...], profiles: dict[str, Profile]) -> list[str]:
+    """``matrix.profiles = []``: every push profile of ``[[repos]]``, then ``default``.
+
+    So each branch is also built with the config nobody builds on push.
+    """
+    names: list[str] = []
+    for repo in repos:
+        names += [p for p in repo.profiles if p not in names]
+    if "default" in profiles and "default" not in names:
+        names.append("default")
+    return names
+
+
 def matrix_table(r: TableReader, root: Path, repos: tuple[Repo, ...],
                  profiles: dict[str, Profile]) -> MatrixSettings:
     """``[matrix]``: version specs (the pipeline's grammar), profiles, the nightly time."""
@@ -61,11 +74,14 @@ def matrix_table(r: TableReader, root: Path, repos: tuple[Repo, ...],
         dup = next(v for v in versions if versions.count(v) > 1)
         raise r.err("versions", f"lists {dup!r} twice")
     names = r.strlist("profiles")
-    if not names:
-        raise r.err("profiles", "must list at least one profile from kconfig/profiles.toml")
     r.profiles("profiles", names, profiles, each=True)
     if len(set(names)) != len(names):
         raise r.err("profiles", "lists a profile twice")
+    if not names:
+        names = default_matrix_profiles(repos, profiles)
+    if not names:
+        raise r.err("profiles", "is empty and no [[repos]] entry has push profiles; "
+                                "list profiles from kconfig/profiles.toml")
     when = r.str("time")
     m = _TIME_RE.match(when)
     if not m:
@@ -84,6 +100,7 @@ def matrix_table(r: TableReader, root: Path, repos: tuple[Repo, ...],
     return MatrixSettings(
         enabled=r.bool("enabled"),
         versions=tuple(versions),
+        recent_days=r.int("recent_days", 1, 3650),
         profiles=tuple(names),
         hour=int(m.group(1)),
         minute=int(m.group(2)),

@@ -132,6 +132,7 @@ class MatrixSettings:
 
     enabled: bool
     versions: tuple[str, ...]
+    recent_days: int  # how far back a push makes a branch a recent-branches row
     profiles: tuple[str, ...]
     hour: int
     minute: int

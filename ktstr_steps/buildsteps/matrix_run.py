@@ -4,13 +4,14 @@ A matrix run is one build of the ``matrix`` builder (master/matrix.py) whose
 steps run on the master only (its worker is an in-process LocalWorker, so a
 waiting parent never occupies an LLC group):
 
-* :class:`MatrixResolve` turns the settings' version specs into exact versions
-  *now* (releases.json over treq, off the reactor; an EOL prefix's mirror probe
-  in a thread) and branch tips (``git ls-remote``), and creates the
-  ``matrix_runs`` row;
+* :class:`~ktstr_steps.buildsteps.matrix_resolve.MatrixResolve` turns the
+  settings' version specs into the run's rows *now* (recently pushed branches
+  and their tips, kernel.org versions), and creates the ``matrix_runs`` row;
 * :class:`MatrixFanOut` triggers one build request per cell (version ×
   profile) and waits for all of them; each cell is its own buildset, so the
-  cells are never collapsed and spread over the LLC-group workers;
+  cells are never collapsed and spread over the LLC-group workers. A cell
+  whose spec could not be resolved (kernel.org unreachable) starts no build:
+  it is recorded as failed with the resolver's line, and the others build;
 * :class:`MatrixFinish` (always runs) closes the run row with the totals and
   sets the build's summary ``N cells: B built, H cache hits, F failed``.
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from buildbot.process import buildstep
 from buildbot.process.factory import BuildFactory
 from buildbot.process.properties import Properties
 from buildbot.process.results import (
@@ -38,24 +38,13 @@ from buildbot.process.results import (
     statusToString,
 )
 from buildbot.reporters.utils import getURLForBuild
-from twisted.internet import defer, threads
-from twisted.internet.utils import getProcessOutputAndValue
+from twisted.internet import defer
 
 from ktstr_steps.buildsteps.base import one_line
-from ktstr_steps.buildsteps.services import RecordsService, find_records_service
+from ktstr_steps.buildsteps.matrix_base import CELLS_PROP, RUN_ID_PROP, TOTALS_PROP, MasterStep
+from ktstr_steps.buildsteps.matrix_resolve import MatrixResolve
 from ktstr_steps.errors import KtstrError
-from ktstr_steps.kernelorg import http as kernelorg_http
-from ktstr_steps.kernelorg import releases, urls
-from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
 from ktstr_steps.results import BUILT_OUTCOMES, Outcome
-
-# Build properties of the parent run, read by the later steps of the same build.
-CELLS_PROP = "matrix_cells"
-RUN_ID_PROP = "matrix_run_id"
-TOTALS_PROP = "matrix_totals"
-RELEASES_TIMEOUT = 30.0
-# What the user changes to fetch releases.json from elsewhere.
-RELEASES_SETTING = "matrix.releases_url"
 
 
 def summary_text(cells: int, built: int, hits: int, failed: int) -> str:
@@ -71,144 +60,7 @@ def classify_cell(results: int | None, outcome: str | None) -> str:
     return "built" if outcome in BUILT_OUTCOMES else "failed"
 
 
-# ---------------------------------------------------------------- parent steps
-
-
-class _MasterStep(buildstep.BuildStep):
-    """A step that runs on the master only (no remote commands)."""
-
-    def records(self) -> tuple[RecordsService | None, str | None]:
-        return find_records_service(self.master)
-
-
-async def _fetch_releases(url: str) -> list[releases.Release]:
-    """releases.json over treq: the reactor keeps serving while kernel.org answers.
-
-    Only the transport is here; the answer is checked and parsed by the kernel.org
-    package, like the worker command's own fetch.
-    """
-    import treq
-
-    try:
-        resp = await treq.get(url, timeout=RELEASES_TIMEOUT,
-                              headers={"User-Agent": [kernelorg_http.USER_AGENT]})
-        body = await treq.content(resp)
-    except Exception as exc:  # DNS, refused, timeout: one message for all of them
-        raise releases.unreachable(url, exc, setting=RELEASES_SETTING) from None
-    ctype = b",".join(resp.headers.getRawHeaders(b"content-type", [])).decode(errors="replace")
-    return releases.releases_from_answer(url, resp.code, ctype, body, setting=RELEASES_SETTING)
-
-
-async def _branch_tip(url: str, branch: str) -> str:
-    """The commit ``branch`` points at now (git ls-remote, a child process: no blocking)."""
-    out, err, code = await getProcessOutputAndValue(
-        "git", ["ls-remote", "--heads", "--", url, f"refs/heads/{branch}"],
-        env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"},
-    )  # fmt: skip
-    if code != 0:
-        why = err.decode(errors="replace").strip().splitlines()
-        raise KtstrError(f"git ls-remote {url}: {why[-1] if why else code}", kind="git-failed")
-    for line in out.decode(errors="replace").splitlines():
-        sha, _, ref = line.partition("\t")
-        if ref == f"refs/heads/{branch}":
-            return sha
-    raise KtstrError(f"branch {branch!r} does not exist in {url}", kind="git-ref-not-found")
-
-
-class MatrixResolve(_MasterStep):
-    """Resolve the version specs now, list the cells, open the ``matrix_runs`` row."""
-
-    name = "resolve"
-    description = ["resolving versions"]
-    haltOnFailure = True
-
-    def __init__(
-        self,
-        *,
-        specs: list[str],
-        profiles: list[str],
-        repos: dict[str, str],
-        releases_url: str | None = None,
-        mirror: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.specs = list(specs)
-        self.profiles = list(profiles)
-        self.repos = dict(repos)
-        self.releases_url = releases_url
-        self.mirror = mirror
-        super().__init__(**kwargs)
-
-    async def run(self) -> int:
-        lines: list[str] = []
-        try:
-            parsed = [parse_spec(s) for s in self.specs]
-            rows = None
-            if any(p.needs_releases for p in parsed):
-                url = urls.releases_url(self.releases_url)
-                lines.append(f"releases.json: {url}")
-                rows = await _fetch_releases(url)
-            # A prefix of an EOL series probes the mirror with blocking HEADs.
-            resolved = await threads.deferToThread(
-                resolve_versions, parsed, rows, mirror=self.mirror
-            )
-            tips: dict[str, str] = {}
-            for spec, _ in resolved:
-                if spec.kind == "branch":
-                    url = self.repos.get(spec.repo or "")
-                    if url is None:
-                        raise KtstrError(f"no repository {spec.repo!r} in [[repos]]", kind="usage")
-                    tips[spec.text] = await _branch_tip(url, spec.branch or "")
-        except (KtstrError, ValueError) as exc:
-            await self.addCompleteLog("resolve", "\n".join([*lines, f"error: {exc}"]) + "\n")
-            self.descriptionDone = f"matrix.versions: {one_line(str(exc))}"
-            return FAILURE
-        labels = unique_labels(resolved)
-        for spec, got in resolved:
-            extra = f" @ {tips[spec.text][:12]}" if spec.text in tips else ""
-            lines.append(f"{spec.text} -> {', '.join(got)}{extra}")
-        cells = []
-        for label in labels:
-            spec = next(s for s, got in resolved if label in got)
-            for profile in self.profiles:
-                cell: dict[str, Any] = {"label": label, "profile": profile, "kind": spec.kind}
-                if spec.kind == "branch":
-                    cell.update(repo=spec.repo, repository=self.repos[spec.repo or ""],
-                                branch=spec.branch, revision=tips[spec.text])
-                else:
-                    cell["version"] = label
-                cells.append(cell)
-        lines.append(f"{len(labels)} version(s) x {len(self.profiles)} profile(s) = "
-                     f"{len(cells)} cells")
-        await self.addCompleteLog("resolve", "\n".join(lines) + "\n")
-        self.setProperty(CELLS_PROP, cells, "MatrixResolve")
-        self.setProperty("matrix_versions", labels, "MatrixResolve")
-        result = SUCCESS
-        svc, why = self.records()
-        run_id = None
-        why_text = ""
-        if svc is None:
-            why_text = why or "no records service"
-            result = WARNINGS
-        else:
-            try:
-                run_id = await svc.start_matrix_run(
-                    versions=labels, profiles=self.profiles, spec=" ".join(self.specs),
-                    buildid=self.build.buildid,
-                )
-            except Exception as exc:  # the cells still build; only the run row is missing
-                why_text = one_line(str(exc)) or type(exc).__name__
-                result = WARNINGS
-        if run_id is not None:
-            self.setProperty(RUN_ID_PROP, run_id, "MatrixResolve")
-        shown = ", ".join(labels) if len(labels) <= 6 else f"{', '.join(labels[:6])}, ..."
-        self.descriptionDone = f"{len(cells)} cells: {shown} x {', '.join(self.profiles)}"
-        if result == WARNINGS:
-            self.descriptionDone += f" (no run row: {why_text})"
-        return result
-
-
-class MatrixFanOut(_MasterStep):
+class MatrixFanOut(MasterStep):
     """One build request per cell, all at once; waits for every cell, links each cell build."""
 
     name = "cells"
@@ -285,12 +137,31 @@ class MatrixFanOut(_MasterStep):
             self.updateSummary()
         return {"brid": brid, **cell}
 
+    async def _unresolved(self, cell: dict[str, Any], run_id: int | None) -> dict[str, Any]:
+        """A cell that starts no build: its failed row says why, so the grid shows it."""
+        svc, _ = self.records()
+        if svc is not None and run_id is not None:
+            now = self.master.reactor.seconds()
+            try:
+                await svc.record({
+                    "builder": self.build.builder.name, "kernel_version": cell["label"],
+                    "profile": cell["profile"], "kernel_outcome": Outcome.FAILED,
+                    "result": "failure", "error": cell["why"], "matrix_run_id": run_id,
+                    "started_at": now, "finished_at": now,
+                })  # fmt: skip
+            except Exception as exc:  # the run's log still says it
+                cell = {**cell, "why": f"{cell['why']} (not recorded: {one_line(str(exc))})"}
+        self.finished += 1
+        self.updateSummary()
+        return cell
+
     async def run(self) -> int:
         cells = self.getProperty(CELLS_PROP) or []
         run_id = self.getProperty(RUN_ID_PROP)
         self.total = len(cells)
         self.updateSummary()
-        tasks = [defer.ensureDeferred(self._one(c, run_id)) for c in cells]
+        tasks = [defer.ensureDeferred(self._unresolved(c, run_id) if c["kind"] == "unresolved"
+                                      else self._one(c, run_id)) for c in cells]
         self._waiting = defer.DeferredList(tasks, consumeErrors=True)
         try:
             done = await self._waiting
@@ -307,7 +178,10 @@ class MatrixFanOut(_MasterStep):
                 report.append(f"{cell['label']} x {cell['profile']}: not started: "
                               f"{value.getErrorMessage()}")
                 continue
-            kind, line = await self._cell_result(value)
+            if value["kind"] == "unresolved":
+                kind, line = "failed", f"{value['label']} x {value['profile']}: {value['why']}"
+            else:
+                kind, line = await self._cell_result(value)
             totals[kind] += 1
             report.append(line)
         self.setProperty(TOTALS_PROP, totals, "MatrixFanOut")
@@ -343,7 +217,7 @@ class MatrixFanOut(_MasterStep):
             self._waiting.cancel()
 
 
-class MatrixFinish(_MasterStep):
+class MatrixFinish(MasterStep):
     """Close the ``matrix_runs`` row; the build summary is the totals line. Always runs."""
 
     name = "finish"
@@ -380,8 +254,28 @@ class MatrixFinish(_MasterStep):
         self.text = summary_text(run["cells"], run["built"], run["cache_hits"], run["failed"])
         if self.dashboard_url:
             await self.addURL(f"matrix run {run_id}", f"{self.dashboard_url}?id={run_id}")
+        await self.since_previous(svc, int(run_id))
         self.descriptionDone = self.text
         return SUCCESS
+
+    async def since_previous(self, svc: Any, run_id: int) -> None:
+        """Add what broke (green in the previous run, red now) to the summary, and a log."""
+        changes = getattr(svc, "matrix_changes", None)
+        if changes is None:
+            return
+        try:
+            got = await changes(run_id)
+        except Exception as exc:  # the run is closed; only the comparison is missing
+            await self.addCompleteLog("since previous run", f"not compared: {exc}\n")
+            return
+        if got.get("previous") is None:
+            return
+        lines = [f"compared with matrix run {got['previous']}"]
+        lines += [f"broke: {v} x {p}" for v, p in got["broke"]]
+        lines += [f"fixed: {v} x {p}" for v, p in got["fixed"]]
+        await self.addCompleteLog("since previous run", "\n".join(lines) + "\n")
+        if got["broke"]:
+            self.text = f"{self.text}; {len(got['broke'])} broke since run {got['previous']}"
 
     def getResultSummary(self) -> dict[str, str]:
         summary = super().getResultSummary()
@@ -397,6 +291,8 @@ def matrix_run_factory(
     repos: dict[str, str],
     cell_scheduler: str,
     branch_scheduler: str,
+    branch_patterns: dict[str, list[str]] | None = None,
+    recent_days: int = 14,
     releases_url: str | None = None,
     mirror: str | None = None,
     dashboard_url: str | None = None,
@@ -404,8 +300,9 @@ def matrix_run_factory(
     """The parent build: resolve → cells → finish."""
     factory = BuildFactory()
     factory.addSteps([
-        MatrixResolve(specs=specs, profiles=profiles, repos=repos, releases_url=releases_url,
-                      mirror=mirror),
+        MatrixResolve(specs=specs, profiles=profiles, repos=repos,
+                      branch_patterns=branch_patterns, recent_days=recent_days,
+                      releases_url=releases_url, mirror=mirror),
         MatrixFanOut(cell_scheduler=cell_scheduler, branch_scheduler=branch_scheduler),
         MatrixFinish(dashboard_url=dashboard_url),
     ])

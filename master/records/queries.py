@@ -327,6 +327,20 @@ def cache_entries(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
     return out
 
 
+def recent_branches(engine: Engine, since: dt.datetime | float) -> list[tuple[str, str]]:
+    """(repository, branch) of every build started since ``since`` that a push, a forced
+    build or a poller asked for: the matrix's own cells do not keep a branch recent."""
+    when = to_time("since", since)
+    stmt = (
+        select(KernelBuild.repository, KernelBuild.branch)
+        .where(KernelBuild.started_at >= when, KernelBuild.branch.is_not(None),
+               KernelBuild.repository.is_not(None), KernelBuild.matrix_run_id.is_(None))
+        .distinct()
+    )
+    with engine.connect() as conn:
+        return sorted((r, b) for r, b in conn.execute(stmt).all())
+
+
 def matrix_runs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
     stmt = select(MatrixRun).order_by(MatrixRun.started_at.desc(), MatrixRun.id.desc())
     with Session(engine) as session:
@@ -334,7 +348,12 @@ def matrix_runs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def matrix_grid(engine: Engine, run_id: int) -> dict[str, Any] | None:
-    """A run as a grid: ``cells[version][profile]`` is the newest build of that cell or None."""
+    """A run as a grid: ``cells[version][profile]`` is the newest build of that cell or None.
+
+    ``broke``: the (version, profile) cells that were green in the run before
+    this one and are red now (what broke since the previous night); ``fixed``
+    the other way round; ``previous`` that run's id.
+    """
     with Session(engine) as session:
         run = session.get(MatrixRun, run_id)
         if run is None:
@@ -352,7 +371,50 @@ def matrix_grid(engine: Engine, run_id: int) -> dict[str, Any] | None:
                 cells[b.kernel_version][b.profile] = row  # later rows (retries) win
             else:
                 stray.append(row)
-        return {"run": _run_dict(run), "cells": cells, "other_builds": stray}
+        previous = session.scalar(
+            select(MatrixRun).where(MatrixRun.id < run_id).order_by(MatrixRun.id.desc()).limit(1)
+        )
+        before = _cell_states(session, previous.id) if previous is not None else {}
+    now = {(v, p): cell_state(c) for v, ps in cells.items() for p, c in ps.items() if c}
+    broke = [cell for cell, state in now.items() if state == "red" and before.get(cell) == "green"]
+    fixed = [cell for cell, state in now.items() if state == "green" and before.get(cell) == "red"]
+    return {"run": _run_dict(run), "cells": cells, "other_builds": stray,
+            "previous": previous.id if previous is not None else None,
+            "broke": broke, "fixed": fixed}
+
+
+def matrix_changes(engine: Engine, run_id: int) -> dict[str, Any]:
+    """``previous``, ``broke`` and ``fixed`` of :func:`matrix_grid` (cells as lists)."""
+    grid = matrix_grid(engine, run_id)
+    if grid is None:
+        raise InvalidRecord(f"no matrix run with id {run_id}")
+    return {"previous": grid["previous"], "broke": [list(c) for c in grid["broke"]],
+            "fixed": [list(c) for c in grid["fixed"]]}
+
+
+def cell_state(row: Mapping[str, Any] | None) -> str | None:
+    """green (built or found in the cache), red (failed), or None (running, cancelled, ...)."""
+    if row is None:
+        return None
+    outcome, result = row.get("kernel_outcome"), row.get("result")
+    if outcome == Outcome.FAILED or result in ("failure", "exception"):
+        return "red"
+    if result in ("success", "warnings") and (
+        outcome == Outcome.CACHE_HIT or outcome in BUILT_OUTCOMES
+    ):
+        return "green"
+    return None
+
+
+def _cell_states(session: Session, run_id: int) -> dict[tuple[str, str], str | None]:
+    """(version, profile) -> cell_state of a run's cells; later rows (retries) win."""
+    out: dict[tuple[str, str], str | None] = {}
+    for b in session.scalars(
+        select(KernelBuild).where(KernelBuild.matrix_run_id == run_id).order_by(KernelBuild.id)
+    ):
+        if b.kernel_version is not None and b.profile is not None:
+            out[(b.kernel_version, b.profile)] = cell_state(_build_dict(b))
+    return out
 
 
 def jsonable(value: Any) -> Any:

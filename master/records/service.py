@@ -452,6 +452,15 @@ class RecordsService(service.BuildbotService):
         """The written row by its id (the record step reads the alerts it tripped)."""
         return self._run(queries.get_build, id=rowid)
 
+    def recent_branches(self, since: float) -> defer.Deferred[list[tuple[str, str]]]:
+        """(repository, branch) built since ``since`` (epoch seconds), matrix cells aside."""
+        return self._run(queries.recent_branches, since)
+
+    def matrix_changes(self, run_id: int) -> defer.Deferred[dict[str, Any]]:
+        """What changed since the run before ``run_id``: ``previous`` (its id or None),
+        ``broke`` and ``fixed`` ((version, profile) cells), as on the run's page."""
+        return self._run(queries.matrix_changes, run_id)
+
     def query(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Run any ``queries`` function (engine first) in the service's pool."""
         return self._run(fn, *args, **kwargs)

@@ -244,22 +244,24 @@ def test_broken_cell_fails_alone_and_branch_cells_build_the_tip(
         kit.stop()
 
 
-def test_unresolvable_version_fails_the_run_with_the_key(
+def test_unresolvable_version_fails_its_cells_with_the_key(
     tmp_path: Path, kernel_org: KernelOrg, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """releases.json has no 6.99 series and the mirror has none: nothing is triggered."""
+    """releases.json has no 6.99 series and the mirror has none: its cell fails, unbuilt."""
     kit = start_kit(tmp_path, kernel_org, monkeypatch, ["6.99"], ["tiny"])
     try:
         parent = run_matrix(kit)
         assert parent["results"] == kit.FAILURE
-        assert "matrix.versions: '6.99': no tarball found for 6.99.x" in parent["state_string"]
-        assert cell_builds(kit, parent) == []
-        steps = {s["name"]: s for s in kit.build_steps(parent["buildid"])}
-        assert "cells" not in steps  # halted after resolve
-        assert steps["finish"]["results"] == kit.SKIPPED
-        assert steps["finish"]["state_string"].startswith("no matrix run was started")
+        assert parent["state_string"].endswith("1 cells: 0 built, 0 cache hits, 1 failed")
+        assert cell_builds(kit, parent) == []  # nothing was triggered for it
         log = kit.step_log(parent["buildid"], "resolve", "resolve")
-        assert f"releases.json: {kernel_org.releases_url}" in log and "error: '6.99'" in log
-        assert "matrix_run_id" not in parent["properties"]
+        assert f"releases.json: {kernel_org.releases_url}" in log
+        assert "6.99 -> error: '6.99': no tarball found for 6.99.x" in log
+        run_id = parent["properties"]["matrix_run_id"][0]
+        eng = records_engine(kit)
+        cell = queries.matrix_grid(eng, run_id)["cells"]["6.99"]["tiny"]
+        eng.dispose()
+        assert cell["kernel_outcome"] == "failed"
+        assert cell["error"].startswith("'6.99': no tarball found for 6.99.x")
     finally:
         kit.stop()

@@ -182,7 +182,8 @@ def test_postgres_example_settings_validate_and_configure(tmp_path: Path, cluste
 
     c = builders.build_config(s, factory=lambda **_: _tiny_factory())
     workers = {w.name: w for w in c["workers"]}
-    assert set(workers) == {w.name for w in s.workers.listed}
+    # The listed workers, plus the nightly matrix's in-process parent worker.
+    assert set(workers) == {w.name for w in s.workers.listed} | {"__matrix"}
     bh2 = workers["buildhost2-llc3"].properties
     assert bh2.getProperty("host") == "buildhost2" and bh2.getProperty("llc_cpus") == "12-15,76-79"
     assert bh2.getProperty("llc_ncpus") == 8

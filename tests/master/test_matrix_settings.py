@@ -12,7 +12,7 @@ from buildbot.process.properties import Property
 import settings
 from ktstr_steps.buildsteps.checkout import KernelCheckout
 from ktstr_steps.buildsteps.factory import Checkout, Lookup, ReleaseSource, kernel_build_factory
-from ktstr_steps.buildsteps.lookup import CacheLookup, not_cache_hit
+from ktstr_steps.buildsteps.lookup import CacheLookup, RevisionLookup, not_cache_hit
 from ktstr_steps.buildsteps.matrix_cell import MatrixLookup
 from ktstr_steps.buildsteps.matrix_run import classify_cell, summary_text
 from ktstr_steps.buildsteps.record import Record
@@ -53,19 +53,57 @@ def specs(tmp_path: Path) -> list[WorkerSpec]:
     ]
 
 
-def test_defaults_are_disabled_and_valid(tmp_path: Path) -> None:
+def test_defaults_are_on_build_recent_branches_and_download_nothing(tmp_path: Path) -> None:
     s = settings.load(settings.DEFAULT_FILE, root=tmp_path)
     m = s.matrix
-    assert m.enabled is False
-    assert m.versions == ("latest-stable",) and m.profiles == ("tiny",)
+    assert m.enabled is True
+    # Nothing from kernel.org: the rows are the branches pushed in the last 14 days...
+    assert m.versions == ("recent-branches",) and m.recent_days == 14
+    assert not any(parse_spec(v).needs_releases for v in m.versions)
+    # ... under the push profiles plus "default", the config nobody builds on push.
+    assert m.profiles == ("tiny", "default")
     assert (m.hour, m.minute) == (3, 0)
     assert m.releases_url is None and m.mirror is None and m.cpu_cap is None
     assert m.download_cache == tmp_path / "var" / "downloads"
 
 
 def test_disabled_matrix_adds_nothing(tmp_path: Path) -> None:
-    s = settings.load(settings.DEFAULT_FILE, root=tmp_path)
+    s = load(tmp_path, "[matrix]\nenabled = false\n")
     assert matrix.config_part(s, specs(tmp_path)) == ConfigPart(feature="matrix")
+
+
+def test_empty_profiles_are_every_push_profile_then_default(tmp_path: Path) -> None:
+    s = load(tmp_path, """
+[[repos]]
+name = "linux"
+url = "var/linux.git"
+profiles = ["tiny", "tiny-preempt"]
+[[repos]]
+name = "next"
+url = "https://example.org/next.git"
+hosted = false
+profiles = ["preempt", "tiny"]
+[matrix]
+profiles = []
+""")
+    assert s.matrix.profiles == ("tiny", "tiny-preempt", "preempt", "default")
+    assert load(tmp_path, '[matrix]\nprofiles = ["preempt"]\n').matrix.profiles == ("preempt",)
+
+
+def test_the_default_matrix_builds_recent_branches_on_the_push_builders(tmp_path: Path) -> None:
+    s = settings.load(settings.DEFAULT_FILE, root=tmp_path)
+    settings.ensure_secret(s.worker_password_file("h-llc0"))
+    c = builders.build_config(s, specs=specs(tmp_path))
+    sched = {x.name: x for x in c["schedulers"]}
+    assert sched["nightly-matrix"]._config_kwargs["builderNames"] == ["matrix"]
+    # Every profile of the run has a Triggerable onto that profile's builder of the repository.
+    assert sched["matrix-linux-tiny"]._config_kwargs["builderNames"] == ["linux-tiny"]
+    assert sched["matrix-linux-default"]._config_kwargs["builderNames"] == ["linux-default"]
+    [parent] = [b for b in c["builders"] if b.name == "matrix"]
+    resolve = parent.factory.steps[0].kwargs
+    assert resolve["specs"] == ["recent-branches"] and resolve["recent_days"] == 14
+    assert resolve["profiles"] == ["tiny", "default"]
+    assert resolve["branch_patterns"] == {"linux": [".*"]}
 
 
 ENABLED = """
@@ -139,7 +177,7 @@ def test_enabled_matrix_configures_builders_and_schedulers(tmp_path: Path) -> No
         ('versions = ["6.12", "6.12"]', "matrix.versions", "twice"),
         ('versions = "6.12"', "matrix.versions", "a list of strings"),
         ('profiles = ["tiny", "huge"]', "matrix.profiles[1]", "unknown profile 'huge'"),
-        ("profiles = []", "matrix.profiles", "at least one profile"),
+        ("recent_days = 0", "matrix.recent_days", "from 1 to 3650"),
         ('time = "3am"', "matrix.time", '"HH:MM"'),
         ('time = "24:00"', "matrix.time", '"HH:MM"'),
         ('time = "03:60"', "matrix.time", '"HH:MM"'),
@@ -214,14 +252,16 @@ def test_totals_and_summary_words() -> None:
 def test_cell_factory_follows_the_kernel_build_factory() -> None:
     """Every step of a push build runs for a release cell too, in the same order: the
     kernel phases (skipped on a hit) on a miss, the rest (publish, record) for every cell;
-    only the git checkout and the tree lookup are the cell's own lookup instead."""
+    only the revision lookup, the git checkout and the tree lookup are the cell's own
+    lookup (by version) instead."""
     push = kernel_build_factory(repourl="/r.git", profile=Property("profile"))
     cell = kernel_build_factory(checkout=Checkout.RELEASE_TREE, profile=Property("profile"),
                                 releases=ReleaseSource(download_cache="/dl"))
     [lookup], tail = cell.steps[:1], cell.steps[1:]
     assert lookup.step_class is MatrixLookup
     miss, release = lookup.kwargs["miss_steps"], lookup.kwargs["release_steps"]
-    shared = [st for st in push.steps if st.step_class not in (KernelCheckout, CacheLookup)]
+    shared = [st for st in push.steps
+              if st.step_class not in (RevisionLookup, KernelCheckout, CacheLookup)]
     assert [st.step_class for st in miss + tail + release] == [st.step_class for st in shared]
     # Skipped on a hit in a push build = added only on a miss in a cell.
     skipped_on_hit = [st.step_class for st in shared if st.kwargs.get("doStepIf") is not_cache_hit]

@@ -17,7 +17,7 @@ from buildbot.test import fakedb
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from ktstr_steps.buildsteps import matrix_run
+from ktstr_steps.buildsteps import matrix_resolve
 from ktstr_steps.buildsteps.matrix_cell import MatrixLookup
 from ktstr_steps.buildsteps.matrix_run import (
     CELLS_PROP,
@@ -40,6 +40,7 @@ ROWS = releases.parse_releases(
 RELEASES_URL = "http://kernel.example/releases.json"
 REPO_URL = "/srv/ci/var/linux.git"
 TIP = "1a2b3c4d5e6f1a2b3c4d5e6f1a2b3c4d5e6f1a2b"
+TIP_A = "aaaa3c4d5e6f1a2b3c4d5e6f1a2b3c4d5e6f1a2b"
 
 
 class MatrixStepMixin(KtstrStepMixin):
@@ -62,24 +63,25 @@ def resolve(*specs: str, profiles: tuple[str, ...] = ("tiny",)) -> MatrixResolve
 class TestMatrixResolve(MatrixStepMixin, unittest.TestCase):
     def setUp(self) -> defer.Deferred:
         self.fetched: list[str] = []
-        self.tips: list[tuple[str, str]] = []
+        self.tips: list[str] = []
+        self.heads = {"for-next": TIP, "main": TIP, "feature-a": TIP_A}
 
         async def fetch(url: str) -> list[releases.Release]:
             self.fetched.append(url)
             return ROWS
 
-        async def tip(url: str, branch: str) -> str:
-            self.tips.append((url, branch))
-            return TIP
+        async def heads(url: str) -> dict[str, str]:
+            self.tips.append(url)
+            return dict(self.heads)
 
         def in_this_thread(fn: Any, *args: Any, **kwargs: Any) -> defer.Deferred:
             return defer.maybeDeferred(fn, *args, **kwargs)
 
-        self.patch(matrix_run, "_fetch_releases", fetch)
-        self.patch(matrix_run, "_branch_tip", tip)
+        self.patch(matrix_resolve, "_fetch_releases", fetch)
+        self.patch(matrix_resolve, "_branch_heads", heads)
         # The mirror probe runs in a thread; these specs never probe, and the test
         # reactor runs no thread pool.
-        self.patch(matrix_run, "threads", SimpleNamespace(deferToThread=in_this_thread))
+        self.patch(matrix_resolve, "threads", SimpleNamespace(deferToThread=in_this_thread))
         return super().setUp()
 
     def test_exact_versions_need_no_releases_json(self) -> None:
@@ -130,36 +132,58 @@ class TestMatrixResolve(MatrixStepMixin, unittest.TestCase):
         self.expect_log_file("resolve", f"branch:linux/for-next -> branch:linux/for-next "
                              f"@ {TIP[:12]}\n1 version(s) x 1 profile(s) = 1 cells\n")
         d = self.run_step()
-        d.addCallback(lambda _: self.assertEqual(self.tips, [(REPO_URL, "for-next")]))
+        d.addCallback(lambda _: self.assertEqual(self.tips, [REPO_URL]))
         return d
 
-    def test_a_branch_of_an_unknown_repository_fails_the_run(self) -> None:
+    def test_a_branch_of_an_unknown_repository_fails_only_its_cells(self) -> None:
         self.use_records(FakeRecords())
-        self.setup_step(resolve("branch:other/main"))
-        self.expect_outcome(
-            result=FAILURE,
-            state_string="matrix.versions: no repository 'other' in [[repos]] (failure)")
-        self.expect_no_property(CELLS_PROP)
-        self.expect_no_property(RUN_ID_PROP)
+        self.setup_step(resolve("branch:other/main", "6.12.3"))
+        self.expect_outcome(result=SUCCESS,
+                            state_string="2 cells: branch:other/main, 6.12.3 x tiny (1 unresolved)")
+        self.expect_property(CELLS_PROP, [
+            {"label": "branch:other/main", "profile": "tiny", "kind": "unresolved",
+             "why": "no repository 'other' in [[repos]]"},
+            {"label": "6.12.3", "profile": "tiny", "kind": "exact", "version": "6.12.3"}])
         return self.run_step()
 
-    def test_unreachable_kernel_org_fails_the_run_and_says_what_to_change(self) -> None:
+    def test_a_deleted_named_branch_fails_only_its_cells(self) -> None:
+        self.use_records(FakeRecords())
+        self.setup_step(resolve("branch:linux/gone"))
+        self.expect_outcome(result=SUCCESS, state_string=None)
+        self.expect_property(CELLS_PROP, [
+            {"label": "branch:linux/gone", "profile": "tiny", "kind": "unresolved",
+             "why": f"branch 'gone' does not exist in {REPO_URL}"}])
+        return self.run_step()
+
+    def test_unreachable_kernel_org_fails_only_its_cells_naming_the_url(self) -> None:
         async def unreachable(url: str) -> list[releases.Release]:
             raise releases.unreachable(url, OSError("connection refused"),
-                                       setting=matrix_run.RELEASES_SETTING)
+                                       setting=matrix_resolve.RELEASES_SETTING)
 
-        self.patch(matrix_run, "_fetch_releases", unreachable)
-        self.use_records(FakeRecords())
-        self.setup_step(resolve("latest-stable"))
-        self.expect_outcome(result=FAILURE, state_string=None)
+        self.patch(matrix_resolve, "_fetch_releases", unreachable)
+        records = self.use_records(FakeRecords())
+        self.setup_step(resolve("latest-stable", "6.6..6.12", "branch:linux/main",
+                                profiles=("tiny", "default")))
+        self.expect_outcome(result=SUCCESS, state_string=(
+            "6 cells: latest-stable, 6.6..6.12, branch:linux/main x tiny, default (2 unresolved)"))
         d = self.run_step()
 
         @d.addCallback
         def check(_: object) -> None:
-            summary = self.get_nth_step(0).descriptionDone
-            self.assertTrue(summary.startswith("matrix.versions: "), summary)
-            self.assertIn(RELEASES_URL, summary)
-            self.assertIn("matrix.releases_url", summary)
+            cells = self.get_nth_step(0).getProperty(CELLS_PROP)
+            failed = [c for c in cells if c["kind"] == "unresolved"]
+            self.assertEqual([(c["label"], c["profile"]) for c in failed], [
+                ("latest-stable", "tiny"), ("latest-stable", "default"),
+                ("6.6..6.12", "tiny"), ("6.6..6.12", "default")])
+            for c in failed:  # one line that names the URL and the setting to change
+                self.assertNotIn("\n", c["why"])
+                self.assertIn(RELEASES_URL, c["why"])
+                self.assertIn("matrix.releases_url", c["why"])
+            # The branch still builds, and the run row lists every row of the grid.
+            self.assertEqual([(c["label"], c["kind"]) for c in cells if c not in failed],
+                             [("branch:linux/main", "branch")] * 2)
+            self.assertEqual(records.started[0]["versions"],
+                             ["latest-stable", "6.6..6.12", "branch:linux/main"])
 
         return d
 
@@ -182,6 +206,107 @@ class TestMatrixResolve(MatrixStepMixin, unittest.TestCase):
             state_string="1 cells: 6.12.3 x tiny (no run row: database is locked) (warnings)")
         self.expect_no_property(RUN_ID_PROP)
         return self.run_step()
+
+
+DAY = 86400
+
+
+class TestRecentBranches(MatrixStepMixin, unittest.TestCase):
+    """``recent-branches``: the rows are the branches Buildbot saw pushed lately, at their tips."""
+
+    def setUp(self) -> defer.Deferred:
+        self.ls_remote: list[str] = []
+
+        async def heads(url: str) -> dict[str, str]:
+            self.ls_remote.append(url)
+            return {"main": TIP, "feature-a": TIP_A, "old": TIP, "skip-me": TIP}
+
+        self.patch(matrix_resolve, "_branch_heads", heads)
+        return super().setUp()
+
+    @defer.inlineCallbacks
+    def push(self, *changes: tuple[str, str, float]) -> Any:
+        now = 100 * DAY
+        self.reactor.advance(now)
+        rows: list[Any] = [fakedb.SourceStamp(id=92)]
+        for i, (repo, branch, age_days) in enumerate(changes, start=1):
+            rows.append(fakedb.Change(changeid=i, branch=branch, repository=repo,
+                                      revision=f"{i:040x}", sourcestampid=92,
+                                      when_timestamp=int(now - age_days * DAY)))
+        yield self.master.db.insert_test_data(rows)
+
+    def step(self, **kw: Any) -> MatrixResolve:
+        return MatrixResolve(specs=["recent-branches"], profiles=["tiny", "default"],
+                             repos={"linux": REPO_URL}, recent_days=14,
+                             branch_patterns={"linux": ["main", "feature-.*", "old", "gone"]},
+                             **kw)
+
+    @defer.inlineCallbacks
+    def test_branches_pushed_lately_build_at_their_tip_under_every_profile(self) -> Any:
+        yield self.push((REPO_URL, "main", 1), (REPO_URL, "feature-a", 13.5),
+                        (REPO_URL, "main", 2),       # twice pushed: one row
+                        (REPO_URL, "old", 15),       # outside recent_days
+                        (REPO_URL, "skip-me", 1),    # would not build on push
+                        (REPO_URL, "gone", 1),       # deleted since: no tip
+                        ("/elsewhere.git", "main", 1))  # not one of the repositories
+        records = self.use_records(FakeRecords())
+        self.setup_step(self.step())
+        self.expect_outcome(result=SUCCESS, state_string=(
+            "4 cells: branch:linux/feature-a, branch:linux/main x tiny, default"))
+        self.expect_property(CELLS_PROP, [
+            {"label": f"branch:linux/{b}", "profile": p, "kind": "branch", "repo": "linux",
+             "repository": REPO_URL, "branch": b, "revision": tip}
+            for b, tip in (("feature-a", TIP_A), ("main", TIP)) for p in ("tiny", "default")])
+        self.expect_log_file("resolve", (
+            "recent-branches: 3 branch(es) pushed in the last 14 days\n"
+            "  branch:linux/gone: deleted since, not built\n"
+            f"recent-branches -> branch:linux/feature-a @ {TIP_A[:12]}\n"
+            f"recent-branches -> branch:linux/main @ {TIP[:12]}\n"
+            "2 version(s) x 2 profile(s) = 4 cells\n"))
+        yield self.run_step()
+        self.assertEqual(self.ls_remote, [REPO_URL])  # one ls-remote per repository
+        self.assertEqual(records.started[0]["versions"],
+                         ["branch:linux/feature-a", "branch:linux/main"])
+
+    @defer.inlineCallbacks
+    def test_an_old_commit_pushed_today_is_recent_through_its_build(self) -> Any:
+        # The change is dated by its commit (a year ago); its push built two days ago.
+        yield self.push((REPO_URL, "feature-a", 365))
+        records = self.use_records(FakeRecords())
+        records.built = [(REPO_URL, "feature-a"), ("/elsewhere.git", "main")]
+        self.setup_step(self.step())
+        self.expect_outcome(result=SUCCESS,
+                            state_string="2 cells: branch:linux/feature-a x tiny, default")
+        yield self.run_step()
+        self.assertEqual(records.since, [100 * DAY - 14 * DAY])
+
+    @defer.inlineCallbacks
+    def test_no_push_lately_is_an_empty_run_that_says_why(self) -> Any:
+        yield self.push((REPO_URL, "main", 30))
+        self.use_records(FakeRecords())
+        self.setup_step(self.step())
+        self.expect_outcome(result=SUCCESS, state_string=(
+            "no cells: nothing to build (no branch pushed in the last 14 days)"))
+        self.expect_property(CELLS_PROP, [])
+        yield self.run_step()
+
+    @defer.inlineCallbacks
+    def test_an_unreachable_repository_fails_only_its_branch_cells(self) -> Any:
+        async def down(url: str) -> dict[str, str]:
+            raise matrix_resolve.KtstrError(f"git ls-remote {url}: connection refused",
+                                            kind="git-failed")
+
+        self.patch(matrix_resolve, "_branch_heads", down)
+        yield self.push((REPO_URL, "main", 1))
+        self.use_records(FakeRecords())
+        self.setup_step(MatrixResolve(specs=["recent-branches", "6.12.3"], profiles=["tiny"],
+                                      repos={"linux": REPO_URL}))
+        self.expect_outcome(result=SUCCESS, state_string=None)
+        self.expect_property(CELLS_PROP, [
+            {"label": "branch:linux/main", "profile": "tiny", "kind": "unresolved",
+             "why": f"git ls-remote {REPO_URL}: connection refused"},
+            {"label": "6.12.3", "profile": "tiny", "kind": "exact", "version": "6.12.3"}])
+        yield self.run_step()
 
 
 # ------------------------------------------------------------------ MatrixFanOut
@@ -272,6 +397,32 @@ class TestMatrixFanOut(MatrixStepMixin, unittest.TestCase):
                          ("matrix run 5: 6.12.3 x tiny", "MatrixFanOut"))
         self.assertEqual((first["parent_buildid"], first["relationship"], first["waited_for"]),
                          (92, "matrix cell", True))
+
+    @defer.inlineCallbacks
+    def test_an_unresolved_cell_starts_no_build_and_is_recorded_failed(self) -> Any:
+        sched = FakeTriggerable("matrix-cells", [301])
+        self.schedulers(sched)
+        records = self.use_records(FakeRecords())
+        yield self.cell_builds((301, 1001, SUCCESS, "cached"))
+        why = "fetch releases.json http://kernel.example/releases.json: connection refused"
+        self.setup_step(fan_out())
+        self.build.setProperty(CELLS_PROP, [
+            CELLS[0], {"label": "latest-stable", "profile": "tiny", "kind": "unresolved",
+                       "why": why}], "MatrixResolve")
+        self.build.setProperty(RUN_ID_PROP, 5, "MatrixResolve")
+        self.expect_outcome(result=FAILURE,
+                            state_string="2 cells: 1 built, 0 cache hits, 1 failed (failure)")
+        self.expect_log_file("cells", "6.12.3 x tiny: cached (success) "
+                             "http://ci.example/#/builders/100/builds/1001\n"
+                             f"latest-stable x tiny: {why}\n")
+        yield self.run_step()
+        self.assertEqual(len(sched.calls), 1)  # only the resolved cell was requested
+        [row] = records.rows
+        self.assertEqual({k: row[k] for k in ("kernel_version", "profile", "kernel_outcome",
+                                              "result", "error", "matrix_run_id")},
+                         {"kernel_version": "latest-stable", "profile": "tiny",
+                          "kernel_outcome": "failed", "result": "failure", "error": why,
+                          "matrix_run_id": 5})
 
     @defer.inlineCallbacks
     def test_a_branch_cell_is_a_request_of_the_push_builder_at_the_tip(self) -> Any:
@@ -379,6 +530,27 @@ class TestMatrixFinish(MatrixStepMixin, unittest.TestCase):
                                      "wsgi_dashboards/ktstr/matrix.html?id=5")])
 
         return d
+
+    def test_says_what_broke_since_the_previous_run(self) -> defer.Deferred:
+        records = self.use_records(FakeRecords())
+        records.changes = {"previous": 4, "broke": [["branch:linux/main", "default"]],
+                           "fixed": [["6.12.3", "tiny"]]}
+        self.setup_step(self.finish())
+        self.build.setProperty(RUN_ID_PROP, 5, "MatrixResolve")
+        text = "4 cells: 2 built, 1 cache hits, 1 failed; 1 broke since run 4"
+        self.expect_outcome(result=SUCCESS, state_string=text)
+        self.expect_result_summary({"step": text, "build": text})
+        self.expect_log_file("since previous run", "compared with matrix run 4\n"
+                             "broke: branch:linux/main x default\nfixed: 6.12.3 x tiny\n")
+        return self.run_step()
+
+    def test_nothing_broke_keeps_the_totals_line(self) -> defer.Deferred:
+        records = self.use_records(FakeRecords())
+        records.changes = {"previous": 4, "broke": [], "fixed": []}
+        self.setup_step(self.finish())
+        self.build.setProperty(RUN_ID_PROP, 5, "MatrixResolve")
+        self.expect_outcome(result=SUCCESS, state_string="4 cells: 2 built, 1 cache hits, 1 failed")
+        return self.run_step()
 
     def test_a_stopped_fan_out_lets_the_row_count_the_cells(self) -> defer.Deferred:
         records = self.use_records(FakeRecords())

@@ -67,6 +67,18 @@ class FakeRecords:
         self.started: list[dict[str, Any]] = []
         self.finished: list[tuple[int, Any]] = []
         self.fail = fail
+        # What recent_branches answers, the ``since`` it was asked with, what
+        # matrix_changes answers.
+        self.built: list[tuple[str, str]] = []
+        self.since: list[float] = []
+        self.changes: dict[str, Any] = {"previous": None, "broke": [], "fixed": []}
+
+    def matrix_changes(self, run_id: int) -> defer.Deferred[dict[str, Any]]:
+        return defer.succeed(self.changes)
+
+    def recent_branches(self, since: float) -> defer.Deferred[list[tuple[str, str]]]:
+        self.since.append(since)
+        return defer.succeed(list(self.built))
 
     def record(self, row: dict[str, Any]) -> defer.Deferred[int]:
         if self.fail is not None:
