@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr_steps.errors import KtstrError
-from ktstr_steps.messages import Progress
+from ktstr_steps.messages import Progress, human_line, relay
 
 # ktstr's limit for the inherit-stdio runner (mrproper, defconfig, olddefconfig).
 DEFAULT_TIMEOUT = 1800.0
@@ -239,8 +239,8 @@ def _pump(
 
 
 def _emit(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    # Only make's warnings and errors are problems; a CC line is ordinary output.
+    human_line(line, problem=classify_line(line) is not None or failed_target(line) is not None)
 
 
 def _run_guarded(
@@ -455,15 +455,15 @@ def generate_compile_commands(
                 timeout=timeout,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
-            sys.stderr.write(f"{script}: {e}; falling back to make compile_commands.json\n")
+            human_line(f"{script}: {e}; falling back to make compile_commands.json")
         else:
             if r.stdout or r.stderr:
-                sys.stderr.write(r.stdout + r.stderr)
+                relay(r.stdout + r.stderr)
             if r.returncode == 0 and out.is_file():
                 return out
-            sys.stderr.write(
+            human_line(
                 f"{script} exited with status {r.returncode}; "
-                "falling back to make compile_commands.json\n"
+                "falling back to make compile_commands.json"
             )
     try:
         run_make(src, ["compile_commands.json"], make_vars=make_vars, timeout=timeout)

@@ -22,14 +22,13 @@ import dataclasses
 import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from ktstr_steps import cache, kbuild, kconfig, keys
 from ktstr_steps.buildstate import BuildState, timed
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.keys import crc32_hex
-from ktstr_steps.messages import LABEL, say, warn
+from ktstr_steps.messages import LABEL, human_line, say, warn
 from ktstr_steps.results import Outcome, error_json
 
 DIRTY_TREE_CACHE_SKIP_HINT = (
@@ -315,7 +314,7 @@ def phase_store(state: BuildState) -> None:
             state.errors.append(error_json("store-failed", str(exc)))
             state.image_path = None if state.is_temp else str(image)
             return
-        print(f"✓ Kernel cached: {state.cache_key}", file=sys.stderr, flush=True)
+        human_line(f"✓ Kernel cached: {state.cache_key}")
         say(f"image: {entry.image_path}")
         state.outcome = Outcome.CACHED
         state.entry_dir = str(entry.path)

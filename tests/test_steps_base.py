@@ -17,9 +17,11 @@ from twisted.trial import unittest
 
 from ktstr_steps.buildsteps import Validate
 from ktstr_steps.buildsteps.base import (
+    RESULT_LOG,
     branch_dir,
     holder_name,
     parse_json_object,
+    result_file_name,
     safe_name,
     tree_path,
 )
@@ -42,9 +44,17 @@ BUILD_PROPS: dict[str, Any] = {
 }
 
 
-def ktstr(*argv: str, **kwargs: Any) -> ExpectShell:
-    """The ExpectShell of one ktstr-ci run: argv list, builder workdir, no environment dump."""
-    return ExpectShell(workdir="wkdir", command=["ktstr-ci", *argv], log_environ=False, **kwargs)
+def ktstr(*argv: str, ktstr_ci: str = "ktstr-ci", **kwargs: Any) -> ExpectShell:
+    """The ExpectShell of one ktstr-ci run: argv list, builder workdir, no environment dump,
+    the answer in the subcommand's result file (sent back as the ``result`` log)."""
+    result = result_file_name(tuple(argv[:2]))
+    return ExpectShell(
+        workdir="wkdir",
+        command=[ktstr_ci, "--result-file", result, *argv],
+        log_environ=False,
+        logfiles={RESULT_LOG: result},
+        **kwargs,
+    )
 
 
 def answer(obj: dict[str, Any]) -> str:
@@ -134,7 +144,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Validate())
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
-            .stdout('{"missing": [')
+            .log(RESULT_LOG, stdout='{"missing": [')
             .exit(0)
         )
         self.expect_outcome(
@@ -147,7 +157,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
             .stderr("ktstr-ci: error: read /srv/trees/x/.config\n")
-            .stdout(answer({"ok": False, "errors": [{"kind": "io", "message": "read .config"}]}))
+            .log(RESULT_LOG, stdout=answer({"ok": False, "errors": [{"kind": "io", "message": "read .config"}]}))
             .exit(1)
         )
         self.expect_outcome(result=FAILURE, state_string="validate failed: read .config (failure)")
@@ -157,7 +167,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Validate())
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
-            .stdout(answer({"ok": False, "errors": [{"kind": "x", "message": "boom"}]}))
+            .log(RESULT_LOG, stdout=answer({"ok": False, "errors": [{"kind": "x", "message": "boom"}]}))
             .exit(0)
         )
         self.expect_outcome(result=FAILURE, state_string="validate failed: boom (failure)")
@@ -166,13 +176,9 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
     def test_ktstr_ci_path_configurable(self) -> None:
         self.setup_ktstr_step(Validate(ktstr_ci="/opt/ktstr-ci/bin/ktstr-ci"))
         self.expect_commands(
-            ExpectShell(
-                workdir="wkdir",
-                command=["/opt/ktstr-ci/bin/ktstr-ci", "phase", "validate", "--state", STATE,
-                         "--json"],
-                log_environ=False,
-            )
-            .stdout(answer({"missing": []}))
+            ktstr("phase", "validate", "--state", STATE, "--json",
+                  ktstr_ci="/opt/ktstr-ci/bin/ktstr-ci")
+            .log(RESULT_LOG, stdout=answer({"missing": []}))
             .exit(0)
         )
         self.expect_outcome(result=SUCCESS, state_string="config valid")
@@ -183,7 +189,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.build.setProperty("phase_seconds", {"reserve": 0.5}, "Reserve")
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
-            .stdout(answer({"missing": []}))
+            .log(RESULT_LOG, stdout=answer({"missing": []}))
             .exit(0)
         )
         self.expect_outcome(result=SUCCESS)

@@ -27,7 +27,6 @@ from ktstr_steps.buildsteps.base import (
     KtstrCiStep,
     check_renderable_or,
     one_line,
-    parse_json_object,
     state_path,
 )
 from ktstr_steps.buildsteps.services import RecordsService, find_records_service
@@ -107,14 +106,11 @@ class Record(KtstrCiStep):
     async def run(self) -> int:
         summary: dict[str, Any] | None = None
         if "lookup" in (self.getProperty(PHASE_SECONDS) or {}):
-            cmd = await self.makeRemoteShellCommand(
-                command=[self.ktstr_ci, *self.subcommand, *self.arguments(), "--json"],
-                collectStdout=True,
-            )
+            cmd = await self.makeRemoteShellCommand(command=self.command_argv())
             await self.runCommand(cmd)
             if not self.stopped:
                 # Exit status is non-zero exactly when the outcome is "failed": the JSON counts.
-                summary = parse_json_object(cmd.stdout)[0]
+                summary = (await self.read_answer())[0]
         # else: this build never reached lookup, which starts the state file; one in the
         # workdir is a previous build's and must not be recorded as this one.
         row = await self.build_row(*read_summary(summary))
