@@ -298,6 +298,7 @@ class MakeResult:
     log_path: Path | None
     seconds: float
     first_errors: list[str]
+    steps: int = 0
 
 
 class MakeFailed(KtstrError):
@@ -318,6 +319,7 @@ def run_make_streamed(
     log_path: Path | None = None,
     timeout: float | None = None,
     progress: Progress | None = None,
+    estimate: Callable[[int, float], str] | None = None,
 ) -> MakeResult:
     """``make -jN <make_vars> <targets>`` with stdout+stderr merged and streamed live.
 
@@ -325,7 +327,9 @@ def run_make_streamed(
     (``log_path``, else a ``ktstr-ci-make-*.log`` in the temp dir that is
     removed after a success and kept after a failure). Warnings and errors of
     compiler, assembler, linker, modpost and objtool are counted; on failure a
-    :class:`MakeFailed` names the failed target and the log.
+    :class:`MakeFailed` names the failed target and the log. Progress counts
+    kbuild's step lines; ``estimate(steps, elapsed seconds)``, when given,
+    says how far that is.
     """
     if jobs < 1:
         raise KtstrError(f"make -j needs at least 1 job (got {jobs})", kind="bad-jobs")
@@ -363,9 +367,11 @@ def run_make_streamed(
             step = _KBUILD_STEP_RE.match(line)
             if step:
                 counts["steps"] += 1
-                progress.update(
-                    f"{counts['steps']} build steps, last {step.group(1).strip()} {step.group(2)}"
-                )
+                if estimate is not None:
+                    progress.update(estimate(counts["steps"], time.monotonic() - start))
+                else:
+                    progress.update(f"{counts['steps']} build steps, last "
+                                    f"{step.group(1).strip()} {step.group(2)}")
             if on_line is not None:
                 on_line(line)
 
@@ -382,6 +388,7 @@ def run_make_streamed(
         log_path=log_path,
         seconds=time.monotonic() - start,
         first_errors=first_errors,
+        steps=counts["steps"],
     )
     if not finished:
         raise MakeFailed(

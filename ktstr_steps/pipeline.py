@@ -24,7 +24,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ktstr_steps import cache, kbuild, kconfig, keys
+from ktstr_steps import cache, kbuild, kconfig, keys, make_estimate
 from ktstr_steps.buildstate import BuildState, timed
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.keys import crc32_hex
@@ -206,16 +206,31 @@ def phase_make(state: BuildState, *, jobs: int | None = None) -> None:
     src = Path(state.source_dir)
     n = jobs or state.make_jobs or kbuild.available_parallelism()
     state.make_jobs = n
+    key = make_estimate.profile_key(
+        state.arch, state.base_config, state.kconfig_hash, state.extra_kconfig_hash)
+    try:
+        history = make_estimate.history_path()
+    except KtstrError:
+        history = None  # no cache root: no estimate, and the store phase will say why
+    # A tree with a vmlinux rebuilds only what changed: no earlier count fits it.
+    incremental = (src / "vmlinux").exists()
+    estimate = make_estimate.MakeEstimate(
+        make_estimate.load_history(key, history) if history else None,
+        incremental=incremental, jobs=n)
     with timed(state, "make"):
         try:
             # No log_path: kbuild.py keeps the log only when the build fails.
-            res = kbuild.run_make_streamed(src, jobs=n, make_vars=kbuild.make_vars(state.arch))
+            res = kbuild.run_make_streamed(src, jobs=n, make_vars=kbuild.make_vars(state.arch),
+                                           estimate=estimate.text)
         except KtstrError as exc:
             res = getattr(exc, "result", None)
             if res is not None:
                 _take_make_counts(state, res)
             raise
         _take_make_counts(state, res)
+    if history is not None and not incremental and res.steps:
+        make_estimate.record_history(
+            key, make_estimate.MakeHistory(res.steps, round(res.seconds, 1), n), history)
 
 
 def _take_make_counts(state: BuildState, res) -> None:

@@ -61,7 +61,8 @@ def test_without_result_file_the_terminal_route_is_unchanged(tmp_path: Path) -> 
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["outcome"] == "cached"
     assert "  CC      init/main.o" in p.stderr
-    assert "ktstr-ci: progress: make: " in p.stderr
+    assert "ktstr-ci: progress: make: 1 step, first build of this profile: no estimate" \
+        in p.stderr
 
 
 def test_failure_answer_goes_to_the_result_file(tmp_path: Path) -> None:
@@ -126,8 +127,8 @@ class TestStepLog(KtstrStepMixin, unittest.TestCase):
         def check(_: object) -> None:
             # seen[0] is startStep's own update, before any output.
             self.assertEqual(seen[1:3], [
-                {"step": "building: [1200/5000] CC kernel/fork.o"},
-                {"step": "building: [2400/5000] LD vmlinux"},
+                {"step": "make [1200/5000] CC kernel/fork.o"},
+                {"step": "make [2400/5000] LD vmlinux"},
             ])
 
         return d
