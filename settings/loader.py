@@ -99,4 +99,5 @@ def _build(data: dict, src: Path, root: Path) -> Settings:
         external=features.external_table(table("external"), root, paths=paths, repos=repos,
                                          profiles=profiles),
         artifacts=features.artifacts_table(table("artifacts"), root, master),
+        notify=features.notify_table(table("notify")),
     )

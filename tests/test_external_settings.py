@@ -124,7 +124,7 @@ POLL = '[[external.pollers]]\nname = "up"\nurl = "/srv/up.git"\nbranches = ["mai
 
 
 @pytest.mark.parametrize("toml, message", [
-    ("[external]\nhooks = []\n", "unknown key 'external.hooks'; known keys here: pollers, webhooks"),
+    ("[external]\nhooks = []\n", "unknown key 'external.hooks'; known keys here: github_api, github_token_file, gitlab_api, gitlab_token_file, pollers, status_context, webhooks"),
     ("[external.pollers]\nname = \"x\"\n",
      "external.pollers must be an array of tables ([[external.pollers]])"),
     ("[[external.webhooks]]\nservice = \"github\"\nproject = \"a/b\"\n",
@@ -156,7 +156,8 @@ POLL = '[[external.pollers]]\nname = "up"\nurl = "/srv/up.git"\nbranches = ["mai
     (POLL.replace('"/srv/up.git"', '""'), "external.pollers[0].url must not be empty"),
     (POLL.replace('"/srv/up.git"', '"--upload-pack=evil"'), "external.pollers[0].url must not start with '-'"),
     (POLL + "every = 3\n",
-     "external.pollers[0].every is not a known key (name, url, branches, interval, profiles)"),
+     "external.pollers[0].every is not a known key (name, url, branches, interval, profiles, "
+     "service, project)"),
 ])
 def test_errors_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
     with pytest.raises(settings.SettingsError) as exc:
