@@ -259,8 +259,8 @@ def _pollers(ext: TableReader, root: Path, repos: tuple[Repo, ...],
         project = r.str("project") if r.has("project") else None
         if (service is None) != (project is None):
             raise r.err("project" if service else "service",
-                        "and service go together: both name where the poller's builds "
-                        "report their state, or neither")
+                        "is missing: service and project go together (where the poller's "
+                        "builds report their state), or leave both out")
         if project is not None and not PROJECT_RE.match(project):
             raise r.err("project", f'must be a project path like "owner/name", not {project!r}')
         out.append(Poller(name=name, url=url, branches=tuple(branches), interval=interval,
