@@ -405,7 +405,8 @@ def run_make_streamed(
         msg += f"full log: {log_path}"
         raise MakeFailed(msg, result)
     progress.done(
-        f"make: {counts['steps']} build steps, {result.warnings} warnings, "
+        f"make: {counts['steps']} build steps, {result.warnings} "
+        f"warning{'' if result.warnings == 1 else 's'}, "
         f"{result.seconds:.1f}s"
     )
     if own_log:
