@@ -178,8 +178,11 @@ def previous_verdict(master: Any, build: dict[str, Any]) -> Any:
 MAIL_SUBJECT = ("ktstr-ci: {{ build['ktstr_branch'] }} is {{ build['ktstr_turn'] }} "
                 "({{ buildername }} #{{ build['number'] }})")
 MAIL_BODY = """\
-{% if build['ktstr_turn'] == 'red' %}The branch {{ build['ktstr_branch'] }} broke on {{ buildername }}.\
-{% else %}The branch {{ build['ktstr_branch'] }} builds again on {{ buildername }}.{% endif %}
+{% if build['ktstr_turn'] == 'red' -%}
+The branch {{ build['ktstr_branch'] }} broke on {{ buildername }}.
+{%- else -%}
+The branch {{ build['ktstr_branch'] }} builds again on {{ buildername }}.
+{%- endif %}
 
 Build:    {{ build_url }}
 Result:   {{ build['ktstr_outcome'] }}

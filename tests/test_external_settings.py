@@ -124,7 +124,9 @@ POLL = '[[external.pollers]]\nname = "up"\nurl = "/srv/up.git"\nbranches = ["mai
 
 
 @pytest.mark.parametrize("toml, message", [
-    ("[external]\nhooks = []\n", "unknown key 'external.hooks'; known keys here: github_api, github_token_file, gitlab_api, gitlab_token_file, pollers, status_context, webhooks"),
+    ("[external]\nhooks = []\n",
+     "unknown key 'external.hooks'; known keys here: github_api, github_token_file, "
+     "gitlab_api, gitlab_token_file, pollers, status_context, webhooks"),
     ("[external.pollers]\nname = \"x\"\n",
      "external.pollers must be an array of tables ([[external.pollers]])"),
     ("[[external.webhooks]]\nservice = \"github\"\nproject = \"a/b\"\n",

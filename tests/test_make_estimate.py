@@ -23,7 +23,7 @@ from ktstr_steps.make_estimate import (
     record_history,
 )
 from tests.fakekernel import make_fake_kernel
-from tests.test_steps_base import HOLDER, RESULT_LOG, STATE, KtstrStepMixin, answer, ktstr
+from tests.test_steps_base import HOLDER, STATE, KtstrStepMixin, ktstr
 
 KEY = profile_key("x86_64", "tinyconfig", "0123abcd", None)
 
@@ -49,7 +49,8 @@ def test_no_guess_without_a_comparable_build() -> None:
     inc = MakeEstimate(MakeHistory(1530, 400.0, 2), incremental=True, jobs=2)
     assert inc.text(12, 3.0) == "12 steps, incremental build: no estimate"
     over = MakeEstimate(MakeHistory(100, 40.0, 2), incremental=False, jobs=2)
-    assert over.text(101, 41.0) == "101 steps, more than the 100 of the last full build: no estimate"
+    assert over.text(101, 41.0) == (
+        "101 steps, more than the 100 of the last full build: no estimate")
 
 
 def test_format_duration() -> None:
@@ -139,9 +140,9 @@ class TestMakeStatusLine(KtstrStepMixin, unittest.TestCase):
         event = {"progress": {"phase": "make", "text": "412/1,530 (27 %), about 2 min left"}}
         self.expect_commands(
             ktstr("phase", "make", "--state", STATE, "--holder", HOLDER, "--json")
-            .log(RESULT_LOG, stdout=answer(event))
-            .log(RESULT_LOG, stdout=answer({"jobs": 2, "warnings": 0, "errors": 0,
-                                            "failed_target": None, "seconds": 1.0}))
+            .answer(event)
+            .answer({"jobs": 2, "warnings": 0, "errors": 0,
+                                            "failed_target": None, "seconds": 1.0})
             .exit(0)
         )
         self.expect_outcome(result=SUCCESS, state_string="built (-j2)")

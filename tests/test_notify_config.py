@@ -105,10 +105,12 @@ post_urls = ["https://a.example/hook", "http://b.example/x"]
 
 
 @pytest.mark.parametrize(("toml", "message"), [
-    ('[notify]\nmail_to = ["not an address"]\n', "notify.mail_to entry 0 'not an address' is not a"),
+    ('[notify]\nmail_to = ["not an address"]\n',
+     "notify.mail_to entry 0 'not an address' is not a"),
     ('[notify]\npost_urls = ["ftp://x"]\n', "notify.post_urls entry 0 'ftp://x' must be an http"),
     ('[external]\ngithub_api = "api.github.com"\n', "external.github_api must be an http(s) URL"),
-    (POLLER.replace('service = "github"\n', ""), "pollers[0].service is missing: service and project go together"),
+    (POLLER.replace('service = "github"\n', ""),
+     "pollers[0].service is missing: service and project go together"),
     (POLLER.replace('"github"', '"gitea"'), 'service must be "github" or "gitlab"'),
 ])
 def test_bad_settings_name_the_key(tmp_path: Path, toml: str, message: str) -> None:

@@ -44,11 +44,17 @@ BUILD_PROPS: dict[str, Any] = {
 }
 
 
-def ktstr(*argv: str, ktstr_ci: str = "ktstr-ci", **kwargs: Any) -> ExpectShell:
+class KtstrExpect(ExpectShell):
+    def answer(self, obj: dict[str, Any]) -> KtstrExpect:
+        """The command's JSON answer, as the worker sends its result file back."""
+        return self.log(RESULT_LOG, stdout=answer(obj))
+
+
+def ktstr(*argv: str, ktstr_ci: str = "ktstr-ci", **kwargs: Any) -> KtstrExpect:
     """The ExpectShell of one ktstr-ci run: argv list, builder workdir, no environment dump,
     the answer in the subcommand's result file (sent back as the ``result`` log)."""
     result = result_file_name(tuple(argv[:2]))
-    return ExpectShell(
+    return KtstrExpect(
         workdir="wkdir",
         command=[ktstr_ci, "--result-file", result, *argv],
         log_environ=False,
@@ -157,7 +163,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
             .stderr("ktstr-ci: error: read /srv/trees/x/.config\n")
-            .log(RESULT_LOG, stdout=answer({"ok": False, "errors": [{"kind": "io", "message": "read .config"}]}))
+            .answer({"ok": False, "errors": [{"kind": "io", "message": "read .config"}]})
             .exit(1)
         )
         self.expect_outcome(result=FAILURE, state_string="validate failed: read .config (failure)")
@@ -167,7 +173,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Validate())
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
-            .log(RESULT_LOG, stdout=answer({"ok": False, "errors": [{"kind": "x", "message": "boom"}]}))
+            .answer({"ok": False, "errors": [{"kind": "x", "message": "boom"}]})
             .exit(0)
         )
         self.expect_outcome(result=FAILURE, state_string="validate failed: boom (failure)")
@@ -178,7 +184,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json",
                   ktstr_ci="/opt/ktstr-ci/bin/ktstr-ci")
-            .log(RESULT_LOG, stdout=answer({"missing": []}))
+            .answer({"missing": []})
             .exit(0)
         )
         self.expect_outcome(result=SUCCESS, state_string="config valid")
@@ -189,7 +195,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.build.setProperty("phase_seconds", {"reserve": 0.5}, "Reserve")
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
-            .log(RESULT_LOG, stdout=answer({"missing": []}))
+            .answer({"missing": []})
             .exit(0)
         )
         self.expect_outcome(result=SUCCESS)

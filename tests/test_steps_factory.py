@@ -26,7 +26,7 @@ from ktstr_steps.buildsteps import (
     not_cache_hit,
 )
 from ktstr_steps.buildsteps.publish import PublishKernel
-from tests.test_steps_base import HOLDER, RESULT_LOG, STATE, KtstrStepMixin, answer, ktstr
+from tests.test_steps_base import HOLDER, STATE, KtstrStepMixin, ktstr
 from tests.test_steps_record import FakeRecords
 
 ORDER = [
@@ -153,11 +153,11 @@ class TestStopDuringMake(KtstrStepMixin, unittest.TestCase):
             .behavior(stop)
             .exit(-1),
             ktstr("phase", "summary", "--state", STATE, "--json")
-            .log(RESULT_LOG, stdout=answer({"ok": False, "outcome": "failed", "phases": {"make": 12.0}}))
+            .answer({"ok": False, "outcome": "failed", "phases": {"make": 12.0}})
             .exit(1),
             ktstr("holder", "release", "--name", HOLDER, "--json")
-            .log(RESULT_LOG, stdout=answer({"name": HOLDER, "released": ["source-lock", "sandbox",
-                                                         "llc-locks"]}))
+            .answer({"name": HOLDER, "released": ["source-lock", "sandbox",
+                                                         "llc-locks"]})
             .exit(0),
         )
         # What Build.stopBuild leaves behind for the steps that still run.

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from ktstr_steps.buildsteps import KernelMake
 from tests.fakekernel import make_fake_kernel
-from tests.test_steps_base import HOLDER, RESULT_LOG, STATE, KtstrStepMixin, answer, ktstr
+from tests.test_steps_base import HOLDER, RESULT_LOG, STATE, KtstrStepMixin, ktstr
 
 
 def run_ktstr(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -114,8 +114,8 @@ class TestStepLog(KtstrStepMixin, unittest.TestCase):
             .stderr("kernel/fork.c:1:1: warning: unused variable 'x'\n")
             .stdout("  LD      vmlinux\n")
             .log(RESULT_LOG, stdout=progress[1])
-            .log(RESULT_LOG, stdout=answer({"jobs": 2, "warnings": 1, "errors": 0,
-                                            "failed_target": None, "seconds": 1.0}))
+            .answer({"jobs": 2, "warnings": 1, "errors": 0,
+                                            "failed_target": None, "seconds": 1.0})
             .exit(0)
         )
         self.expect_outcome(result=1, state_string="built (-j2); 1 warning (warnings)")
@@ -140,8 +140,8 @@ class TestStepLog(KtstrStepMixin, unittest.TestCase):
         self.expect_commands(
             self.make()
             .stdout("ktstr-ci: progress: make: 3 build steps\n")
-            .log(RESULT_LOG, stdout=answer({"jobs": 2, "warnings": 0, "errors": 0,
-                                            "failed_target": None, "seconds": 1.0}))
+            .answer({"jobs": 2, "warnings": 0, "errors": 0,
+                                            "failed_target": None, "seconds": 1.0})
             .exit(0)
         )
         self.expect_outcome(result=SUCCESS, state_string="built (-j2)")
