@@ -6,7 +6,7 @@
   with ``service`` and ``project`` sets a status on its commit through
   ``GitHubStatusPush`` / ``GitLabStatusPush``: pending (GitLab: running) when
   it starts, then success or failure, linking to the build, with the kernel
-  outcome in the description. Builds of the same builders pushed to the local
+  outcome in the description; one status per profile, ``<status_context>/<profile>``. Builds of the same builders pushed to the local
   bare repository report nothing: they have no project elsewhere.
 * Mail (``[notify] mail_to``): Buildbot's ``MailNotifier`` when a branch's
   build turns red after a green one (or as the branch's first build), and when
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbot.config.errors import ConfigErrors
+from buildbot.process.properties import Interpolate
 from buildbot.process.results import EXCEPTION, FAILURE, SUCCESS, WARNINGS, statusToString
 from buildbot.reporters import utils
 from buildbot.reporters.generators.build import (
@@ -226,7 +227,9 @@ def status_services(settings: Settings) -> list[Any]:
             end_formatter=MessageFormatterFunction(lambda ctx: end_description(ctx["build"]),
                                                    "plain", want_properties=True),
         )
-        out.append(cls(token, context=st.context, baseURL=api, generators=[generator],
+        # One status per profile: a tiny and a defconfig build of one commit are two checks.
+        context = Interpolate(st.context.replace("%", "%%") + "/%(prop:profile)s")
+        out.append(cls(token, context=context, baseURL=api, generators=[generator],
                        poller_projects=poller_projects, name=f"ktstr-status-{service}"))
     return out
 

@@ -170,7 +170,7 @@ github_token_file = {json.dumps(str(secrets / "github.token"))}
 github_api = "{api}/github"
 gitlab_token_file = {json.dumps(str(secrets / "gitlab.token"))}
 gitlab_api = "{api}/gitlab"
-status_context = "ktstr-ci/tiny"
+status_context = "ktstr-ci"
 """
     kit = ExternalKit(tmp, extra_toml=extra, factory="tests.test_notify_service:verdict_factory")
     try:
