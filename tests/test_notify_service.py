@@ -5,7 +5,8 @@ per branch (``fail-branches`` next to the kit's hold file), so a branch can go
 green → red → green in seconds. Loopback servers stand in for the GitHub API,
 the GitLab API and a generic JSON receiver (one HTTP server, told apart by
 path prefix); aiosmtpd is the mail relay. Deliveries come in as signed
-webhooks (GitHub, GitLab) and pushes to the hosted bare repository.
+webhooks (GitHub, GitLab), a poller's new upstream commit and pushes to the
+hosted bare repository.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from tests.test_external_service import (
     GH_PROJECT,
     GL_PROJECT,
     ExternalKit,
+    git,
     github_headers,
     github_payload,
     gitlab_headers,
     gitlab_payload,
     new_sha,
+    upstream_commit,
 )
 
 pytestmark = pytest.mark.integration
@@ -136,6 +139,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for name in ("gh", "gl"):
         mirrors[name] = tmp / f"{name}-mirror.git"
         subprocess.run(["git", "init", "-q", "--bare", str(mirrors[name])], check=True)
+    upstream = tmp / "upstream.git"
+    work = tmp / "upstream-work"
+    subprocess.run(["git", "init", "-q", "--bare", str(upstream)], check=True)
+    work.mkdir()
+    git(work, "init", "-q", "-b", "for-next")
+    upstream_commit(work, upstream, "for-next", "upstream base")
     extra = f"""
 [[repos]]
 name = "gh"
@@ -157,6 +166,15 @@ repo = "gl"
 service = "gitlab"
 project = "{GL_PROJECT}"
 
+[[external.pollers]]
+name = "up"
+url = "file://{upstream}"
+branches = ["for-next"]
+interval = 1
+profiles = ["tiny"]
+service = "github"
+project = "sched-ext/up"
+
 [notify]
 mail_to = ["kernel-team@example.org", "maintainer@example.org"]
 mail_from = "ktstr-ci@ci.example.org"
@@ -175,7 +193,8 @@ status_context = "ktstr-ci"
     kit = ExternalKit(tmp, extra_toml=extra, factory="tests.test_notify_service:verdict_factory")
     try:
         with kit:
-            yield {"kit": kit, "mailbox": mailbox, "api": api}
+            yield {"kit": kit, "mailbox": mailbox, "api": api, "upstream": upstream,
+                   "work": work}
     finally:
         smtp.stop()
         http.shutdown()
@@ -216,6 +235,19 @@ def test_github_webhook_build_reports_pending_then_success(env: dict[str, Any]) 
         {"state": "success", "description": "success: kernel cached (build successful)",
          "target_url": url, "context": "ktstr-ci/tiny"},
     ]
+
+
+def test_poller_build_reports_on_the_pollers_project(env: dict[str, Any]) -> None:
+    kit: ExternalKit = env["kit"]
+    sha = upstream_commit(env["work"], env["upstream"], "for-next", "upstream change")
+    path = f"/github/repos/sched-ext/up/statuses/{sha}"
+    posts = wait(lambda: len(requests_to(path)) >= 2 and requests_to(path),
+                 "the poller build's statuses", timeout=90)
+    assert [p["json"]["state"] for p in posts] == ["pending", "success"]
+    assert all(p["headers"]["authorization"] == f"token {GH_TOKEN}" for p in posts)
+    assert posts[1]["json"]["context"] == "ktstr-ci/tiny"
+    build = kit.wait_build("for-next", finished=True)
+    assert build["properties"]["buildername"][0] == "up-tiny"
 
 
 def test_gitlab_webhook_failure_is_reported_failed(env: dict[str, Any]) -> None:
