@@ -44,13 +44,20 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
 
 
 def use_result_file(path: Path) -> None:
-    """Route this command's output for a Buildbot step: see the module docstring."""
+    """Route this command's output for a Buildbot step: see the module docstring.
+
+    A stale file is replaced by an empty one at once, so a command that dies
+    early never leaves the previous run's answer behind. OSError when FILE
+    cannot be written.
+    """
     path = Path(path)
-    _Route.stale_stat = _stat(path)
+    stale = _stat(path)
     try:
         path.unlink()
     except FileNotFoundError:
         pass
+    path.open("w", encoding="utf-8").close()
+    _Route.stale_stat = stale
     _Route.result_file = path
 
 

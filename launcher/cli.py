@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ktstr_steps import cli_holder, cli_host, cli_kernel, messages
-from ktstr_steps.errors import KtstrError
+from ktstr_steps.errors import KtstrError, os_error_text
 from ktstr_steps.messages import LABEL
 from master import cli_records
 from workers import cli_workers
@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.result_file is not None:
-        messages.use_result_file(args.result_file)
+        try:
+            messages.use_result_file(args.result_file)
+        except OSError as exc:
+            print(f"{LABEL}: error: --result-file {args.result_file}: {os_error_text(exc)}",
+                  file=sys.stderr)
+            return 2
     try:
         rc = args.func(args)
     except KtstrError as exc:

@@ -148,3 +148,12 @@ class TestStepLog(KtstrStepMixin, unittest.TestCase):
         d = self.run_step()
         d.addCallback(lambda _: self.assertIsNone(step.progress_text))
         return d
+
+
+def test_unwritable_result_file_is_one_clear_line(tmp_path: Path) -> None:
+    p = run_ktstr("--result-file", str(tmp_path / "no-such-dir" / "r.json"), "phase", "validate",
+                  "--state", str(tmp_path / "s.json"), "--json", cwd=tmp_path)
+    assert p.returncode == 2
+    assert p.stdout == ""
+    assert p.stderr == (f"ktstr-ci: error: --result-file {tmp_path / 'no-such-dir' / 'r.json'}: "
+                        "No such file or directory (os error 2)\n")
