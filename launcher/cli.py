@@ -70,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     try:
+        return _run(args)
+    finally:
+        # main() also runs in-process (tests, the launcher): the next command starts clean.
+        messages.reset_route()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         rc = args.func(args)
     except KtstrError as exc:
         print(f"{LABEL}: error: {exc}", file=sys.stderr)
