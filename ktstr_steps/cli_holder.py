@@ -9,16 +9,15 @@ lazily so ``ktstr-ci --help`` stays cheap. ``acquire`` has a hidden
 from __future__ import annotations
 
 import argparse
-import json
 
 from ktstr_steps.cli_values import parse_seconds
 from ktstr_steps.errors import KtstrError
-from ktstr_steps.messages import LABEL
+from ktstr_steps.messages import LABEL, emit_json
 
 
 def _emit(args: argparse.Namespace, obj: dict, human: str) -> None:
     if getattr(args, "json", False):
-        print(json.dumps(obj))
+        emit_json(obj)
         args.json_emitted = True
     else:
         print(human)

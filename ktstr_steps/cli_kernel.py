@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ktstr_steps.cli_values import int_at_least, parse_seconds
 from ktstr_steps.errors import KtstrError
-from ktstr_steps.messages import LABEL, say
+from ktstr_steps.messages import LABEL, emit_json, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -138,7 +137,7 @@ def _state_arg(p: argparse.ArgumentParser) -> None:
 
 def _emit(args: argparse.Namespace, obj: dict) -> None:
     if getattr(args, "json", False):
-        print(json.dumps(obj, indent=2, sort_keys=True))
+        emit_json(obj, indent=2, sort_keys=True)
         args.json_emitted = True
 
 

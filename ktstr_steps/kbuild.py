@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktstr_steps.errors import KtstrError
-from ktstr_steps.messages import Progress
+from ktstr_steps.messages import Progress, human_line, relay
 
 # ktstr's limit for the inherit-stdio runner (mrproper, defconfig, olddefconfig).
 DEFAULT_TIMEOUT = 1800.0
@@ -239,8 +239,8 @@ def _pump(
 
 
 def _emit(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    # Only make's warnings and errors are problems; a CC line is ordinary output.
+    human_line(line, problem=classify_line(line) is not None or failed_target(line) is not None)
 
 
 def _run_guarded(
@@ -298,6 +298,7 @@ class MakeResult:
     log_path: Path | None
     seconds: float
     first_errors: list[str]
+    steps: int = 0
 
 
 class MakeFailed(KtstrError):
@@ -318,6 +319,7 @@ def run_make_streamed(
     log_path: Path | None = None,
     timeout: float | None = None,
     progress: Progress | None = None,
+    estimate: Callable[[int, float], str] | None = None,
 ) -> MakeResult:
     """``make -jN <make_vars> <targets>`` with stdout+stderr merged and streamed live.
 
@@ -325,7 +327,9 @@ def run_make_streamed(
     (``log_path``, else a ``ktstr-ci-make-*.log`` in the temp dir that is
     removed after a success and kept after a failure). Warnings and errors of
     compiler, assembler, linker, modpost and objtool are counted; on failure a
-    :class:`MakeFailed` names the failed target and the log.
+    :class:`MakeFailed` names the failed target and the log. Progress counts
+    kbuild's step lines; ``estimate(steps, elapsed seconds)``, when given,
+    says how far that is.
     """
     if jobs < 1:
         raise KtstrError(f"make -j needs at least 1 job (got {jobs})", kind="bad-jobs")
@@ -363,9 +367,11 @@ def run_make_streamed(
             step = _KBUILD_STEP_RE.match(line)
             if step:
                 counts["steps"] += 1
-                progress.update(
-                    f"{counts['steps']} build steps, last {step.group(1).strip()} {step.group(2)}"
-                )
+                if estimate is not None:
+                    progress.update(estimate(counts["steps"], time.monotonic() - start))
+                else:
+                    progress.update(f"{counts['steps']} build steps, last "
+                                    f"{step.group(1).strip()} {step.group(2)}")
             if on_line is not None:
                 on_line(line)
 
@@ -382,6 +388,7 @@ def run_make_streamed(
         log_path=log_path,
         seconds=time.monotonic() - start,
         first_errors=first_errors,
+        steps=counts["steps"],
     )
     if not finished:
         raise MakeFailed(
@@ -398,7 +405,8 @@ def run_make_streamed(
         msg += f"full log: {log_path}"
         raise MakeFailed(msg, result)
     progress.done(
-        f"make: {counts['steps']} build steps, {result.warnings} warnings, "
+        f"make: {counts['steps']} build steps, {result.warnings} "
+        f"warning{'' if result.warnings == 1 else 's'}, "
         f"{result.seconds:.1f}s"
     )
     if own_log:
@@ -455,15 +463,15 @@ def generate_compile_commands(
                 timeout=timeout,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
-            sys.stderr.write(f"{script}: {e}; falling back to make compile_commands.json\n")
+            human_line(f"{script}: {e}; falling back to make compile_commands.json")
         else:
             if r.stdout or r.stderr:
-                sys.stderr.write(r.stdout + r.stderr)
+                relay(r.stdout + r.stderr)
             if r.returncode == 0 and out.is_file():
                 return out
-            sys.stderr.write(
+            human_line(
                 f"{script} exited with status {r.returncode}; "
-                "falling back to make compile_commands.json\n"
+                "falling back to make compile_commands.json"
             )
     try:
         run_make(src, ["compile_commands.json"], make_vars=make_vars, timeout=timeout)

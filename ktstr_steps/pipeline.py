@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from ktstr_steps import (
@@ -33,12 +32,13 @@ from ktstr_steps import (
     kbuild,
     kconfig,
     keys,
+    make_estimate,
     make_warnings,
 )
 from ktstr_steps.buildstate import BuildState, timed
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.keys import crc32_hex
-from ktstr_steps.messages import LABEL, say, warn
+from ktstr_steps.messages import LABEL, human_line, say, warn
 from ktstr_steps.results import Outcome, error_json
 
 DIRTY_TREE_CACHE_SKIP_HINT = (
@@ -151,12 +151,12 @@ def compute_key(state: BuildState, src, *, clean: bool = False,
     if profile_build and src.kind == "local" and src.cacheable and src.git_hash:
         state.config_crc = None
         state.cache_key = keys.profile_key(src.git_hash, src.arch.arch, suffix)
-        return state.cache_key
-    if clean and src.kind == "local":
-        # mrproper will delete .config before configure: key what will be built.
-        src = dataclasses.replace(src, config_crc=None)
-        state.config_crc = None
-    state.cache_key = src.cache_key(suffix)
+    else:
+        if clean and src.kind == "local":
+            # mrproper will delete .config before configure: key what will be built.
+            src = dataclasses.replace(src, config_crc=None)
+            state.config_crc = None
+        state.cache_key = src.cache_key(suffix)
     state.identity = identity.build_identity(state, kbuild.make_vars(state.arch))
     return state.cache_key
 
@@ -278,11 +278,22 @@ def phase_make(state: BuildState, *, jobs: int | None = None) -> None:
     n = jobs or state.make_jobs or kbuild.available_parallelism()
     state.make_jobs = n
     collected = make_warnings.WarningCollector()
+    key = make_estimate.profile_key(
+        state.arch, state.base_config, state.kconfig_hash, state.extra_kconfig_hash)
+    try:
+        history = make_estimate.history_path()
+    except KtstrError:
+        history = None  # no cache root: no estimate, and the store phase will say why
+    # A tree with a vmlinux rebuilds only what changed: no earlier count fits it.
+    incremental = (src / "vmlinux").exists()
+    estimate = make_estimate.MakeEstimate(
+        make_estimate.load_history(key, history) if history else None,
+        incremental=incremental, jobs=n)
     with timed(state, "make"):
         try:
             # No log_path: kbuild.py keeps the log only when the build fails.
             res = kbuild.run_make_streamed(src, jobs=n, make_vars=kbuild.make_vars(state.arch),
-                                           on_line=collected)
+                                           on_line=collected, estimate=estimate.text)
         except KtstrError as exc:
             res = getattr(exc, "result", None)
             if res is not None:
@@ -291,6 +302,9 @@ def phase_make(state: BuildState, *, jobs: int | None = None) -> None:
         finally:
             state.build_warnings = collected.items
         _take_make_counts(state, res)
+    if history is not None and not incremental and res.steps:
+        make_estimate.record_history(
+            key, make_estimate.MakeHistory(res.steps, round(res.seconds, 1), n), history)
 
 
 def _take_make_counts(state: BuildState, res) -> None:
@@ -392,7 +406,7 @@ def phase_store(state: BuildState) -> None:
             state.image_path = None if state.is_temp else str(image)
             return
         build_facts.record_outputs(state, image, vmlinux, entry)
-        print(f"✓ Kernel cached: {state.cache_key}", file=sys.stderr, flush=True)
+        human_line(f"✓ Kernel cached: {state.cache_key}")
         say(f"image: {entry.image_path}")
         state.outcome = Outcome.CACHED
         state.entry_dir = str(entry.path)

@@ -37,7 +37,7 @@ from buildbot.plugins import util, worker
 from buildbot.process.factory import BuildFactory
 
 from ktstr_steps.buildsteps.factory import kernel_build_factory
-from master import artifacts, matrix, pollers, push_spool, tryjobs, webhooks, www
+from master import artifacts, matrix, notify, pollers, push_spool, tryjobs, webhooks, www
 from master.parts import ConfigPart, merge
 from master.pushes import push_builders, push_schedulers, pushed_repos
 from master.records import part as records_part
@@ -152,4 +152,5 @@ def build_config(
         webhooks.config_part(settings),
         pollers.config_part(settings, specs, factory),
         artifacts.config_part(settings),
+        notify.config_part(settings),
     ])

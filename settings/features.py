@@ -20,10 +20,12 @@ from settings.model import (
     ExternalSettings,
     MasterSettings,
     MatrixSettings,
+    NotifySettings,
     Paths,
     Poller,
     Profile,
     Repo,
+    StatusSettings,
     TrySettings,
     Webhook,
     WebSettings,
@@ -34,7 +36,10 @@ _TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 _TRY_USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 WEBHOOK_SERVICES = ("github", "gitlab")
 WEBHOOK_KEYS = ("repo", "service", "project", "secret_file", "strict")
-POLLER_KEYS = ("name", "url", "branches", "interval", "profiles")
+POLLER_KEYS = ("name", "url", "branches", "interval", "profiles", "service", "project")
+STATUS_SERVICES = ("github", "gitlab")
+# An address as a mail relay takes it: no spaces, no angle brackets, one @.
+MAIL_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
 # GitHub "owner/name", GitLab "group/subgroup/project".
 PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
 
@@ -151,6 +156,51 @@ def external_table(r: TableReader, root: Path, *, paths: Paths, repos: tuple[Rep
     return ExternalSettings(
         webhooks=_webhooks(r, root, paths, repos),
         pollers=_pollers(r, root, repos, profiles),
+        statuses=_statuses(r, root),
+    )
+
+
+def _statuses(r: TableReader, root: Path) -> StatusSettings:
+    """The commit-status keys of ``[external]``: a token file and an API URL per service."""
+    def token(key: str) -> Path | None:
+        text = r.str(key)
+        return abspath(root, text) if text else None
+
+    def api(key: str) -> str:
+        url = r.str(key).rstrip("/")
+        if not url.startswith(("https://", "http://")):
+            raise r.err(key, f"must be an http(s) URL, not {url!r}")
+        return url
+
+    context = r.str("status_context")
+    if not context.strip():
+        raise r.err("status_context", "must not be empty")
+    return StatusSettings(
+        github_token_file=token("github_token_file"), github_api=api("github_api"),
+        gitlab_token_file=token("gitlab_token_file"), gitlab_api=api("gitlab_api"),
+        context=context,
+    )
+
+
+def notify_table(r: TableReader) -> NotifySettings:
+    """``[notify]``: who is mailed when a branch turns red (and green again), where builds POST."""
+    mail_to = r.strlist("mail_to")
+    for i, addr in enumerate(mail_to):
+        if not MAIL_RE.match(addr):
+            raise r.err("mail_to", f"entry {i} {addr!r} is not a mail address (name@host)")
+    mail_from = r.str("mail_from")
+    if not MAIL_RE.match(mail_from):
+        raise r.err("mail_from", f"{mail_from!r} is not a mail address (name@host)")
+    host = r.str("smtp_host")
+    if not host.strip():
+        raise r.err("smtp_host", "must not be empty")
+    urls = r.strlist("post_urls")
+    for i, url in enumerate(urls):
+        if not url.startswith(("https://", "http://")):
+            raise r.err("post_urls", f"entry {i} {url!r} must be an http(s) URL")
+    return NotifySettings(
+        mail_to=tuple(mail_to), mail_from=mail_from, smtp_host=host,
+        smtp_port=r.int("smtp_port", 1, 65535), post_urls=tuple(urls),
     )
 
 
@@ -220,8 +270,19 @@ def _pollers(ext: TableReader, root: Path, repos: tuple[Repo, ...],
         built = r.strlist("profiles") if r.has("profiles") else ["tiny"]
         if not built:
             raise r.err("profiles", "must name at least one profile")
+        service = r.str("service") if r.has("service") else None
+        if service is not None and service not in STATUS_SERVICES:
+            raise r.err("service", f'must be "github" or "gitlab", not {service!r}')
+        project = r.str("project") if r.has("project") else None
+        if (service is None) != (project is None):
+            raise r.err("project" if service else "service",
+                        "is missing: service and project go together (where the poller's "
+                        "builds report their state), or leave both out")
+        if project is not None and not PROJECT_RE.match(project):
+            raise r.err("project", f'must be a project path like "owner/name", not {project!r}')
         out.append(Poller(name=name, url=url, branches=tuple(branches), interval=interval,
-                          profiles=r.profiles("profiles", built, profiles)))
+                          profiles=r.profiles("profiles", built, profiles),
+                          service=service, project=project))
     return tuple(out)
 
 

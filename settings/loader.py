@@ -101,4 +101,5 @@ def _build(data: dict, src: Path, root: Path) -> Settings:
         artifacts=features.artifacts_table(table("artifacts"), root, master),
         kconfig=tables.kconfig_table(table("kconfig"), root),
         alerts=tables.alerts_table(table("alerts")),
+        notify=features.notify_table(table("notify")),
     )

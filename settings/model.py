@@ -183,6 +183,9 @@ class Poller:
     branches: tuple[str, ...]
     interval: int
     profiles: tuple[str, ...]
+    # Where its builds report their state: "github"/"gitlab" and the project path, or None.
+    service: str | None = None
+    project: str | None = None
 
     def as_repo(self) -> Repo:
         """The poller as a repository: same builders, scheduler and filter as ``[[repos]]``."""
@@ -193,11 +196,34 @@ class Poller:
 
 
 @dataclass(frozen=True)
+class StatusSettings:
+    """Commit statuses of webhook and poller builds: a token file per service (None = off)."""
+
+    github_token_file: Path | None = None
+    github_api: str = "https://api.github.com"
+    gitlab_token_file: Path | None = None
+    gitlab_api: str = "https://gitlab.com"
+    context: str = "ktstr-ci"
+
+
+@dataclass(frozen=True)
 class ExternalSettings:
     """``[external]``: push webhooks and pollers of repositories hosted elsewhere."""
 
     webhooks: tuple[Webhook, ...] = ()
     pollers: tuple[Poller, ...] = ()
+    statuses: StatusSettings = StatusSettings()
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """``[notify]``: mail when a branch turns red or green again, JSON POSTs of every build."""
+
+    mail_to: tuple[str, ...] = ()
+    mail_from: str = "ktstr-ci@localhost"
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    post_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -231,6 +257,7 @@ class Settings:
     try_: TrySettings  # the [try] table ("try" is a Python keyword)
     external: ExternalSettings
     artifacts: ArtifactSettings
+    notify: NotifySettings
     kconfig: KconfigSettings = KconfigSettings()
     alerts: Alerts = Alerts()
 

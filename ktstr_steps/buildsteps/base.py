@@ -1,10 +1,13 @@
 """The common base of every ktstr-ci step: run one ``ktstr-ci`` worker command, read its JSON.
 
-The worker command (docs/contracts.md) prints exactly one JSON object on stdout
-and its human output (make log, progress lines, warnings) on stderr. The step
-shows stderr live in ``stdio``, turns ``ktstr-ci: progress: <phase>: <text>``
-lines into its status line, and turns the JSON into properties and a
-one-line summary. Subclasses only say which argv to run and what the JSON means.
+The step runs ``ktstr-ci --result-file FILE <subcommand> ... --json``: the
+command's human output then comes on stdout (the ``stdio`` log reads like a
+terminal), only its warnings and errors on stderr (which Buildbot marks), and
+its progress events and JSON answer as JSON lines in FILE, which the worker
+sends back as the ``result`` log (a ShellMixin ``logfiles`` entry). Progress
+events become the step's status line; the last object is the answer, turned
+into properties and a one-line summary. Subclasses only say which argv to run
+and what the JSON means.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ STATE_FILE = "ktstr-state.json"
 RESERVATION_LOST = "reservation-lost"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_PROGRESS = re.compile(r"^ktstr-ci: progress: ([^:]+): (.*)$")
+# The log the worker fills from the command's result file.
+RESULT_LOG = "result"
 _SUMMARY_MAX = 200
 
 
@@ -84,6 +88,16 @@ def tree_path(props: Any) -> str | None:
 state_path = STATE_FILE
 
 
+def result_file_name(subcommand: tuple[str, ...]) -> str:
+    """The result file of one subcommand, in the builder's workdir.
+
+    One file per subcommand, so two steps of one build never share one: the
+    worker sends a watched file only once its (ctime, mtime, size) differ from
+    what was there before the command started.
+    """
+    return "ktstr-result-" + "-".join(subcommand) + ".json"
+
+
 def parse_json_object(stdout: str | None) -> tuple[dict[str, Any] | None, str | None]:
     """The last JSON object on stdout: ``(object, None)`` or ``(None, "no JSON" | "malformed JSON")``.
 
@@ -102,6 +116,18 @@ def parse_json_object(stdout: str | None) -> tuple[dict[str, Any] | None, str | 
         if isinstance(value, dict):
             return value, None
     return None, "malformed JSON"
+
+
+def _progress_event(line: str) -> dict[str, Any] | None:
+    """The ``{"progress": {...}}`` event of one result-file line, or None."""
+    if not line.startswith('{"progress"'):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    event = value.get("progress") if isinstance(value, dict) else None
+    return event if isinstance(event, dict) and len(value) == 1 else None
 
 
 def first_error(data: dict[str, Any]) -> str | None:
@@ -159,12 +185,16 @@ class KtstrCiStep(buildstep.ShellMixin, buildstep.BuildStep):
         if ktstr_ci == "":
             config.error(f"{type(self).__name__} argument ktstr_ci must not be empty")
         self.ktstr_ci = ktstr_ci
+        kwargs["logfiles"] = {**(kwargs.get("logfiles") or {}),
+                              RESULT_LOG: result_file_name(self.subcommand)}
         kwargs = self.setupShellMixin(kwargs, prohibitArgs=["command"])
         super().__init__(**kwargs)
         self.progress_text: str | None = None
         # Only a tail: a make log can be 100k lines and the master keeps this in memory.
         self.stderr_tail: deque[str] = deque(maxlen=10)
+        self.result_lines: list[str] = []
         self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._consume))
+        self.addLogObserver(RESULT_LOG, logobserver.LineConsumerLogObserver(self._consume_result))
 
     # -- what subclasses provide -------------------------------------------------
 
@@ -207,14 +237,24 @@ class KtstrCiStep(buildstep.ShellMixin, buildstep.BuildStep):
     def _consume(self) -> Generator[None, tuple[str, str], None]:
         while True:
             stream, line = yield
-            if stream != "e":
-                continue
-            match = _PROGRESS.match(line)
-            if match:
-                self.progress_text = match.group(2).strip()
-                self.updateSummary()
-            else:
+            if stream == "e":
                 self.stderr_tail.append(line)
+
+    def _consume_result(self) -> Generator[None, tuple[str, str], None]:
+        while True:
+            _stream, line = yield
+            event = _progress_event(line)
+            if event is not None:
+                self.on_progress(event)
+            elif line.strip():
+                self.result_lines.append(line)
+
+    def on_progress(self, event: dict[str, Any]) -> None:
+        """A progress event of the command: its text becomes the status line."""
+        text = str(event.get("text") or "").strip()
+        if text:
+            self.progress_text = text
+            self.updateSummary()
 
     def getCurrentSummary(self) -> dict[str, str]:
         summary = super().getCurrentSummary()
@@ -229,9 +269,8 @@ class KtstrCiStep(buildstep.ShellMixin, buildstep.BuildStep):
         if problem:
             self.descriptionDone = problem
             return FAILURE
-        argv = [self.ktstr_ci, *self.subcommand, *self.arguments(), "--json"]
         started = self.master.reactor.seconds()
-        cmd = await self.makeRemoteShellCommand(command=argv, collectStdout=True)
+        cmd = await self.makeRemoteShellCommand(command=self.command_argv())
         await self.runCommand(cmd)
         if self.phase:
             self.add_phase_seconds(self.phase, self.master.reactor.seconds() - started)
@@ -239,9 +278,7 @@ class KtstrCiStep(buildstep.ShellMixin, buildstep.BuildStep):
             # A stop: CANCELLED is the only result Buildbot accepts after interrupt().
             self.descriptionDone = f"{self.name} interrupted"
             return CANCELLED
-        # A last stderr line without a newline reaches the observers only on a flush.
-        await self.getLog("stdio").flush()
-        data, problem = parse_json_object(cmd.stdout)
+        data, problem = await self.read_answer()
         if data is None:
             tail = self.tail()
             self.descriptionDone = f"{self.label} printed {problem}" + (f": {tail}" if tail else "")
@@ -255,6 +292,17 @@ class KtstrCiStep(buildstep.ShellMixin, buildstep.BuildStep):
         result = self.interpret(data)
         # interpret() may be async when it adds logs.
         return (await result) if inspect.isawaitable(result) else result
+
+    def command_argv(self) -> list[str]:
+        return [self.ktstr_ci, "--result-file", result_file_name(self.subcommand),
+                *self.subcommand, *self.arguments(), "--json"]
+
+    async def read_answer(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The command's JSON answer from the result log, as :func:`parse_json_object`."""
+        # A last line without a newline reaches the observers only on a flush.
+        await self.getLog("stdio").flush()
+        await self.getLog(RESULT_LOG).flush()
+        return parse_json_object("\n".join(self.result_lines))
 
     def on_failure(self, data: dict[str, Any]) -> None:
         """Properties worth keeping from a failed answer (make's counts, for example)."""

@@ -25,7 +25,6 @@ from ktstr_steps.buildsteps.base import (
     PHASE_SECONDS,
     StateFileStep,
     one_line,
-    parse_json_object,
 )
 from ktstr_steps.buildsteps.services import RecordsService, find_records_service
 from ktstr_steps.cpulist import format_cpulist, parse_cpulist
@@ -97,14 +96,11 @@ class Record(StateFileStep):
     async def run(self) -> int:
         summary: dict[str, Any] | None = None
         if "lookup" in (self.getProperty(PHASE_SECONDS) or {}):
-            cmd = await self.makeRemoteShellCommand(
-                command=[self.ktstr_ci, *self.subcommand, *self.arguments(), "--json"],
-                collectStdout=True,
-            )
+            cmd = await self.makeRemoteShellCommand(command=self.command_argv())
             await self.runCommand(cmd)
             if not self.stopped:
                 # Exit status is non-zero exactly when the outcome is "failed": the JSON counts.
-                summary = parse_json_object(cmd.stdout)[0]
+                summary = (await self.read_answer())[0]
         # else: this build never reached lookup, which starts the state file; one in the
         # workdir is a previous build's and must not be recorded as this one.
         row = await self.build_row(*read_summary(summary))

@@ -38,7 +38,7 @@ from ktstr_steps.holder.state import (
     state_path,
     sweep_stale,
 )
-from ktstr_steps.messages import LABEL, say, warn
+from ktstr_steps.messages import LABEL, relay, say, warn
 
 GUARD_POLL = 0.2  # how often a joined command checks that its holder still lives
 MAX_FDS = 64  # lock descriptors a join may carry (one source lock + one per LLC)
@@ -295,8 +295,7 @@ def acquire(
             for line in pipe:
                 msg = json.loads(line)
                 if "stderr" in msg:
-                    sys.stderr.write(msg["stderr"])  # the holder's diagnostics while acquiring
-                    sys.stderr.flush()
+                    relay(msg["stderr"])  # the holder's diagnostics while acquiring
                 else:
                     result = msg
                     break
@@ -330,12 +329,11 @@ def lock_source(name: str, source: Path, *, wait: float | None = None) -> dict:
     st = live_state(check_name(name))
     canonical = str(Path(source).expanduser().resolve())
 
-    def relay(ev: dict) -> None:
-        sys.stderr.write(ev.get("text", ""))
-        sys.stderr.flush()
+    def on_event(ev: dict) -> None:
+        relay(ev.get("text", ""))
 
     resp = request(name, {"op": "lock-source", "source": canonical, "wait": wait},
-                   on_event=relay, timeout=None)
+                   on_event=on_event, timeout=None)
     if not resp.get("ok"):
         raise KtstrError(resp.get("error", "lock-source failed"), kind=resp.get("kind", "holder-error"))
     return {"name": st["name"], **resp["lock"]}

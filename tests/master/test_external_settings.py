@@ -21,20 +21,7 @@ from master import builders, webhooks
 from settings.worker_specs import WorkerSpec
 from tests.support.cli import run_checkconfig
 from tests.support.servicekit import standin_factory
-
-GOOD_WEBHOOKS = """
-[[external.webhooks]]
-repo = "gh"
-service = "github"
-project = "sched-ext/linux"
-
-[[external.webhooks]]
-repo = "gh"
-service = "gitlab"
-project = "kernel/sched-ext-linux"
-secret_file = "tokens/gitlab"
-strict = false
-"""
+from tests.support.settingskit import GOOD_WEBHOOKS, load, write_settings
 
 GOOD_POLLERS = """
 [[external.pollers]]
@@ -51,33 +38,8 @@ def no_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(settings.ENV_VAR, raising=False)
 
 
-def write_settings(tmp_path: Path, external_toml: str) -> Path:
-    path = tmp_path / "settings.toml"
-    path.write_text(f"""
-[paths]
-secrets = {json.dumps(str(tmp_path / "secrets"))}
-[web]
-users_file = {json.dumps(str(tmp_path / "secrets" / "web-users.json"))}
-[hook]
-password_file = {json.dumps(str(tmp_path / "secrets" / "hook-password"))}
-[databases]
-buildbot = "sqlite:///{tmp_path / "state.sqlite"}"
-records = "sqlite:///{tmp_path / "records.sqlite"}"
-[[repos]]
-name = "linux"
-url = "var/linux.git"
-hosted = true
-[[repos]]
-name = "gh"
-url = "https://github.com/sched-ext/linux.git"
-profiles = ["tiny"]
-{external_toml}
-""")
-    return path
 
 
-def load(tmp_path: Path, external_toml: str) -> settings.Settings:
-    return settings.load(write_settings(tmp_path, external_toml), root=tmp_path)
 
 
 def specs(tmp_path: Path, s: settings.Settings) -> list[WorkerSpec]:
@@ -123,7 +85,9 @@ POLL = '[[external.pollers]]\nname = "up"\nurl = "/srv/up.git"\nbranches = ["mai
 
 
 @pytest.mark.parametrize("toml, message", [
-    ("[external]\nhooks = []\n", "unknown key 'external.hooks'; known keys here: pollers, webhooks"),
+    ("[external]\nhooks = []\n",
+     "unknown key 'external.hooks'; known keys here: github_api, github_token_file, "
+     "gitlab_api, gitlab_token_file, pollers, status_context, webhooks"),
     ("[external.pollers]\nname = \"x\"\n",
      "external.pollers must be an array of tables ([[external.pollers]])"),
     ("[[external.webhooks]]\nservice = \"github\"\nproject = \"a/b\"\n",
@@ -155,7 +119,8 @@ POLL = '[[external.pollers]]\nname = "up"\nurl = "/srv/up.git"\nbranches = ["mai
     (POLL.replace('"/srv/up.git"', '""'), "external.pollers[0].url must not be empty"),
     (POLL.replace('"/srv/up.git"', '"--upload-pack=evil"'), "external.pollers[0].url must not start with '-'"),
     (POLL + "every = 3\n",
-     "external.pollers[0].every is not a known key (name, url, branches, interval, profiles)"),
+     "external.pollers[0].every is not a known key (name, url, branches, interval, profiles, "
+     "service, project)"),
 ])
 def test_errors_name_the_key(tmp_path: Path, toml: str, message: str) -> None:
     with pytest.raises(settings.SettingsError) as exc:

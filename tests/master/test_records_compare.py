@@ -17,7 +17,7 @@ from master.records import db, queries
 from master.records.compare import AlertRules, alerts, compare, config_diff, insert_compared
 from master.records.db import InvalidRecord
 from master.records.rows import row_from_result
-from tests.support.steps_harness import STATE, KtstrStepMixin, answer, ktstr
+from tests.support.steps_harness import STATE, KtstrStepMixin, ktstr
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 W1 = {"file": "init/main.c", "line": 12, "message": "unused variable 'x'"}
@@ -211,7 +211,7 @@ class TestRecordAlerts(KtstrStepMixin, unittest.TestCase):
     def test_row_carries_identity_and_an_alert_ends_warnings(self) -> None:
         records = AlertingRecords(["2 new warnings"])
         self.setup_ktstr_step(Record(records=records), phase_seconds={"lookup": 0.1})
-        self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
+        self.expect_commands(summary().answer(RESULT).exit(0))
         self.expect_outcome(result=WARNINGS,
                             state_string="recorded row 7 (cached); alert: 2 new warnings "
                                          "(warnings)")
@@ -237,7 +237,7 @@ class TestRecordAlerts(KtstrStepMixin, unittest.TestCase):
     def test_no_alert_is_success(self) -> None:
         records = AlertingRecords([])
         self.setup_ktstr_step(Record(records=records), phase_seconds={"lookup": 0.1})
-        self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
+        self.expect_commands(summary().answer(RESULT).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="recorded row 7 (cached)")
         return self.run_step()
 
@@ -247,7 +247,7 @@ class TestRecordAlerts(KtstrStepMixin, unittest.TestCase):
                               rebuild_explanation="stale")
         hit = {"ok": True, "outcome": "cache-hit", "cache_key": "k", "errors": [],
                "phases": {"lookup": 0.1}}
-        self.expect_commands(summary().stdout(answer(hit)).exit(0))
+        self.expect_commands(summary().answer(hit).exit(0))
         self.expect_outcome(result=SUCCESS)
         d = self.run_step()
         d.addCallback(lambda _: self.assertNotIn("explanation", records.rows[0]))

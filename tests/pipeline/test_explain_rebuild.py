@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from ktstr_steps.buildsteps import CacheLookup
 from ktstr_steps.explain import FIRST_BUILD, Candidate, differences, explain, nearest
 from tests.support.fakekernel import git, make_fake_kernel
-from tests.support.steps_harness import STATE, TREE, KtstrStepMixin, answer, ktstr
+from tests.support.steps_harness import STATE, TREE, KtstrStepMixin, ktstr
 
 GCC12 = "gcc (Debian 12.2.0-14) 12.2.0"
 GCC13 = "gcc (GCC) 13.1.0"
@@ -127,18 +127,18 @@ class TestLookupSummary(KtstrStepMixin, unittest.TestCase):
     def test_miss_summary_says_why_make_runs(self) -> None:
         why = "nearest cached entry `k1` differs in: commit (a1b2c3d → d4e5f6a, 3 files changed)"
         self.setup_ktstr_step(CacheLookup(profile="tiny"))
-        self.expect_commands(lookup().stdout(answer({
+        self.expect_commands(lookup().answer({
             "cache_key": "k2", "hit": False, "entry_dir": None, "dirty": False, "is_git": True,
-            "git_hash": "d4e5f6a", "outcome": None, "explanation": why})).exit(0))
+            "git_hash": "d4e5f6a", "outcome": None, "explanation": why}).exit(0))
         self.expect_outcome(result=SUCCESS, state_string=f"cache miss k2: {why}")
         self.expect_property("rebuild_explanation", why)
         return self.run_step()
 
     def test_first_build_summary(self) -> None:
         self.setup_ktstr_step(CacheLookup(profile="tiny"))
-        self.expect_commands(lookup().stdout(answer({
+        self.expect_commands(lookup().answer({
             "cache_key": "k2", "hit": False, "entry_dir": None, "dirty": False, "is_git": True,
-            "git_hash": "d4e5f6a", "outcome": None, "explanation": FIRST_BUILD})).exit(0))
+            "git_hash": "d4e5f6a", "outcome": None, "explanation": FIRST_BUILD}).exit(0))
         self.expect_outcome(result=SUCCESS, state_string=f"cache miss k2: {FIRST_BUILD}")
         return self.run_step()
 

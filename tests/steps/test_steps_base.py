@@ -7,12 +7,12 @@ from typing import Any
 from buildbot import config
 from buildbot.process.properties import Properties
 from buildbot.process.results import FAILURE, SUCCESS
-from buildbot.test.steps import ExpectShell
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from ktstr_steps.buildsteps import Validate
 from ktstr_steps.buildsteps.base import (
+    RESULT_LOG,
     branch_dir,
     holder_name,
     parse_json_object,
@@ -25,7 +25,6 @@ from tests.support.steps_harness import (
     STATE,
     TREE,
     KtstrStepMixin,
-    answer,
     ktstr,
 )
 
@@ -98,7 +97,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Validate())
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
-            .stdout('{"missing": [')
+            .log(RESULT_LOG, stdout='{"missing": [')
             .exit(0)
         )
         self.expect_outcome(
@@ -111,7 +110,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
             .stderr("ktstr-ci: error: read /srv/trees/x/.config\n")
-            .stdout(answer({"ok": False, "errors": [{"kind": "io", "message": "read .config"}]}))
+            .answer({"ok": False, "errors": [{"kind": "io", "message": "read .config"}]})
             .exit(1)
         )
         self.expect_outcome(result=FAILURE, state_string="validate failed: read .config (failure)")
@@ -121,7 +120,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Validate())
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
-            .stdout(answer({"ok": False, "errors": [{"kind": "x", "message": "boom"}]}))
+            .answer({"ok": False, "errors": [{"kind": "x", "message": "boom"}]})
             .exit(0)
         )
         self.expect_outcome(result=FAILURE, state_string="validate failed: boom (failure)")
@@ -130,13 +129,9 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
     def test_ktstr_ci_path_configurable(self) -> None:
         self.setup_ktstr_step(Validate(ktstr_ci="/opt/ktstr-ci/bin/ktstr-ci"))
         self.expect_commands(
-            ExpectShell(
-                workdir="wkdir",
-                command=["/opt/ktstr-ci/bin/ktstr-ci", "phase", "validate", "--state", STATE,
-                         "--json"],
-                log_environ=False,
-            )
-            .stdout(answer({"missing": []}))
+            ktstr("phase", "validate", "--state", STATE, "--json",
+                  ktstr_ci="/opt/ktstr-ci/bin/ktstr-ci")
+            .answer({"missing": []})
             .exit(0)
         )
         self.expect_outcome(result=SUCCESS, state_string="config valid")
@@ -147,7 +142,7 @@ class TestCommonBehaviour(KtstrStepMixin, unittest.TestCase):
         self.build.setProperty("phase_seconds", {"reserve": 0.5}, "Reserve")
         self.expect_commands(
             ktstr("phase", "validate", "--state", STATE, "--json")
-            .stdout(answer({"missing": []}))
+            .answer({"missing": []})
             .exit(0)
         )
         self.expect_outcome(result=SUCCESS)

@@ -24,14 +24,25 @@ from ktstr_steps.buildsteps import branch_dir, kernel_build_factory
 FAKE_KTSTR_CI = r'''
 import json, os, sys, time
 argv = sys.argv[1:]
+result = None
+if argv[:1] == ["--result-file"]:
+    result, argv = argv[1], argv[2:]
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "calls.log"), "a") as f:
     f.write(" ".join(argv) + "\n")
 scenario = open(os.path.join(here, "scenario")).read().strip()
 cmd = tuple(argv[:2])
 key = "local-1a2b3c4-x86_64-kc0123abcd"
+def event(obj):
+    if result is None:
+        print(json.dumps(obj), flush=True)
+    else:
+        with open(result, "a") as f:
+            f.write(json.dumps(obj) + "\n")
 def out(obj, rc=0):
-    print(json.dumps(obj)); sys.exit(rc)
+    event(obj); sys.exit(rc)
+if result is not None and os.path.exists(result):
+    os.unlink(result)
 if cmd == ("holder", "acquire"):
     out({"name": argv[3], "pid": os.getpid(), "bypass": False,
          "plan": {"llcs": [0], "cpus": [0, 1], "mems": [0], "make_jobs": 2, "cross_node": False},
@@ -53,7 +64,7 @@ if cmd == ("phase", "configure"):
     out({"configured": True, "overrides": [], "dropped": []})
 if cmd == ("phase", "make"):
     if scenario == "stop":
-        print("ktstr-ci: progress: make: CC kernel/fork.o", file=sys.stderr, flush=True)
+        event({"progress": {"phase": "make", "text": "CC kernel/fork.o"}})
         open(os.path.join(here, "make-started"), "w").close()
         time.sleep(60)
     out({"jobs": 2, "warnings": 0, "errors": 0, "failed_target": None, "seconds": 0.1})

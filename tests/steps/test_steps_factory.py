@@ -28,7 +28,7 @@ from ktstr_steps.buildsteps import (
 )
 from ktstr_steps.buildsteps.lookup import held_something
 from ktstr_steps.buildsteps.publish import PublishKernel
-from tests.support.steps_harness import HOLDER, STATE, FakeRecords, KtstrStepMixin, answer, ktstr
+from tests.support.steps_harness import HOLDER, STATE, FakeRecords, KtstrStepMixin, ktstr
 
 ORDER = [
     ("revision-lookup", RevisionLookup),
@@ -163,11 +163,11 @@ class TestStopDuringMake(KtstrStepMixin, unittest.TestCase):
             .behavior(stop)
             .exit(-1),
             ktstr("phase", "summary", "--state", STATE, "--json")
-            .stdout(answer({"ok": False, "outcome": "failed", "phases": {"make": 12.0}}))
+            .answer({"ok": False, "outcome": "failed", "phases": {"make": 12.0}})
             .exit(1),
             ktstr("holder", "release", "--name", HOLDER, "--json")
-            .stdout(answer({"name": HOLDER, "released": ["source-lock", "sandbox",
-                                                         "llc-locks"]}))
+            .answer({"name": HOLDER, "released": ["source-lock", "sandbox",
+                                                         "llc-locks"]})
             .exit(0),
         )
         # What Build.stopBuild leaves behind for the steps that still run.

@@ -29,7 +29,7 @@ from ktstr_steps.buildsteps.matrix_run import (
 )
 from ktstr_steps.buildsteps.services import RECORDS_SERVICE_NAME
 from ktstr_steps.kernelorg import releases
-from tests.support.steps_harness import FakeRecords, KtstrStepMixin, answer, ktstr
+from tests.support.steps_harness import FakeRecords, KtstrStepMixin, ktstr
 
 ROWS = releases.parse_releases(
     b'{"releases": ['
@@ -621,9 +621,9 @@ class TestMatrixLookup(MatrixStepMixin, unittest.TestCase):
 
     def test_a_hit_ends_the_cell_with_no_phase_added(self) -> defer.Deferred:
         self.setup_lookup()
-        self.expect_commands(lookup_cmd().stdout(answer({
+        self.expect_commands(lookup_cmd().answer({
             "cache_key": KEY, "hit": True, "entry_dir": f"/cache/{KEY}",
-            "outcome": "cache-hit"})).exit(0))
+            "outcome": "cache-hit"}).exit(0))
         self.expect_outcome(result=SUCCESS, state_string=f"cache hit {KEY}")
         self.expect_property("cache_key", KEY)
         self.expect_property("kernel_outcome", "cache-hit")
@@ -636,9 +636,9 @@ class TestMatrixLookup(MatrixStepMixin, unittest.TestCase):
 
     def test_a_miss_adds_the_phases_next_and_the_release_last(self) -> defer.Deferred:
         self.setup_lookup()
-        self.expect_commands(lookup_cmd().stdout(answer({
+        self.expect_commands(lookup_cmd().answer({
             "cache_key": KEY, "hit": False, "source_dir": f"{STORE}/releases/6.12.3",
-            "downloaded": True})).exit(0))
+            "downloaded": True}).exit(0))
         self.expect_outcome(result=SUCCESS, state_string=f"cache miss {KEY} (downloaded)")
         self.expect_property("source_tree", f"{STORE}/releases/6.12.3")
         self.expect_no_property("kernel_outcome")
@@ -649,17 +649,17 @@ class TestMatrixLookup(MatrixStepMixin, unittest.TestCase):
 
     def test_a_miss_says_where_the_tree_came_from(self) -> defer.Deferred:
         self.setup_lookup()
-        self.expect_commands(lookup_cmd().stdout(answer({
+        self.expect_commands(lookup_cmd().answer({
             "cache_key": KEY, "hit": False, "source_dir": f"{STORE}/releases/6.12.3",
-            "tarball": "/dl/linux-6.12.3.tar.xz"})).exit(0))
+            "tarball": "/dl/linux-6.12.3.tar.xz"}).exit(0))
         self.expect_outcome(result=SUCCESS,
                             state_string=f"cache miss {KEY} (tarball from the download cache)")
         return self.run_step()
 
     def test_a_miss_on_an_extracted_tree_reuses_it(self) -> defer.Deferred:
         self.setup_lookup()
-        self.expect_commands(lookup_cmd().stdout(answer({
-            "cache_key": KEY, "hit": False, "source_dir": f"{STORE}/releases/6.12.3"})).exit(0))
+        self.expect_commands(lookup_cmd().answer({
+            "cache_key": KEY, "hit": False, "source_dir": f"{STORE}/releases/6.12.3"}).exit(0))
         self.expect_outcome(result=SUCCESS,
                             state_string=f"cache miss {KEY} (extracted tree reused)")
         return self.run_step()
@@ -668,9 +668,9 @@ class TestMatrixLookup(MatrixStepMixin, unittest.TestCase):
         self.setup_lookup(MatrixLookup(download_cache="/dl", mirror="https://m.example/k",
                                        rc_mirror="https://rc.example/t", force=True))
         self.expect_commands(lookup_cmd("--mirror", "https://m.example/k", "--rc-mirror",
-                                        "https://rc.example/t", "--force").stdout(answer({
+                                        "https://rc.example/t", "--force").answer({
             "cache_key": KEY, "hit": False, "source_dir": f"{STORE}/r",
-            "downloaded": True})).exit(0))
+            "downloaded": True}).exit(0))
         self.expect_outcome(result=SUCCESS, state_string=f"cache miss {KEY} (downloaded)")
         return self.run_step()
 
@@ -692,8 +692,8 @@ class TestMatrixLookup(MatrixStepMixin, unittest.TestCase):
 
     def test_a_failed_download_fails_the_cell(self) -> defer.Deferred:
         self.setup_lookup()
-        self.expect_commands(lookup_cmd().stdout(answer({"ok": False, "errors": [
-            {"kind": "download-failed", "message": "HTTP 404 for linux-6.12.3.tar.xz"}]}))
+        self.expect_commands(lookup_cmd().answer({"ok": False, "errors": [
+            {"kind": "download-failed", "message": "HTTP 404 for linux-6.12.3.tar.xz"}]})
             .exit(1))
         self.expect_outcome(
             result=FAILURE,

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from ktstr_steps.buildsteps.publish import PublishKernel
 from ktstr_steps.buildsteps.services import ARTIFACTS_SERVICE_NAME as SERVICE_NAME
-from tests.support.steps_harness import STATE, KtstrStepMixin, answer, ktstr
+from tests.support.steps_harness import STATE, KtstrStepMixin, ktstr
 
 KEY = "local-1a2b3c4-x86_64-kc0123abcd"
 BUNDLE = "/work/kernel/publish"
@@ -82,7 +82,7 @@ class TestPublishKernel(KtstrStepMixin, unittest.TestCase):
     def test_published_build_uploads_what_the_worker_listed(self) -> None:
         svc = self.setup_publish(got_revision="1a2b3c4d5e")
         self.expect_commands(
-            publish_cmd().stdout(answer(publish_answer())).exit(0),
+            publish_cmd().answer(publish_answer()).exit(0),
             *[upload(n, FILES[n]).upload_string(FILES[n]).exit(0) for n in sorted(FILES)],
             upload("SHA256SUMS", b"sums").upload_string(b"sums\n").exit(0),
             ExpectRmdir(dir=BUNDLE, log_environ=False).exit(0),
@@ -126,14 +126,14 @@ class TestPublishKernel(KtstrStepMixin, unittest.TestCase):
         self.setup_publish()
         reason = "no built kernel (outcome failed)"
         self.expect_commands(
-            publish_cmd().stdout(answer({"ok": True, "publish": False, "reason": reason})).exit(0))
+            publish_cmd().answer({"ok": True, "publish": False, "reason": reason}).exit(0))
         self.expect_outcome(result=SKIPPED, state_string=f"nothing to publish: {reason} (skipped)")
         return self.run_step()
 
     def test_upload_that_fails_is_a_warning_and_publishes_nothing(self) -> None:
         svc = self.setup_publish()
         self.expect_commands(
-            publish_cmd().stdout(answer(publish_answer())).exit(0),
+            publish_cmd().answer(publish_answer()).exit(0),
             upload(".config", FILES[".config"]).upload_string(FILES[".config"]).exit(0),
             upload("bzImage", FILES["bzImage"]).exit(1),
             ExpectRmdir(dir=BUNDLE, log_environ=False).exit(0),
@@ -152,10 +152,10 @@ class TestPublishKernel(KtstrStepMixin, unittest.TestCase):
 
     def test_worker_command_failure_is_a_warning(self) -> None:
         self.setup_publish()
-        self.expect_commands(publish_cmd().stdout(answer({
+        self.expect_commands(publish_cmd().answer({
             "ok": False, "errors": [{"kind": "publish-failed",
                                      "message": "bzImage of this build is missing (/t/bzImage)"}]
-        })).exit(1))
+        }).exit(1))
         self.expect_outcome(result=WARNINGS, state_string="nothing published: publish failed: "
                             "bzImage of this build is missing (/t/bzImage) (warnings)")
         return self.run_step()

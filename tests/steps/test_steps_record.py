@@ -16,7 +16,6 @@ from tests.support.steps_harness import (
     TREE,
     FakeRecords,
     KtstrStepMixin,
-    answer,
     ktstr,
 )
 
@@ -62,7 +61,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Record(records=records), **WORKER_PROPS, **REACHED_LOOKUP)
         self.build.setProperty("phase_seconds", {"reserve": 0.2, "source_lock": 0.0,
                                                  "lookup": 0.3, "make": 99.0}, "Reserve")
-        self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
+        self.expect_commands(summary().answer(RESULT).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="recorded row 1 (cached)")
         self.expect_property("record_id", 1, "Record")
         self.expect_property("kernel_outcome", "cached")
@@ -108,7 +107,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
 
         records = FakeRecords()
         self.setup_ktstr_step(Record(records=records), **WORKER_PROPS, **REACHED_LOOKUP)
-        self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
+        self.expect_commands(summary().answer(RESULT).exit(0))
         self.expect_outcome(result=SUCCESS)
         d = self.run_step()
         d.addCallback(lambda _: validate_build_row(records.rows[0]))
@@ -146,7 +145,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         self.build.stopped = True
         self.build.results = CANCELLED
         failed = dict(RESULT, ok=False, outcome="failed", image_path=None, entry_dir=None)
-        self.expect_commands(summary().stdout(answer(failed)).exit(1))
+        self.expect_commands(summary().answer(failed).exit(1))
         self.expect_outcome(result=SUCCESS, state_string="recorded row 1 (cancelled)")
         self.expect_property("kernel_outcome", "cancelled")
         d = self.run_step()
@@ -164,7 +163,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Record(records=records), **WORKER_PROPS, **REACHED_LOOKUP)
         self.build.setProperty("kernel_outcome", "cache-hit", "CacheLookup")
         hit = dict(RESULT, outcome="cache-hit", phases={"lookup": 0.1})
-        self.expect_commands(summary().stdout(answer(hit)).exit(0))
+        self.expect_commands(summary().answer(hit).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="recorded row 1 (cache-hit)")
         # The cache hit's image comes from the summary: lookup's JSON has none.
         self.expect_property("image_path", f"/cache/{KEY}/bzImage")
@@ -173,7 +172,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
     def test_missing_records_service_is_a_warning(self) -> None:
         # The fake master has no records service registered.
         self.setup_ktstr_step(Record(), **WORKER_PROPS, **REACHED_LOOKUP)
-        self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
+        self.expect_commands(summary().answer(RESULT).exit(0))
         self.expect_outcome(
             result=WARNINGS,
             state_string="not recorded: no records service configured (warnings)",
@@ -193,7 +192,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         self.master.service_manager = type("Services", (), {})()
         self.master.service_manager.namedServices = {SERVICE_NAME: svc}
         self.setup_ktstr_step(Record(), **WORKER_PROPS, **REACHED_LOOKUP)
-        self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
+        self.expect_commands(summary().answer(RESULT).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="recorded row 1 (cached)")
         d = self.run_step()
         d.addCallback(lambda _: self.assertEqual(fake.rows[0]["cache_key"], KEY))
@@ -202,7 +201,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
     def test_service_error_is_a_warning(self) -> None:
         self.setup_ktstr_step(Record(records=FakeRecords(fail=RuntimeError("db locked"))),
                               **REACHED_LOOKUP)
-        self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
+        self.expect_commands(summary().answer(RESULT).exit(0))
         self.expect_outcome(result=WARNINGS, state_string="not recorded: db locked (warnings)")
         d = self.run_step()
         d.addCallback(lambda _: self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1))
@@ -216,7 +215,7 @@ class TestRecord(KtstrStepMixin, unittest.TestCase):
         spooled = RowSpooled("database is locked", 1, Path("/m/records-spool"))
         self.setup_ktstr_step(Record(records=FakeRecords(fail=spooled)), **WORKER_PROPS,
                               **REACHED_LOOKUP)
-        self.expect_commands(summary().stdout(answer(RESULT)).exit(0))
+        self.expect_commands(summary().answer(RESULT).exit(0))
         self.expect_outcome(
             result=WARNINGS,
             state_string="recorded late: database is locked; row spooled, written when the "
@@ -253,8 +252,8 @@ class TestRelease(KtstrStepMixin, unittest.TestCase):
 
     def test_released_in_order(self) -> None:
         step = self.setup_ktstr_step(Release())
-        self.expect_commands(self.release().stdout(answer(
-            {"name": HOLDER, "released": ["source-lock", "sandbox", "llc-locks"]})).exit(0))
+        self.expect_commands(self.release().answer(
+            {"name": HOLDER, "released": ["source-lock", "sandbox", "llc-locks"]}).exit(0))
         self.expect_outcome(
             result=SUCCESS, state_string="released source-lock, sandbox, llc-locks"
         )
@@ -263,15 +262,15 @@ class TestRelease(KtstrStepMixin, unittest.TestCase):
 
     def test_nothing_held(self) -> None:
         self.setup_ktstr_step(Release())
-        self.expect_commands(self.release().stdout(answer({"name": HOLDER, "released": []}))
+        self.expect_commands(self.release().answer({"name": HOLDER, "released": []})
                              .exit(0))
         self.expect_outcome(result=SUCCESS, state_string="nothing held")
         return self.run_step()
 
     def test_release_failure_flunks(self) -> None:
         self.setup_ktstr_step(Release())
-        self.expect_commands(self.release().stdout(answer({"ok": False, "errors": [
-            {"kind": "sandbox", "message": "cgroup rmdir: Device or resource busy"}]})).exit(1))
+        self.expect_commands(self.release().answer({"ok": False, "errors": [
+            {"kind": "sandbox", "message": "cgroup rmdir: Device or resource busy"}]}).exit(1))
         self.expect_outcome(
             result=FAILURE,
             state_string="release failed: cgroup rmdir: Device or resource busy (failure)",

@@ -8,7 +8,7 @@ from buildbot.test.fake.connection import FakeConnection
 from twisted.trial import unittest
 
 from ktstr_steps.buildsteps import Reserve, SourceLock
-from tests.support.steps_harness import HOLDER, TREE, KtstrStepMixin, answer, ktstr
+from tests.support.steps_harness import HOLDER, TREE, KtstrStepMixin, ktstr
 
 PLAN = {
     "name": HOLDER,
@@ -32,7 +32,7 @@ class TestReserve(KtstrStepMixin, unittest.TestCase):
 
     def test_reserved_sets_plan_properties(self) -> None:
         self.setup_ktstr_step(Reserve())
-        self.expect_commands(acquire().stdout(answer(PLAN)).exit(0))
+        self.expect_commands(acquire().answer(PLAN).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="reserved LLC 0 (cpus 0-1, -j2)")
         self.expect_property("llc_cpus", [0, 1], "Reserve")
         self.expect_property("llc_cpuset", "0-1")
@@ -46,7 +46,7 @@ class TestReserve(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Reserve(cpu_cap=4, lock_wait=60))
         plan = {**PLAN, "plan": {"llcs": [0, 1], "cpus": [0, 1, 2, 3], "mems": [0, 1],
                                  "make_jobs": 4, "cross_node": True}}
-        self.expect_commands(acquire("--cpu-cap", "4", wait=60).stdout(answer(plan)).exit(0))
+        self.expect_commands(acquire("--cpu-cap", "4", wait=60).answer(plan).exit(0))
         self.expect_outcome(
             result=SUCCESS, state_string="reserved LLCs 0,1 (cpus 0-3, -j4, cross-node)"
         )
@@ -55,13 +55,13 @@ class TestReserve(KtstrStepMixin, unittest.TestCase):
     def test_cpu_cap_rendered_from_worker_property(self) -> None:
         # Worker properties are often strings; a worker pinned to one group sets llc_ncpus.
         self.setup_ktstr_step(Reserve(cpu_cap=Property("llc_ncpus")), llc_ncpus="2")
-        self.expect_commands(acquire("--cpu-cap", "2").stdout(answer(PLAN)).exit(0))
+        self.expect_commands(acquire("--cpu-cap", "2").answer(PLAN).exit(0))
         self.expect_outcome(result=SUCCESS)
         return self.run_step()
 
     def test_cpu_cap_absent_property_omits_flag(self) -> None:
         self.setup_ktstr_step(Reserve(cpu_cap=Property("llc_ncpus", default=None)))
-        self.expect_commands(acquire().stdout(answer(PLAN)).exit(0))
+        self.expect_commands(acquire().answer(PLAN).exit(0))
         self.expect_outcome(result=SUCCESS)
         return self.run_step()
 
@@ -76,7 +76,7 @@ class TestReserve(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Reserve())
         bypass = {"name": HOLDER, "pid": 1, "bypass": True, "plan": None,
                   "sandbox": {"kind": "none", "path": None}}
-        self.expect_commands(acquire().stdout(answer(bypass)).exit(0))
+        self.expect_commands(acquire().answer(bypass).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="bypass: no reservation")
         self.expect_no_property("llc_cpus")
         self.expect_no_property("make_jobs")
@@ -93,9 +93,10 @@ class TestReserve(KtstrStepMixin, unittest.TestCase):
 
         self.expect_commands(
             acquire()
-            .stderr("ktstr-ci: progress: reserve: waiting for LLC 0 (held by pid 99 ktstr)\n")
+            .answer({"progress": {
+                "phase": "reserve", "text": "waiting for LLC 0 (held by pid 99 ktstr)"}})
             .behavior(check_status)
-            .stdout(answer(PLAN))
+            .answer(PLAN)
             .exit(0)
         )
         self.expect_outcome(result=SUCCESS)
@@ -105,7 +106,7 @@ class TestReserve(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Reserve(lock_wait=0))
         err = {"ok": False, "errors": [{"kind": "resource-contention",
                                         "message": "could not reserve 2 CPU(s); holders: pid 9"}]}
-        self.expect_commands(acquire(wait=0).stdout(answer(err)).exit(1))
+        self.expect_commands(acquire(wait=0).answer(err).exit(1))
         self.expect_outcome(
             result=FAILURE,
             state_string="reserve failed: could not reserve 2 CPU(s); holders: pid 9 (failure)",
@@ -126,7 +127,7 @@ class TestReserve(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(Reserve())
         self.fake_peer("127.0.0.1:40123")
         self.expect_commands(
-            acquire("--master-link", "127.0.0.1:40123").stdout(answer(PLAN)).exit(0))
+            acquire("--master-link", "127.0.0.1:40123").answer(PLAN).exit(0))
         self.expect_outcome(result=SUCCESS)
         return self.run_step()
 
@@ -134,7 +135,7 @@ class TestReserve(KtstrStepMixin, unittest.TestCase):
         # The in-process LocalWorker's peer is "local": the holder follows the owner pid only.
         self.setup_ktstr_step(Reserve())
         self.fake_peer("local")
-        self.expect_commands(acquire().stdout(answer(PLAN)).exit(0))
+        self.expect_commands(acquire().answer(PLAN).exit(0))
         self.expect_outcome(result=SUCCESS)
         return self.run_step()
 
@@ -155,8 +156,8 @@ class TestSourceLock(KtstrStepMixin, unittest.TestCase):
     def test_locked(self) -> None:
         self.setup_ktstr_step(SourceLock())
         self.expect_commands(
-            self.lock().stdout(answer({"name": HOLDER, "lockfile": "/x.lock",
-                                       "waited_seconds": 0.01, "holders_seen": []})).exit(0)
+            self.lock().answer({"name": HOLDER, "lockfile": "/x.lock",
+                                       "waited_seconds": 0.01, "holders_seen": []}).exit(0)
         )
         self.expect_outcome(result=SUCCESS, state_string="source tree locked")
         self.expect_property("source_tree", TREE)
@@ -165,9 +166,9 @@ class TestSourceLock(KtstrStepMixin, unittest.TestCase):
     def test_waited_for_holder(self) -> None:
         self.setup_ktstr_step(SourceLock(lock_wait=600))
         self.expect_commands(
-            self.lock(600).stdout(answer({
+            self.lock(600).answer({
                 "name": HOLDER, "lockfile": "/x.lock", "waited_seconds": 42.4,
-                "holders_seen": [{"pid": 4711, "cmd": "ktstr-ci phase make"}]})).exit(0)
+                "holders_seen": [{"pid": 4711, "cmd": "ktstr-ci phase make"}]}).exit(0)
         )
         self.expect_outcome(result=SUCCESS, state_string="waited 42s for pid 4711")
         return self.run_step()

@@ -11,7 +11,7 @@ from buildbot.test.steps import ExpectShell, TestBuildStepMixin
 from buildbot.test.util.config import ConfigErrorsMixin
 from twisted.internet import defer
 
-from ktstr_steps.buildsteps.base import branch_dir
+from ktstr_steps.buildsteps.base import RESULT_LOG, branch_dir, result_file_name
 
 # Importing buildbot.test turns every warning into an error (buildbot/test/__init__.py
 # calls warnings.filterwarnings("error"));
@@ -35,9 +35,23 @@ BUILD_PROPS: dict[str, Any] = {
 }
 
 
-def ktstr(*argv: str, **kwargs: Any) -> ExpectShell:
-    """The ExpectShell of one ktstr-ci run: argv list, builder workdir, no environment dump."""
-    return ExpectShell(workdir="wkdir", command=["ktstr-ci", *argv], log_environ=False, **kwargs)
+class KtstrExpect(ExpectShell):
+    def answer(self, obj: dict[str, Any]) -> KtstrExpect:
+        """The command's JSON answer, as the worker sends its result file back."""
+        return self.log(RESULT_LOG, stdout=answer(obj))
+
+
+def ktstr(*argv: str, ktstr_ci: str = "ktstr-ci", **kwargs: Any) -> KtstrExpect:
+    """The ExpectShell of one ktstr-ci run: argv list, builder workdir, no environment dump,
+    the answer in the subcommand's result file (sent back as the ``result`` log)."""
+    result = result_file_name(tuple(argv[:2]))
+    return KtstrExpect(
+        workdir="wkdir",
+        command=[ktstr_ci, "--result-file", result, *argv],
+        log_environ=False,
+        logfiles={RESULT_LOG: result},
+        **kwargs,
+    )
 
 
 def answer(obj: dict[str, Any]) -> str:
