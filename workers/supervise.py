@@ -170,6 +170,14 @@ class _Transport(SupervisorTransport):
         super().__init__(None, None, f"unix://{sock}")
         self._get_connection = lambda: _UnixConnection(sock, timeout)
 
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        # One connection per call, closed at once: a proxy dropped without close()
+        # would otherwise leave its socket to the garbage collector.
+        try:
+            return super().request(*args, **kwargs)
+        finally:
+            self.close()
+
 
 class Supervisor:
     """The supervisord of one service, with its files in ``rundir``."""

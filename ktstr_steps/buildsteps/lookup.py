@@ -143,6 +143,9 @@ class RevisionLookup(CacheLookup):
         short = self.revision[:12]
         if take_lookup(self, data):
             self.set_prop(HIT_BEFORE_CHECKOUT, True)
+            # No checkout will say which commit the build is of: this step does, as a
+            # source step would (the UI and the matrix read got_revision).
+            self.set_prop("got_revision", self.revision)
             self.descriptionDone = f"cache hit {data.get('cache_key')} ({short}, no checkout)"
             return SUCCESS
         self.descriptionDone = f"cache miss {data.get('cache_key')} ({short})"

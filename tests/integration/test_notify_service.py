@@ -190,7 +190,7 @@ gitlab_token_file = {json.dumps(str(secrets / "gitlab.token"))}
 gitlab_api = "{api}/gitlab"
 status_context = "ktstr-ci"
 """
-    kit = ExternalKit(tmp, extra_toml=extra, factory="tests.test_notify_service:verdict_factory")
+    kit = ExternalKit(tmp, extra_toml=extra, factory="tests.integration.test_notify_service:verdict_factory")
     try:
         with kit:
             yield {"kit": kit, "mailbox": mailbox, "api": api, "upstream": upstream,
