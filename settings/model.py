@@ -57,6 +57,9 @@ class Paths:
     workers: Path
     tree_store: Path
     kernel_cache: Path
+    # Tree store limits: trees per builder, GiB for all trees; 0 = no limit.
+    max_trees: int = 0
+    max_gb: float = 0.0
 
 
 @dataclass(frozen=True)

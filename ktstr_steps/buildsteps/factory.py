@@ -66,6 +66,8 @@ KERNEL_PROPERTIES: tuple[str, ...] = (
     "llc_cpuset",
     "make_jobs",
     "source_tree",
+    "tree_action",
+    "tree_seed",
     "cache_key",
     "kernel_profile",
     "kernel_outcome",
@@ -174,7 +176,7 @@ def kernel_build_factory(
         factory.addSteps([
             reserve,
             SourceLock(lock_wait=lock_wait, ktstr_ci=ktstr_ci),
-            checkout_step(repourl=repourl),
+            checkout_step(repourl=repourl, ktstr_ci=ktstr_ci),
             CacheLookup(profile=profile, force=force, ktstr_ci=ktstr_ci),
             *phases,
             *every_build,

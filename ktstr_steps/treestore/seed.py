@@ -34,6 +34,10 @@ from ktstr_steps.treestore.mirror import adopt_commit, borrow_objects
 # What of a seed's .git a copy keeps: its config (and info/exclude). HEAD is
 # written as the seed's commit; refs, reflogs, hooks and objects stay behind.
 _GIT_KEEP = ("config", "info", "description")
+# Buildbot's marker of a tree with a try patch applied: its checkout would
+# `git clean -x` the copy (every build output gone); the copy's read-tree and
+# refresh already make the checkout overwrite the patched files.
+_TOP_SKIP = (".git", ".buildbot-patched")
 
 
 @dataclass
@@ -122,7 +126,7 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        _cp([p for p in sorted(seed.iterdir()) if p.name != ".git"], tmp)
+        _cp([p for p in sorted(seed.iterdir()) if p.name not in _TOP_SKIP], tmp)
         git_dir = tmp / ".git"
         git_dir.mkdir()
         _cp([seed / ".git" / n for n in _GIT_KEEP if (seed / ".git" / n).exists()], git_dir)
