@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ from ktstr_steps.treestore.mirror import OBJECTS_DIR
 STAMP = "ktstr-ci-tree.json"
 TARBALLS = "tarballs"
 REMOVALS_LOG = ".tree-store.log"
+# A tree being made or removed by process PID: ".<name>.<seeding|fresh|removing>-<PID>".
+_WORK_DIR = re.compile(r"^\..+\.(?:seeding|fresh|removing)-(\d+)$")
 
 
 @dataclass
@@ -198,3 +202,28 @@ def removals(store: Path, last: int = 50) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_leftovers(directory: Path) -> list[Path]:
+    """Remove half-made or half-removed trees whose process died (a build killed mid-copy)."""
+    swept = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return []
+    for path in entries:
+        m = _WORK_DIR.match(path.name)
+        if m and path.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            swept.append(path)
+    return swept

@@ -61,6 +61,8 @@ def prepare_tree(tree: Path, *, repourl: str, branch: str | None, revision: str 
     else:
         if tree.exists():
             tree.rmdir()
+        for gone in inventory.sweep_leftovers(tree.parent):
+            say(f"removed {gone}: left behind by a process that died")
         seed, skipped = seed_new_tree(tree, commit, mirror, cache_root)
         out["skipped"] = skipped
         for s in skipped:
