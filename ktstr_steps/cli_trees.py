@@ -1,7 +1,8 @@
 """``ktstr-ci trees``: the host's tree store — list, prune, and ``prepare`` (the checkout step's).
 
-``ktstr-ci trees [--store DIR] [--json]`` lists every tree (builder, branch,
-commit, size, last built, locked) and the recent removals. ``trees prune``
+``ktstr-ci trees [--store DIR] [--downloads DIR] [--json]`` lists every tree
+(builder, branch, commit, size, last built, locked) and the recent removals;
+with ``--downloads``, the download cache's tarballs and removals too. ``trees prune``
 applies the limits now. ``trees prepare`` is what the checkout step runs
 before git: mirror fetch, seeding of a new branch's tree, pruning.
 
@@ -45,6 +46,8 @@ def register(sub: argparse._SubParsersAction, default_store: StoreDefault | None
     t.add_argument("--store", type=Path, metavar="DIR", help="the tree store (default: settings)")
     t.add_argument("--json", action="store_true", help="one JSON object on stdout")
     t.add_argument("--no-sizes", action="store_true", help="do not measure tree sizes (faster)")
+    t.add_argument("--downloads", type=Path, metavar="DIR",
+                   help="also list this download cache of release tarballs")
     t.set_defaults(func=cmd_list, default_store=default_store)
     tsub = t.add_subparsers(dest="trees_command", metavar="SUBCOMMAND")
 
@@ -138,8 +141,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     trees = [t.to_json() for t in inventory.store_trees(store, cache_root=_cache_root(),
                                                          sizes=not args.no_sizes)]
     removed = inventory.removals(store)
+    out: dict[str, Any] = {"store": str(store), "trees": trees, "removed": removed}
+    if args.downloads is not None:
+        from ktstr_steps.kernelorg import download_limits
+
+        out["downloads"] = {
+            "dir": str(args.downloads),
+            "tarballs": [t.to_json() for t in download_limits.tarballs(args.downloads)],
+            "removed": download_limits.removals(args.downloads),
+        }
     if args.json:
-        print(json.dumps({"store": str(store), "trees": trees, "removed": removed}))
-    else:
-        print(render(trees, removed))
+        print(json.dumps(out))
+        return 0
+    print(render(trees, removed))
+    if "downloads" in out:
+        dl = out["downloads"]
+        print(f"\ndownload cache {dl['dir']}:")
+        for t in dl["tarballs"] or [{"name": "(no tarballs)", "size": None, "locked": False}]:
+            print(f"  {t['name']}  {_size(t['size'])}{'  locked' if t['locked'] else ''}")
+        for r in dl["removed"][-10:]:
+            print(f"  removed {r.get('name')}: {r.get('reason')}")
     return 0

@@ -126,6 +126,8 @@ class MatrixSettings:
     rc_mirror: str | None
     download_cache: Path
     cpu_cap: int | None  # None: the worker's whole LLC group (llc_ncpus)
+    download_max_files: int = 0  # 0 = no limit
+    download_max_gb: float = 0.0
 
 
 @dataclass(frozen=True)

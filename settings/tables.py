@@ -115,15 +115,8 @@ def paths_table(p: TableReader, root: Path) -> Paths:
         tree_store=abspath(root, p.str("tree_store")),
         kernel_cache=abspath(root, cache) if cache else default_kernel_cache(p),
         max_trees=p.int("max_trees", 0, 100_000),
-        max_gb=_gib(p, "max_gb"),
+        max_gb=p.gib("max_gb"),
     )
-
-
-def _gib(p: TableReader, key: str) -> float:
-    value = p.get(key, (int, float), "a number of GiB (0 = no limit)")
-    if not 0 <= value < float("inf"):
-        raise p.err(key, f"must be a number of GiB, 0 (no limit) or more, not {value}")
-    return float(value)
 
 
 def workers_table(wk: TableReader) -> WorkersSettings:

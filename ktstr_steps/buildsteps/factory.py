@@ -118,6 +118,8 @@ class ReleaseSource:
     download_cache: str
     mirror: str | None = None
     rc_mirror: str | None = None
+    max_files: int = 0  # download cache limits; 0 = no limit
+    max_gb: float = 0.0
 
 
 def parts_problem(checkout: Checkout, lookup: Lookup, repourl: Any,
@@ -189,6 +191,7 @@ def kernel_build_factory(
     factory.addStep(MatrixLookup(
         profile=profile, force=force, download_cache=releases.download_cache,
         mirror=releases.mirror, rc_mirror=releases.rc_mirror, ktstr_ci=ktstr_ci,
+        download_max_files=releases.max_files, download_max_gb=releases.max_gb,
         # Step factories, not steps: every build makes its own steps from them.
         miss_steps=[s.get_step_factory() for s in miss],
         release_steps=[release.get_step_factory()],
