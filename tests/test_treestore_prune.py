@@ -88,7 +88,8 @@ def test_release_trees_and_stale_work_dirs(store: Path, cache: Path) -> None:
     removed = prune_store(store, Limits(max_trees=1), cache)
     assert [Path(r["path"]).name for r in removed] == [
         "tarball-6.12.0-x86_64-kc00000000", "tarball-6.12.1-x86_64-kc00000000"]
-    assert inventory.sweep_leftovers(store / "kernel") == [dead] and not dead.exists()
+    # A tree half-made by a process that died is swept by the same pass.
+    assert not dead.exists()
 
 
 def test_no_limits_remove_nothing(store: Path, cache: Path) -> None:

@@ -57,6 +57,15 @@ def _remove(store: Path, tree: Tree, cache_root: Path, reason: str) -> dict[str,
     return record
 
 
+def _fs_used(path: Path) -> int:
+    """Bytes in use on the filesystem holding ``path``: an upper bound of the store's size."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 1 << 62  # unknown: measure
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
 def prune_store(store: Path, limits: Limits, cache_root: Path, *,
                 keep: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     """Remove least recently built trees until ``limits`` hold; the removal records."""
@@ -64,7 +73,12 @@ def prune_store(store: Path, limits: Limits, cache_root: Path, *,
         return []
     store = Path(store)
     keep_set = {Path(p).resolve() for p in keep}
-    trees = inventory.store_trees(store, cache_root=cache_root, sizes=limits.max_gb > 0)
+    for group in [store, *[d for d in store.iterdir() if d.is_dir()]] if store.is_dir() else []:
+        inventory.sweep_leftovers(group)
+    # Measuring sizes walks every file of every tree (a second or more per kernel
+    # tree): skip it when the whole filesystem uses less than the budget.
+    by_size = limits.max_gb > 0 and _fs_used(store) > limits.max_gb * GIB
+    trees = inventory.store_trees(store, cache_root=cache_root, sizes=by_size)
     removable = [t for t in trees if not t.locked and t.path.resolve() not in keep_set]
     removable.sort(key=lambda t: t.last_built)  # least recently built first
     removed: list[dict[str, Any]] = []
@@ -85,7 +99,7 @@ def prune_store(store: Path, limits: Limits, cache_root: Path, *,
                 gone.add(t.path)
                 by_builder[t.builder] -= 1
 
-    if limits.max_gb > 0:
+    if by_size:
         total = sum(t.size or 0 for t in trees if t.path not in gone)
         budget = limits.max_gb * GIB
         for t in removable:
