@@ -184,3 +184,18 @@ def test_bad_input_says_what_and_leaves_nothing(host: Host):
     leftovers = [p for p in (host.store / "kernel").iterdir()] if (host.store / "kernel").exists() else []
     assert leftovers == []
     assert os.listdir(host.store / ".git-objects")  # only the mirror
+
+
+def test_a_patched_try_tree_seeds_without_its_patch(host: Host):
+    base = host.push("main")
+    main_tree, _ = host.build("main", base)
+    # What Buildbot's try checkout leaves: a patched file, a file the patch added, the marker.
+    (main_tree / "lib/string.c").write_text("/* try patch */\n")
+    (main_tree / "lib/new.c").write_text("/* added by the patch */\n")
+    (main_tree / ".buildbot-patched").write_text("patched\n")
+    answer = host.prepare("topic", base)
+    assert answer["action"] == "seeded"
+    tree = host.checkout("topic", base)
+    assert not (tree / ".buildbot-patched").exists() and not (tree / "lib/new.c").exists()
+    assert (tree / "lib/string.c").read_text() == (host.src / "lib/string.c").read_text()
+    assert (tree / "init/main.o").is_file()  # build outputs (ignored files) kept

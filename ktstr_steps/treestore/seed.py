@@ -138,6 +138,10 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> None:
         # Exit status 1 only says some files differ from the commit: expected for a
         # seed whose tree was patched; the checkout overwrites those.
         run_git(["update-index", "-q", "--refresh"], cwd=tmp, timeout=3600)
+        if (seed / ".buildbot-patched").exists():
+            # Files a try patch added would make the next patch's `git apply` refuse;
+            # ignored files (the build outputs) stay.
+            _git_ok(["clean", "-q", "-f", "-d"], tmp, "git clean")
         os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
