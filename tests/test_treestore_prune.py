@@ -131,3 +131,11 @@ def test_trees_command_lists_and_prunes(store: Path, cache: Path, capsys,
 def test_prune_without_limits_is_a_usage_error(store: Path, capsys) -> None:
     assert cli_main(["trees", "prune", "--store", str(store)]) == 1
     assert "trees prune needs --max-trees N and/or --max-gb GIB" in capsys.readouterr().err
+
+
+def test_removal_log_keeps_the_newest(tmp_path: Path) -> None:
+    log = tmp_path / "removed.log"
+    for i in range(25):
+        inventory.append_capped(log, {"n": i, "pad": "x" * 300}, keep=5)
+    kept = [json.loads(line)["n"] for line in log.read_text().splitlines()]
+    assert kept[-1] == 24 and len(kept) <= 10 and kept == sorted(kept)

@@ -24,6 +24,7 @@ from typing import Any
 from ktstr_steps import flock
 from ktstr_steps.flock import FileLock
 from ktstr_steps.messages import say
+from ktstr_steps.treestore.inventory import append_capped
 
 REMOVALS_LOG = ".downloads.log"
 _TARBALL = re.compile(r"^linux-.+\.tar\.(?:xz|gz)$")
@@ -101,8 +102,7 @@ def _remove(cache: Path, t: Tarball, reason: str) -> dict[str, Any] | None:
     finally:
         lock.release()
     record = {"removed_at": round(time.time(), 3), "reason": reason, **t.to_json()}
-    with open(cache / REMOVALS_LOG, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    append_capped(cache / REMOVALS_LOG, record)
     say(f"removed {t.path.name} from the download cache ({t.size / GIB:.2f} GiB): {reason}")
     return record
 

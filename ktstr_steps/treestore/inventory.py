@@ -184,9 +184,24 @@ def store_trees(store: Path, *, cache_root: Path | None = None,
     return out
 
 
-def log_removal(store: Path, record: dict[str, Any]) -> None:
-    with open(Path(store) / REMOVALS_LOG, "a", encoding="utf-8") as f:
+def append_capped(path: Path, record: dict[str, Any], keep: int = 500) -> None:
+    """Append one JSON line; past ``2 * keep`` lines only the newest ``keep`` are kept."""
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
+    try:
+        if path.stat().st_size < 2 * keep * 200:  # cheap test first: lines are ~300 bytes
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if len(lines) > 2 * keep:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text("".join(lines[-keep:]), encoding="utf-8")
+            os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def log_removal(store: Path, record: dict[str, Any]) -> None:
+    append_capped(Path(store) / REMOVALS_LOG, record)
 
 
 def removals(store: Path, last: int = 50) -> list[dict[str, Any]]:
