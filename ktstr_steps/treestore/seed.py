@@ -117,10 +117,14 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> None:
     """Copy ``seed``'s files to ``dest`` with times kept; its git objects come from ``mirror``.
 
     Built under a temporary name and renamed into place, so a failed copy leaves
-    nothing at ``dest``. The index is rebuilt from ``commit`` and refreshed
-    against the copied files (which git would otherwise all see as changed,
-    their inodes and ctimes being new), so the checkout rewrites only the files
-    whose content differs.
+    nothing at ``dest``. The copy compares files by size and whole-second mtime
+    only (``core.checkStat=minimal``, ``core.trustCtime=false``): its inodes and
+    ctimes are all new, and by git's default rules every file would look
+    changed, be hashed again (as long as the copy itself on a 6.12 tree) and
+    then be rewritten by the checkout, new mtime and all. Only git and the
+    build write these trees, so size and mtime are enough. A seed whose tree
+    had a try patch applied gets a fresh index from ``commit`` instead (its
+    index names blobs that only the seed has).
     """
     tmp = dest.with_name(f".{dest.name}.seeding-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -129,16 +133,21 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> None:
         _cp([p for p in sorted(seed.iterdir()) if p.name not in _TOP_SKIP], tmp)
         git_dir = tmp / ".git"
         git_dir.mkdir()
-        _cp([seed / ".git" / n for n in _GIT_KEEP if (seed / ".git" / n).exists()], git_dir)
+        patched = (seed / ".buildbot-patched").exists()
+        keep = _GIT_KEEP if patched else (*_GIT_KEEP, "index")
+        _cp([seed / ".git" / n for n in keep if (seed / ".git" / n).exists()], git_dir)
         for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags"):
             (git_dir / sub).mkdir(parents=True, exist_ok=True)
         (git_dir / "HEAD").write_text(commit + "\n")
         borrow_objects(git_dir, mirror)
-        _git_ok(["read-tree", commit], tmp, "git read-tree")
+        for key, value in (("core.checkStat", "minimal"), ("core.trustCtime", "false")):
+            _git_ok(["config", key, value], tmp, f"git config {key}")
+        if patched or not (git_dir / "index").is_file():
+            _git_ok(["read-tree", commit], tmp, "git read-tree")
         # Exit status 1 only says some files differ from the commit: expected for a
         # seed whose tree was patched; the checkout overwrites those.
         run_git(["update-index", "-q", "--refresh"], cwd=tmp, timeout=3600)
-        if (seed / ".buildbot-patched").exists():
+        if patched:
             # Files a try patch added would make the next patch's `git apply` refuse;
             # ignored files (the build outputs) stay.
             _git_ok(["clean", "-q", "-f", "-d"], tmp, "git clean")
