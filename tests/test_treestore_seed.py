@@ -199,3 +199,19 @@ def test_a_patched_try_tree_seeds_without_its_patch(host: Host):
     assert not (tree / ".buildbot-patched").exists() and not (tree / "lib/new.c").exists()
     assert (tree / "lib/string.c").read_text() == (host.src / "lib/string.c").read_text()
     assert (tree / "init/main.o").is_file()  # build outputs (ignored files) kept
+
+
+def test_a_tree_never_built_is_no_seed(host: Host):
+    base = host.push("main")
+    host.build("main", base)
+    host.prepare("unbuilt", base)
+    host.checkout("unbuilt", base)
+    # A tree whose build stopped before configure (seeded trees carry their seed's .config).
+    (host.tree("unbuilt") / ".config").unlink()
+    host.prepare("unbuilt", base, now=9e9)  # and the most recently used
+    new = host.commit({"README": "topic\n"})
+    host.push("topic")
+    answer = host.prepare("topic", new)
+    assert answer["seed"]["path"] == str(host.tree("main"))
+    assert {"path": str(host.tree("unbuilt")), "reason": "never built (no .config)"} \
+        in answer["skipped"]

@@ -5,7 +5,8 @@ tree of the same builder (same config profile, so its objects and ``.config``
 fit): the one whose commit is nearest to the new commit by ``git merge-base``
 — fewest commits from the merge-base to the new commit, then fewest from the
 merge-base to the seed's own commit (less to undo), then the most recently
-built. The copy keeps modification times (``cp -a --reflink=auto``), so once
+built; a tree that was never configured (no ``.config``) holds nothing to
+reuse and is no seed. The copy keeps modification times (``cp -a --reflink=auto``), so once
 the checkout rewrites the files that differ, make rebuilds only what they
 feed. No tree with common history → a fresh, empty tree (a full build).
 
@@ -77,6 +78,10 @@ def rank_candidates(mirror: Path, new_commit: str, trees: list[Tree]) -> tuple[l
     for tree in trees:
         if not tree.commit:
             skipped.append({"path": str(tree.path), "reason": "no commit checked out"})
+            continue
+        if not (tree.path / ".config").is_file():
+            # Nothing built to reuse: copying it would only cost the copy.
+            skipped.append({"path": str(tree.path), "reason": "never built (no .config)"})
             continue
         if not adopt_commit(mirror, tree.path, tree.commit):
             skipped.append({"path": str(tree.path), "reason": f"commit {tree.commit[:7]} unreadable"})
