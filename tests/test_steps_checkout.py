@@ -169,3 +169,5 @@ class TestTreePreparation(KtstrStepMixin, unittest.TestCase):
             KernelCheckout(repourl=REPO, prepare="yes")
         with self.assertRaisesConfigError("argument max_trees must be"):
             KernelCheckout(repourl=REPO, max_trees="3")
+        with self.assertRaisesConfigError("argument ktstr_ci must not be empty"):
+            KernelCheckout(repourl=REPO, ktstr_ci="")

@@ -59,6 +59,8 @@ class KernelCheckout(Git):
         kwargs.setdefault("logEnviron", False)
         kwargs.setdefault("haltOnFailure", True)
         check_renderable_or(ktstr_ci, str, type(self), "ktstr_ci")
+        if ktstr_ci == "":
+            config.error(f"{type(self).__name__} argument ktstr_ci must not be empty")
         check_renderable_or(max_trees, int, type(self), "max_trees")
         check_renderable_or(max_gb, (int, float), type(self), "max_gb")
         if not isinstance(prepare, bool):
