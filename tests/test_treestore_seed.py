@@ -96,8 +96,18 @@ def test_new_branch_is_seeded_from_the_built_tree_and_rebuilds_only_the_change(h
     out = subprocess.run(["make"], cwd=tree, check=True, capture_output=True, text=True).stdout
     assert compiled(out) == {"lib/string.o"}, out
     assert (tree / "vmlinux").is_file()
-    # The seed itself is untouched: still main's commit, still built.
+    # The seed itself is untouched: still main's commit, its sources and outputs intact.
     assert git(main_tree, "rev-parse", "HEAD").strip() == base
+    assert git(main_tree, "status", "--porcelain").strip() == ""
+    assert "/* x */" not in (main_tree / "lib/string.c").read_text()
+    out = subprocess.run(["make"], cwd=main_tree, check=True, capture_output=True, text=True).stdout
+    assert compiled(out) == set(), out  # main's objects were never written through a link
+    # Build outputs are the copy's own; unchanged sources are shared only where that is safe.
+    for rel in ("lib/string.o", "init/main.o", ".config", "vmlinux"):
+        assert (tree / rel).stat().st_ino != (main_tree / rel).stat().st_ino, rel
+    assert (tree / "lib/string.c").stat().st_ino != (main_tree / "lib/string.c").stat().st_ino
+    shared = (tree / "init/main.c").stat().st_ino == (main_tree / "init/main.c").stat().st_ino
+    assert shared == (answer["seed"]["copy"] == "linked-sources")
     stamp = json.loads((tree / ".git" / inventory.STAMP).read_text())
     assert stamp["branch"] == "topic" and stamp["seeded_from"] == str(main_tree)
 

@@ -76,7 +76,9 @@ def prepare_tree(tree: Path, *, repourl: str, branch: str | None, revision: str 
             out["seed"] = seed.to_json()
             say(f"seeded from {seed.tree.label(store)} ({seed.tree.commit[:7] if seed.tree.commit else '?'}, "
                 f"{seed.why()}, built {inventory.when(seed.tree.last_built)}); "
-                f"make rebuilds only what changed")
+                f"make rebuilds only what changed"
+                + ("; sources hard-linked (no file cloning here), build outputs copied"
+                   if seed.copy == "linked-sources" else ""))
     inventory.write_stamp(tree, builder=tree.parent.name, branch=branch,
                           last_built=round(now if now is not None else time.time(), 3),
                           **({"seeded_from": out["seed"]["path"]} if out["seed"] else {}))

@@ -6,9 +6,12 @@ fit): the one whose commit is nearest to the new commit by ``git merge-base``
 — fewest commits from the merge-base to the new commit, then fewest from the
 merge-base to the seed's own commit (less to undo), then the most recently
 built; a tree that was never configured (no ``.config``) holds nothing to
-reuse and is no seed. The copy keeps modification times (``cp -a --reflink=auto``), so once
-the checkout rewrites the files that differ, make rebuilds only what they
-feed. No tree with common history → a fresh, empty tree (a full build).
+reuse and is no seed. The copy keeps modification times (``cp -a
+--reflink=auto``), so once the checkout rewrites the files that differ, make
+rebuilds only what they feed. No tree with common history → a fresh, empty
+tree (a full build). Where the filesystem cannot clone files (reflink), the
+files git tracks are hard-linked rather than copied (:func:`copy_worktree`);
+the build outputs are copied either way.
 
 A seed is read under a shared hold of its source-tree lock: a tree that a
 build holds (building) is skipped, and a build of the seed's branch waits
@@ -47,6 +50,7 @@ class Candidate:
     merge_base: str
     ahead: int  # commits from the merge-base to the new commit
     behind: int  # commits from the merge-base to the candidate's commit
+    copy: str | None = None  # how its files were copied, once chosen
 
     def rank(self) -> tuple[int, int, float]:
         return (self.ahead, self.behind, -self.tree.last_built)
@@ -61,7 +65,7 @@ class Candidate:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.tree.to_json(), "merge_base": self.merge_base, "ahead": self.ahead,
-                "behind": self.behind, "why": self.why()}
+                "behind": self.behind, "why": self.why(), "copy": self.copy}
 
 
 def _count(mirror: Path, spec: str) -> int | None:
@@ -101,15 +105,52 @@ def rank_candidates(mirror: Path, new_commit: str, trees: list[Tree]) -> tuple[l
     return ranked, skipped
 
 
-def _cp(sources: list[Path], dest: Path) -> None:
+def _cp(sources: list[Path] | list[str], dest: Path, *, link: bool = False,
+        cwd: Path | None = None) -> None:
     if not sources:
         return
-    argv = ["cp", "-a", "--reflink=auto", "-t", str(dest), "--", *map(str, sources)]
-    r = subprocess.run(argv, capture_output=True, text=True, errors="replace", check=False,
-                       stdin=subprocess.DEVNULL)
+    how = ["-l"] if link else ["--reflink=auto", "--remove-destination"]
+    parents = ["--parents"] if cwd is not None else []
+    argv = ["cp", "-a", *how, *parents, "-t", str(dest), "--", *map(str, sources)]
+    r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace",
+                       check=False, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
-        raise KtstrError(f"copying {sources[0].parent} to {dest} failed: "
+        raise KtstrError(f"copying {cwd or Path(sources[0]).parent} to {dest} failed: "
                          f"{r.stderr.strip()[-500:]}", kind="tree-store")
+
+
+def _clones_files(seed: Path, dest: Path) -> bool:
+    """Whether this filesystem clones files (reflink): then a full copy shares the data."""
+    probe = dest / ".ktstr-ci-reflink-probe"
+    r = subprocess.run(["cp", "--reflink=always", "--", str(seed / "Makefile"), str(probe)],
+                       capture_output=True, check=False, stdin=subprocess.DEVNULL)
+    probe.unlink(missing_ok=True)
+    return r.returncode == 0
+
+
+def copy_worktree(seed: Path, dest: Path, *, share_sources: bool) -> str:
+    """Copy the seed's files into ``dest`` (times kept); how: ``"copy"`` or ``"linked-sources"``.
+
+    ``share_sources`` hard-links the files git tracks and copies the rest (the
+    build outputs, ``.config``): on a filesystem that cannot clone files, the
+    sources are most of a tree's bytes and copying them costs as long as a
+    checkout. Safe because nothing writes a tracked file in place: git replaces
+    a file it changes with a new one (checkout, apply, a mode change alike),
+    the build writes only untracked files, and those are real copies.
+    """
+    entries = [p for p in sorted(seed.iterdir()) if p.name not in _TOP_SKIP]
+    if not share_sources:
+        _cp(entries, dest)
+        return "copy"
+    _cp(entries, dest, link=True)
+    r = run_git(["ls-files", "-z", "--others"], cwd=seed, timeout=3600)
+    if r.returncode != 0:
+        raise KtstrError(f"git ls-files in {seed} failed: {r.stderr.strip()[-500:]}",
+                         kind="git-failed")
+    others = [f for f in r.stdout.split("\0") if f and f.rstrip("/") not in _TOP_SKIP]
+    for i in range(0, len(others), 500):
+        _cp(others[i:i + 500], dest, cwd=seed)  # replaces the links by copies
+    return "linked-sources"
 
 
 def _git_ok(args: list[str], cwd: Path, what: str) -> None:
@@ -118,7 +159,7 @@ def _git_ok(args: list[str], cwd: Path, what: str) -> None:
         raise KtstrError(f"{what} in {cwd} failed: {r.stderr.strip()[-500:]}", kind="git-failed")
 
 
-def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> None:
+def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> str:
     """Copy ``seed``'s files to ``dest`` with times kept; its git objects come from ``mirror``.
 
     Built under a temporary name and renamed into place, so a failed copy leaves
@@ -129,16 +170,19 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> None:
     then be rewritten by the checkout, new mtime and all. Only git and the
     build write these trees, so size and mtime are enough. A seed whose tree
     had a try patch applied gets a fresh index from ``commit`` instead (its
-    index names blobs that only the seed has).
+    index names blobs that only the seed has), and a full copy. Returns how the
+    files were copied (:func:`copy_worktree`).
     """
     tmp = dest.with_name(f".{dest.name}.seeding-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        _cp([p for p in sorted(seed.iterdir()) if p.name not in _TOP_SKIP], tmp)
+        patched = (seed / ".buildbot-patched").exists()
+        share = not patched and (seed / ".git" / "index").is_file() \
+            and not _clones_files(seed, tmp)
+        mode = copy_worktree(seed, tmp, share_sources=share)
         git_dir = tmp / ".git"
         git_dir.mkdir()
-        patched = (seed / ".buildbot-patched").exists()
         keep = _GIT_KEEP if patched else (*_GIT_KEEP, "index")
         _cp([seed / ".git" / n for n in keep if (seed / ".git" / n).exists()], git_dir)
         for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags"):
@@ -157,6 +201,7 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> None:
             # ignored files (the build outputs) stay.
             _git_ok(["clean", "-q", "-f", "-d"], tmp, "git clean")
         os.rename(tmp, dest)
+        return mode
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -204,7 +249,7 @@ def seed_new_tree(dest: Path, new_commit: str, mirror: Path,
         if best is None:
             fresh_tree(dest, mirror)
         else:
-            copy_tree(best.tree.path, best.tree.commit or "", dest, mirror)
+            best.copy = copy_tree(best.tree.path, best.tree.commit or "", dest, mirror)
         return best, skipped
     finally:
         for lock in held.values():
