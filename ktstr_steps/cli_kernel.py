@@ -91,6 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lk.add_argument("--tree-store", type=Path, metavar="DIR", help="with --version")
     lk.add_argument("--mirror", metavar="URL", help="with --version (KTSTR_CI_KERNEL_MIRROR)")
     lk.add_argument("--rc-mirror", metavar="URL", help="with --version (KTSTR_CI_RC_MIRROR)")
+    # With --version, after a miss: prune the release trees and the download cache.
+    lk.add_argument("--tree-max-trees", type=int_at_least(0), default=0, metavar="N")
+    lk.add_argument("--tree-max-gb", type=float, default=0.0, metavar="GIB")
+    lk.add_argument("--download-max-files", type=int_at_least(0), default=0, metavar="N")
+    lk.add_argument("--download-max-gb", type=float, default=0.0, metavar="GIB")
     _config_args(lk)
     lk.add_argument("--clean", action="store_true")
     lk.add_argument("--force", action="store_true")
@@ -390,7 +395,8 @@ def _run_phase(phase: str, state, args: argparse.Namespace) -> dict:
             return lookup_version(
                 state, args.version, download_cache=args.download_cache,
                 tree_store=args.tree_store, mirror=args.mirror, rc_mirror=args.rc_mirror,
-                force=args.force,
+                force=args.force, tree_limits=(args.tree_max_trees, args.tree_max_gb),
+                download_limits=(args.download_max_files, args.download_max_gb),
             )  # fmt: skip
         with timed(state, "lookup"):
             if args.revision is not None:

@@ -17,6 +17,7 @@ from ktstr_steps import keys, pipeline, source
 from ktstr_steps.buildstate import BuildState, timed
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.kernelorg.download_cache import extract_tree, fetch_tarball
+from ktstr_steps.kernelorg.download_limits import prune_downloads, tarball_in_use
 from ktstr_steps.kernelorg.versions import version_tuple
 from ktstr_steps.messages import say
 
@@ -35,11 +36,16 @@ def lookup_version(
     mirror: str | None = None,
     rc_mirror: str | None = None,
     force: bool = False,
+    tree_limits: tuple[int, float] = (0, 0.0),
+    download_limits: tuple[int, float] = (0, 0.0),
 ) -> dict:
     """``phase lookup --version V``: key and lookup without I/O; on a miss, fetch and extract.
 
     ``state`` is a fresh :class:`~ktstr_steps.buildstate.BuildState` from
-    ``init_state``. Returns the lookup phase's JSON fields.
+    ``init_state``. Returns the lookup phase's JSON fields. After a miss, the
+    release trees and the download cache are pruned to ``tree_limits``
+    (trees, GiB) and ``download_limits`` (files, GiB), never touching this
+    cell's own tree or tarball; ``removed`` lists what went.
     """
     version_tuple(version)
     if not download_cache or not tree_store:
@@ -69,14 +75,24 @@ def lookup_version(
         pipeline.mark_hit(state, entry)
         return {**out, "entry_dir": state.entry_dir, "outcome": state.outcome}
     tree = tarball_tree(tree_store, state.cache_key)
+    tarball = None
     if tree.is_dir():
         say(f"reusing the extracted tree {tree}")
+        os.utime(tree)  # used now: the least recently built tree is the first to go
     else:
         with timed(state, "download"):
             fetched = fetch_tarball(version, download_cache, mirror=mirror, rc_mirror=rc_mirror)
+        tarball = fetched.path
         out.update(downloaded=fetched.downloaded, tarball=str(fetched.path))
-        with timed(state, "extract"):
+        with timed(state, "extract"), tarball_in_use(fetched.path):
+            if not fetched.path.is_file():  # pruned by another cell in between
+                fetched = fetch_tarball(version, download_cache, mirror=mirror,
+                                        rc_mirror=rc_mirror)
             extract_tree(fetched.path, version, tree)
+        # The tree's own mtime came from the tarball; "last built" is now.
+        os.utime(tree)
+    out["removed"] = _prune(Path(tree_store), tree, Path(download_cache), tarball,
+                            tree_limits, download_limits)
     src = source.AcquiredSource(
         src_dir=tree, kind="tarball", version=version, canonical_path=tree.resolve(),
         is_temp=False, is_dirty=False, is_git=True,
@@ -88,3 +104,15 @@ def lookup_version(
     state.explanation = explain_miss(state, force=force)
     return {**out, "entry_dir": None, "outcome": None, "source_dir": str(tree),
             "explanation": state.explanation}
+
+
+def _prune(store: Path, tree: Path, downloads: Path, tarball: Path | None,
+           tree_limits: tuple[int, float], download_limits: tuple[int, float]) -> list[dict]:
+    from ktstr_steps import cache
+    from ktstr_steps.treestore.prune import Limits, prune_store
+
+    removed = prune_store(store, Limits(*tree_limits), cache.cache_root(), keep=(tree,))
+    files, gb = download_limits
+    removed += prune_downloads(downloads, max_files=files, max_gb=gb,
+                               keep=(tarball,) if tarball else ())
+    return removed

@@ -92,6 +92,7 @@ ERROR_KINDS: Mapping[str, str] = {
     "git-missing": "git is not installed",
     "git-failed": "a git command failed",
     "git-ref-not-found": "the ref or branch does not exist in the repository",
+    "tree-store": "the tree store (per-branch trees, shared git objects) cannot be used",
     "unsupported-arch": "the host architecture is not one ktstr builds for",
     "bad-arch": "an unknown kernel architecture",
     # kernel.org: versions, releases.json, downloads

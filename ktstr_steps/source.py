@@ -121,6 +121,11 @@ def _git(
         ) from None
 
 
+# The one git runner of the pipeline (argv list, scrubbed environment), for the
+# tree store's mirror and seeding as well.
+run_git = _git
+
+
 def _tail(text: str, n: int = 5) -> str:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return "\n".join(lines[-n:])

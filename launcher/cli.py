@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ktstr_steps import cli_holder, cli_host, cli_kernel, messages
+from ktstr_steps import cli_holder, cli_host, cli_kernel, cli_trees, messages
 from ktstr_steps.errors import KtstrError, os_error_text
 from ktstr_steps.messages import LABEL
 from launcher import try_cli
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_kernel.register(sub)
     cli_host.register(sub)
     cli_holder.register(sub)
+    cli_trees.register(sub, default_store=_settings_tree_store)
     cli_records.register(sub)
     try_cli.register(sub)
     actions = cli_workers.register(sub)
@@ -50,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--json", action="store_true")
         a.set_defaults(func=_service, action=action)
     return parser
+
+
+def _settings_tree_store() -> Path:
+    import settings
+
+    try:
+        return settings.load().paths.tree_store
+    except settings.SettingsError as exc:
+        raise KtstrError(f"{exc}; or pass --store DIR", kind="usage") from None
 
 
 def _service(args: argparse.Namespace) -> int:

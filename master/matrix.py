@@ -136,7 +136,8 @@ def config_part(settings: Settings, specs: list[WorkerSpec]) -> ConfigPart:
                 checkout=Checkout.RELEASE_TREE,
                 profile=Property("profile"),
                 releases=ReleaseSource(download_cache=str(m.download_cache), mirror=m.mirror,
-                                       rc_mirror=m.rc_mirror),
+                                       rc_mirror=m.rc_mirror, max_files=m.download_max_files,
+                                       max_gb=m.download_max_gb),
                 cpu_cap=m.cpu_cap,
             ),
             # Never collapse: every cell is a different (version, profile).

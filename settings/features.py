@@ -114,6 +114,8 @@ def matrix_table(r: TableReader, root: Path, repos: tuple[Repo, ...],
         rc_mirror=urls["rc_mirror"],
         download_cache=abspath(root, cache),
         cpu_cap=cap or None,
+        download_max_files=r.int("download_max_files", 0, 100_000),
+        download_max_gb=r.gib("download_max_gb"),
     )
 
 

@@ -57,6 +57,9 @@ class Paths:
     workers: Path
     tree_store: Path
     kernel_cache: Path
+    # Tree store limits: trees per builder, GiB for all trees; 0 = no limit.
+    max_trees: int = 0
+    max_gb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class MatrixSettings:
     rc_mirror: str | None
     download_cache: Path
     cpu_cap: int | None  # None: the worker's whole LLC group (llc_ncpus)
+    download_max_files: int = 0  # 0 = no limit
+    download_max_gb: float = 0.0
 
 
 @dataclass(frozen=True)

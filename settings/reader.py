@@ -114,6 +114,13 @@ class TableReader:
             raise self.err(key, f"must be an integer from {lo} to {hi}, not {value}")
         return value
 
+    def gib(self, key: str) -> float:
+        """A size limit in GiB: a finite number, 0 (no limit) or more."""
+        value = self.get(key, (int, float), "a number of GiB (0 = no limit)")
+        if not 0 <= value < float("inf"):
+            raise self.err(key, f"must be a number of GiB, 0 (no limit) or more, not {value}")
+        return float(value)
+
     def bool(self, key: str) -> bool:
         return self.get(key, bool, "true or false")
 

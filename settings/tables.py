@@ -116,6 +116,8 @@ def paths_table(p: TableReader, root: Path) -> Paths:
         workers=abspath(root, p.str("workers")),
         tree_store=abspath(root, p.str("tree_store")),
         kernel_cache=abspath(root, cache) if cache else default_kernel_cache(p),
+        max_trees=p.int("max_trees", 0, 100_000),
+        max_gb=p.gib("max_gb"),
     )
 
 

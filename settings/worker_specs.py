@@ -77,6 +77,8 @@ class WorkerSpec:
             "llc_ncpus": len(self.cpus),
             "llc_node": self.node,
             "tree_store": str(settings.paths.tree_store),
+            "tree_max_trees": settings.paths.max_trees,
+            "tree_max_gb": settings.paths.max_gb,
             "kernel_cache": str(settings.paths.kernel_cache),
         }
 

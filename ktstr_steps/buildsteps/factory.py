@@ -77,6 +77,8 @@ KERNEL_PROPERTIES: tuple[str, ...] = (
     "llc_cpuset",
     "make_jobs",
     "source_tree",
+    "tree_action",
+    "tree_seed",
     "cache_key",
     "hit_before_checkout",
     "kernel_profile",
@@ -128,6 +130,8 @@ class ReleaseSource:
     download_cache: str
     mirror: str | None = None
     rc_mirror: str | None = None
+    max_files: int = 0  # download cache limits; 0 = no limit
+    max_gb: float = 0.0
 
 
 def parts_problem(checkout: Checkout, lookup: Lookup, repourl: Any,
@@ -186,14 +190,14 @@ def kernel_build_factory(
             # A try build is its patch on top of the commit: only its tree says what it is.
             first: list[BuildStep] = []
             tree_steps = [reserve, SourceLock(lock_wait=lock_wait, ktstr_ci=ktstr_ci),
-                          TryCheckout(repourl=repourl)]
+                          TryCheckout(repourl=repourl, ktstr_ci=ktstr_ci)]
         else:
             first = [RevisionLookup(profile=profile, force=force, ktstr_ci=ktstr_ci)]
             tree_steps = [
                 Reserve(cpu_cap=cap, lock_wait=lock_wait, ktstr_ci=ktstr_ci,
                         doStepIf=not_cache_hit),
                 SourceLock(lock_wait=lock_wait, ktstr_ci=ktstr_ci, doStepIf=not_cache_hit),
-                KernelCheckout(repourl=repourl, doStepIf=not_cache_hit),
+                KernelCheckout(repourl=repourl, ktstr_ci=ktstr_ci, doStepIf=not_cache_hit),
             ]
         factory.addSteps([
             *first,
@@ -211,6 +215,7 @@ def kernel_build_factory(
     factory.addStep(MatrixLookup(
         profile=profile, force=force, download_cache=releases.download_cache,
         mirror=releases.mirror, rc_mirror=releases.rc_mirror, ktstr_ci=ktstr_ci,
+        download_max_files=releases.max_files, download_max_gb=releases.max_gb,
         # Step factories, not steps: every build makes its own steps from them.
         miss_steps=[s.get_step_factory() for s in miss],
         release_steps=[release.get_step_factory()],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from buildbot import config
 from buildbot.interfaces import IRenderable
 from buildbot.process.properties import Property
 from buildbot.process.results import SUCCESS
@@ -27,6 +28,9 @@ from ktstr_steps.buildsteps.lookup import take_lookup
 VERSION_PROP = Property("kernel_version")
 PROFILE_PROP = Property("profile")
 TREE_STORE_PROP = Property("tree_store")
+# Worker properties from [paths] max_trees / max_gb; absent = no limit.
+TREE_MAX_TREES = Property("tree_max_trees", default=0)
+TREE_MAX_GB = Property("tree_max_gb", default=0)
 # Where the lookup extracted the release's tree: the source lock and the phases use it.
 EXTRACTED_TREE = Property("source_tree")
 
@@ -38,7 +42,8 @@ class MatrixLookup(KtstrCiStep):
     description = ["looking up cache"]
     subcommand = ("phase", "lookup")
     phase = "lookup"
-    renderables = ["version", "profile", "tree_store", "download_cache", "force"]
+    renderables = ["version", "profile", "tree_store", "download_cache", "force",
+                   "tree_max_trees", "tree_max_gb"]
 
     def __init__(
         self,
@@ -50,6 +55,10 @@ class MatrixLookup(KtstrCiStep):
         mirror: str | None = None,
         rc_mirror: str | None = None,
         force: bool | IRenderable = False,
+        download_max_files: int = 0,
+        download_max_gb: float = 0.0,
+        tree_max_trees: int | IRenderable = TREE_MAX_TREES,
+        tree_max_gb: float | IRenderable = TREE_MAX_GB,
         state: str = "ktstr-state.json",
         miss_steps: list[Any] | None = None,
         release_steps: list[Any] | None = None,
@@ -61,6 +70,16 @@ class MatrixLookup(KtstrCiStep):
                             ("tree_store", tree_store), ("download_cache", download_cache)):
             check_renderable_or(value, str, type(self), name)
         check_renderable_or(force, bool, type(self), "force")
+        if not isinstance(download_max_files, int) or download_max_files < 0:
+            config.error(f"{type(self).__name__} argument download_max_files must be an "
+                         f"integer, 0 (no limit) or more, not {download_max_files!r}")
+        if not isinstance(download_max_gb, (int, float)) or not 0 <= download_max_gb < float("inf"):
+            config.error(f"{type(self).__name__} argument download_max_gb must be a number "
+                         f"of GiB, 0 (no limit) or more, not {download_max_gb!r}")
+        self.download_max_files = download_max_files
+        self.download_max_gb = download_max_gb
+        self.tree_max_trees = tree_max_trees
+        self.tree_max_gb = tree_max_gb
         self.version = version
         self.profile = profile
         self.tree_store = tree_store
@@ -91,6 +110,12 @@ class MatrixLookup(KtstrCiStep):
             argv += ["--mirror", self.mirror]
         if self.rc_mirror:
             argv += ["--rc-mirror", self.rc_mirror]
+        limits = (("--tree-max-trees", self.tree_max_trees), ("--tree-max-gb", self.tree_max_gb),
+                  ("--download-max-files", self.download_max_files),
+                  ("--download-max-gb", self.download_max_gb))
+        for flag, value in limits:
+            if value:
+                argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
         return argv + (["--force"] if self.force else [])
 
     def interpret(self, data: dict[str, Any]) -> int:

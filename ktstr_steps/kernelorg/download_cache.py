@@ -111,6 +111,8 @@ def fetch_tarball(
     with lock:
         if target.is_file():
             say(f"tarball {name} found in the download cache {cache}")
+            # Used now: the least recently used tarball is the first to go.
+            os.utime(target)
             return Fetched(target, False, None, time.monotonic() - started)
         expected = published_sha256(version, mirror)
         url = tarball_url(version, mirror=mirror, rc_mirror=rc_mirror)

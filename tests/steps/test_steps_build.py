@@ -47,6 +47,10 @@ if cmd == ("holder", "acquire"):
     out({"name": argv[3], "pid": os.getpid(), "bypass": False,
          "plan": {"llcs": [0], "cpus": [0, 1], "mems": [0], "make_jobs": 2, "cross_node": False},
          "sandbox": {"kind": "none", "path": None}})
+if cmd == ("trees", "prepare"):
+    # No seed: the Git step clones a fresh tree, as on a builder's first build.
+    out({"tree": argv[argv.index("--tree") + 1], "action": "fresh", "seed": None,
+         "skipped": [], "removed": []})
 if cmd == ("holder", "lock-source"):
     out({"name": argv[3], "lockfile": "/tmp/x.lock", "waited_seconds": 0, "holders_seen": []})
 if cmd == ("phase", "lookup") and "--revision" in argv:
@@ -147,7 +151,7 @@ class TestKernelBuild(RunMasterBase):
         self.assertEqual(build["properties"]["llc_cpus"][0], [0, 1])
         self.assertTrue((self.trees / "kernel" / branch_dir("") / "Makefile").is_file())
         self.assertEqual([c.split(" --")[0] for c in self.calls()], [
-            "holder acquire", "holder lock-source", "phase lookup", "phase configure",
+            "holder acquire", "holder lock-source", "trees prepare", "phase lookup", "phase configure",
             "phase make", "phase validate", "phase compile-commands", "phase store",
             "phase summary", "holder release",
         ])
@@ -197,7 +201,7 @@ class TestKernelBuild(RunMasterBase):
         self.assertEqual(steps["revision-lookup"], SUCCESS)
         self.assertEqual(build["properties"]["kernel_outcome"][0], "cached")
         self.assertEqual([c.split(" --")[0] for c in self.calls()], [
-            "phase lookup", "holder acquire", "holder lock-source", "phase lookup",
+            "phase lookup", "holder acquire", "holder lock-source", "trees prepare", "phase lookup",
             "phase configure", "phase make", "phase validate", "phase compile-commands",
             "phase store", "phase summary", "holder release",
         ])
