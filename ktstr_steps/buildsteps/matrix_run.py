@@ -47,7 +47,7 @@ from ktstr_steps.errors import KtstrError
 from ktstr_steps.kernelorg import http as kernelorg_http
 from ktstr_steps.kernelorg import releases, urls
 from ktstr_steps.matrixspec import parse_spec, resolve_versions, unique_labels
-from ktstr_steps.results import BUILT_OUTCOMES, Outcome
+from ktstr_steps.results import BUILT_OUTCOMES, HIT_OUTCOMES, Outcome
 
 # Build properties of the parent run, read by the later steps of the same build.
 CELLS_PROP = "matrix_cells"
@@ -66,7 +66,7 @@ def classify_cell(results: int | None, outcome: str | None) -> str:
     """built | cache_hits | failed, the way the run row counts a finished cell."""
     if results not in (SUCCESS, WARNINGS) or outcome in (None, Outcome.FAILED, Outcome.CANCELLED):
         return "failed"
-    if outcome == Outcome.CACHE_HIT:
+    if outcome in HIT_OUTCOMES:
         return "cache_hits"
     return "built" if outcome in BUILT_OUTCOMES else "failed"
 
