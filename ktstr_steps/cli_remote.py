@@ -50,7 +50,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         entry = remote.install(state.cache_key, args.dir, expected, origin=args.origin)
     except remote.RemoteEntryRefused as exc:
         warn(f"{exc}; building it here")
-        out["refused"] = str(exc)
+        out.update(refused=str(exc), file=exc.file, expected=exc.expected, got=exc.got)
     except KtstrError as exc:
         # The local build still works without the remote copy: never a failed build.
         warn(f"remote cache entry not installed: {exc}; building it here")

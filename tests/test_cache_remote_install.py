@@ -153,6 +153,8 @@ def test_phase_install_refusal_is_one_warning_and_leaves_the_state(isolated_env:
     assert proc.returncode == 0
     out = json.loads(proc.stdout)
     assert out["installed"] is False and "metadata.json has sha256" in out["refused"]
+    assert out["file"] == "metadata.json"
+    assert out["expected"] == files["metadata.json"]["sha256"] != out["got"]
     warnings = [ln for ln in proc.stderr.splitlines() if "warning" in ln]
     assert len(warnings) == 1 and warnings[0].startswith(
         f"ktstr-ci: warning: remote cache entry {KEY} refused: metadata.json")

@@ -125,6 +125,9 @@ class TestKernelBuild(RunMasterBase):
         steps = self.results(build)
         # A forced build without a revision is looked up from its tree, after the checkout.
         self.assertEqual(steps.pop("revision-lookup"), SKIPPED)
+        # No artifacts service, so no remote cache to ask.
+        self.assertEqual(steps.pop("remote-lookup"), SKIPPED)
+        self.assertEqual(steps.pop("remote-lookup-tree"), SKIPPED)
         # record has no records service here: a warning on the step, not on the build.
         self.assertEqual(steps.pop("record"), WARNINGS)
         # ... and no artifacts service: nothing to publish to.

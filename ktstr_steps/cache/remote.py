@@ -47,8 +47,12 @@ _BLOCK = 1 << 20
 class RemoteEntryRefused(KtstrError):
     """The fetched entry is not what the master recorded: the build goes on as a miss."""
 
-    def __init__(self, key: str, why: str) -> None:
+    def __init__(self, key: str, why: str, *, file: str | None = None,
+                 expected: str | None = None, got: str | None = None) -> None:
         super().__init__(f"remote cache entry {key} refused: {why}", kind=REFUSED_KIND)
+        self.file = file
+        self.expected = expected
+        self.got = got
 
 
 def expected_files(files: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
@@ -143,7 +147,8 @@ def _install_locked(key: str, base: Path, staging: Path,
             src = staging / name
             if not src.is_file():
                 raise RemoteEntryRefused(key, f"{name} was not transferred (partial entry; "
-                                              f"the master recorded sha256 {sha})")
+                                              f"the master recorded sha256 {sha})",
+                                         file=name, expected=sha)
             try:
                 got_sha, got_size = _copy_hashed(src, tmp / name)
             except OSError as exc:
@@ -152,7 +157,8 @@ def _install_locked(key: str, base: Path, staging: Path,
             if got_size != size or got_sha != sha:
                 raise RemoteEntryRefused(
                     key, f"{name} has sha256 {got_sha} ({got_size} bytes), the master recorded "
-                         f"{sha} ({size} bytes) at publish")
+                         f"{sha} ({size} bytes) at publish",
+                    file=name, expected=sha, got=got_sha)
         meta = KernelMetadata.from_json((tmp / METADATA).read_text(encoding="utf-8"))
         provenance = {"installed_from": "master", "origin": origin}
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n",
