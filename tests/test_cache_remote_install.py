@@ -103,6 +103,9 @@ def test_a_record_without_metadata_or_image_is_refused(isolated_env: Path,
     no_image = {k: v for k, v in want.items() if k != "bzImage"}
     with pytest.raises(remote.RemoteEntryRefused, match="recorded no bzImage"):
         remote.install(KEY, tmp_path / "s", no_image)
+    no_vmlinux = {k: v for k, v in want.items() if k != "vmlinux"}
+    with pytest.raises(remote.RemoteEntryRefused, match="recorded no vmlinux, which its"):
+        remote.install(KEY, tmp_path / "s", no_vmlinux)
     assert cache.lookup(KEY) is None
 
 

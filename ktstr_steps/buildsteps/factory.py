@@ -85,6 +85,8 @@ KERNEL_PROPERTIES: tuple[str, ...] = (
     "source_tree",
     "cache_key",
     "hit_before_checkout",
+    "remote_lookup_key",
+    "remote_lookup_tried",
     "kernel_profile",
     "kernel_outcome",
     "config_overrides",

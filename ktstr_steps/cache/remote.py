@@ -105,6 +105,9 @@ def _check_plan(key: str, staging: Path, expected: Mapping[str, tuple[str, int]]
     image = meta.image_name
     if image not in expected:
         raise RemoteEntryRefused(key, f"the master recorded no {image} (its metadata's image)")
+    if meta.has_vmlinux and VMLINUX not in expected:
+        raise RemoteEntryRefused(key, f"the master recorded no {VMLINUX}, which its "
+                                      f"{METADATA} says the entry has")
     return image
 
 
