@@ -26,6 +26,8 @@ def register_install(psub: argparse._SubParsersAction) -> None:
         "install", help="verify an entry fetched from the master and install it in the cache")
     p.add_argument("--state", type=Path, required=True, metavar="FILE",
                    help="the build state of the lookup that missed (its key is installed)")
+    p.add_argument("--key", required=True, metavar="KEY",
+                   help="the cache key the entry was published under (must be the state's)")
     p.add_argument("--dir", type=Path, required=True, metavar="DIR",
                    help="the fetched files (removed afterwards)")
     p.add_argument("--expect", action="append", default=[], metavar="NAME=SHA256:SIZE",
@@ -46,6 +48,9 @@ def cmd_install(args: argparse.Namespace) -> int:
             raise KtstrError(f"build state {args.state} has no cache key: run lookup first",
                              kind="bad-state")
         out["cache_key"] = state.cache_key
+        if state.cache_key != args.key:
+            raise KtstrError(f"the build state's cache key is {state.cache_key}, not {args.key}: "
+                             "the entry belongs to another build", kind="bad-state")
         expected = remote.parse_expect(args.expect)
         entry = remote.install(state.cache_key, args.dir, expected, origin=args.origin)
     except remote.RemoteEntryRefused as exc:

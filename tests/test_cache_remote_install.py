@@ -122,7 +122,7 @@ def _phase_install(state: Path, staging: Path, files: dict, *extra: str):
               for n, (sha, size) in remote.expected_files(files).items()]
     return subprocess.run(
         [sys.executable, "-m", "launcher.cli", "phase", "install", "--state", str(state),
-         "--dir", str(staging), *expect, *extra, "--json"],
+         "--key", KEY, "--dir", str(staging), *expect, *extra, "--json"],
         capture_output=True, text=True, check=False)
 
 
@@ -165,3 +165,18 @@ def test_phase_install_refusal_is_one_warning_and_leaves_the_state(isolated_env:
     assert BuildState.load(state).outcome is None
     assert cache.lookup(KEY) is None
     assert not (tmp_path / "staging").exists()
+
+
+def test_phase_install_refuses_an_entry_of_another_key(isolated_env: Path,
+                                                        tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    other = BuildState()
+    other.cache_key = "local-7654321-x86_64-kcc0bd848c"
+    other.save(state)
+    files = published(tmp_path / "staging")
+    proc = _phase_install(state, tmp_path / "staging", files)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and out["installed"] is False
+    assert f"cache key is {other.cache_key}, not {KEY}" in out["refused"]
+    assert cache.lookup(KEY) is None and cache.lookup(other.cache_key) is None
+    assert BuildState.load(state).outcome is None

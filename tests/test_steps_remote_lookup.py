@@ -53,7 +53,8 @@ def sha(data: bytes) -> str:
 def install_cmd():
     expect = [f"--expect={n}={sha(FILES[n])}:{len(FILES[n])}"
               for n in ("bzImage", "metadata.json", "vmlinux")]
-    return ktstr("phase", "install", "--state", STATE, "--dir", "remote-entry", *expect,
+    return ktstr("phase", "install", "--state", STATE, "--key", KEY, "--dir", "remote-entry",
+                 *expect,
                  "--origin", "kernel-tiny build 7 on the master", "--json")
 
 
@@ -187,4 +188,29 @@ class TestRemoteLookup(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(RemoteLookup(), remote_lookup_key=KEY)
         self.expect_outcome(result=SKIPPED, state_string="no remote cache on this master (skipped)")
         self.expect_no_property("remote_lookup_tried")
+        return self.run_step()
+
+
+class TestLookupsChooseTheRemoteKey(KtstrStepMixin, unittest.TestCase):
+    def tree_lookup(self, data: dict[str, Any], **props: Any) -> None:
+        from ktstr_steps.buildsteps import CacheLookup
+        from tests.test_steps_base import TREE
+
+        self.setup_ktstr_step(CacheLookup(profile="tiny"), **props)
+        self.expect_commands(ktstr("phase", "lookup", "--state", STATE, "--source", TREE,
+                                   "--profile", "tiny", "--json")
+                             .stdout(answer({"cache_key": "tree-key", "hit": False, **data}))
+                             .exit(0))
+
+    def test_clean_miss_offers_its_key_to_the_remote_lookup(self) -> None:
+        self.tree_lookup({"dirty": False, "is_git": True}, remote_lookup_key=KEY)
+        self.expect_outcome(result=SUCCESS, state_string="cache miss tree-key")
+        self.expect_property("remote_lookup_key", "tree-key")
+        return self.run_step()
+
+    def test_dirty_tree_withdraws_the_commits_key(self) -> None:
+        # The commit's kernel is not this dirty tree's: it must not be installed for it.
+        self.tree_lookup({"dirty": True, "is_git": True}, remote_lookup_key=KEY)
+        self.expect_outcome(result=SUCCESS, state_string="cache miss tree-key (dirty tree)")
+        self.expect_property("remote_lookup_key", None)
         return self.run_step()

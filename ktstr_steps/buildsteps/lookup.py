@@ -55,8 +55,11 @@ def take_lookup(step: KtstrCiStep, data: dict[str, Any]) -> bool:
     step.set_prop("cache_key", key)
     step.set_prop("kernel_profile", step.profile)
     if not data.get("hit"):
-        if key and data.get("is_git") is not False and not data.get("dirty") and not step.force:
-            step.set_prop(REMOTE_KEY, key)
+        # Only the latest lookup's key may be asked for: a dirty tree after a clean commit
+        # lookup must not install the commit's kernel as the tree's.
+        clean = key and data.get("is_git") is not False and not data.get("dirty")
+        step.setProperty(REMOTE_KEY, key if clean and not step.force else None,
+                         type(step).__name__)
         return False
     step.set_prop("kernel_outcome", Outcome.CACHE_HIT.value)
     step.set_prop("entry_dir", data.get("entry_dir"))

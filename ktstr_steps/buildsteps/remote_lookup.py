@@ -69,11 +69,12 @@ class RemoteLookup(KtstrCiStep):
         super().__init__(**kwargs)
         self.found: dict[str, Any] = {}
         self.files: dict[str, dict[str, Any]] = {}
+        self.key = ""
 
     def arguments(self) -> list[str]:
         expect = [f"--expect={name}={info.get('sha256')}:{info.get('size')}"
                   for name, info in self.files.items()]
-        return ["--state", self.state, "--dir", STAGING_DIR, *expect,
+        return ["--state", self.state, "--key", self.key, "--dir", STAGING_DIR, *expect,
                 "--origin", self.origin()]
 
     def origin(self) -> str:
@@ -92,6 +93,7 @@ class RemoteLookup(KtstrCiStep):
             self.descriptionDone = "no remote cache on this master"
             return SKIPPED
         self.setProperty(REMOTE_TRIED, key, type(self).__name__)
+        self.key = str(key)
         found = await finder(key)
         if not found:
             self.descriptionDone = f"remote miss {key}"
