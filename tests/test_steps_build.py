@@ -64,9 +64,22 @@ if cmd == ("phase", "compile-commands"):
 if cmd == ("phase", "store"):
     out({"outcome": "cached", "cache_key": key, "entry_dir": "/cache/" + key,
          "image_path": "/cache/" + key + "/bzImage", "config_hash": "deadbeef"})
+if cmd == ("phase", "install"):
+    # The remote lookup transferred the master's files here before asking to install them.
+    staged = sorted(os.listdir(argv[argv.index("--dir") + 1]))
+    with open(os.path.join(here, "staged.log"), "w") as f:
+        f.write(" ".join(staged))
+    ok = scenario == "remote-hit"
+    out({"installed": ok, "cache_key": key, "outcome": "remote-hit" if ok else None,
+         "entry_dir": "/cache/" + key if ok else None,
+         "refused": None if ok else "remote cache entry " + key + " refused: bzImage has sha256 "
+         + "e" * 64 + " (3 bytes), the master recorded " + "a" * 64 + " (3 bytes) at publish",
+         "file": "bzImage", "expected": "a" * 64, "got": "e" * 64})
+if cmd == ("phase", "publish"):
+    out({"publish": False, "reason": "nothing in this stand-in"})
 if cmd == ("phase", "summary"):
-    outcome = {"hit": "cache-hit", "revision-hit": "cache-hit",
-               "build": "cached"}.get(scenario, "failed")
+    outcome = {"hit": "cache-hit", "revision-hit": "cache-hit", "remote-hit": "remote-hit",
+               "build": "cached", "remote-refused": "cached"}.get(scenario, "failed")
     out({"ok": outcome != "failed", "outcome": outcome, "cache_key": key,
          "image_path": "/cache/" + key + "/bzImage", "phases": {}},
         0 if outcome != "failed" else 1)
