@@ -111,8 +111,10 @@ class TestRemoteCacheBuild(RunMasterBase):
         for name in (*TREE_AND_KERNEL, "remote-lookup-tree", "release"):
             self.assertEqual(steps[name], SKIPPED, name)
         self.assertEqual(build["properties"]["kernel_outcome"][0], "remote-hit")
-        self.assertEqual(self.calls(), ["phase lookup", "phase install", "phase publish",
-                                        "phase summary"])
+        # Publish links the master's copy instead of uploading it again.
+        self.assertEqual(steps["publish"], SKIPPED)
+        self.assertEqual(build["properties"]["artifacts_url"][0], "http://master/kernel/1/")
+        self.assertEqual(self.calls(), ["phase lookup", "phase install", "phase summary"])
         # The files came over Buildbot's transfer into the staging dir install read.
         self.assertEqual((self.tools / "staged.log").read_text(), "bzImage metadata.json")
         self.assertFalse((self.trees / "kernel").exists(), "a remote hit must create no tree")

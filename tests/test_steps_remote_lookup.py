@@ -31,6 +31,9 @@ class FakeArtifacts:
         self.found = found
         self.asked: list[str] = []
 
+    def url_for(self, builder_dir: str, number: int, name: str = "") -> str:
+        return f"http://master/artifacts/{builder_dir}/{number}/{name}"
+
     def find_entry(self, cache_key: str) -> defer.Deferred[dict[str, Any] | None]:
         self.asked.append(cache_key)
         return defer.succeed(self.found)
@@ -97,6 +100,8 @@ class TestRemoteLookup(KtstrStepMixin, unittest.TestCase):
         self.expect_property("entry_dir", f"/cache/{KEY}")
         self.expect_property("hit_before_checkout", True)
         self.expect_property("remote_lookup_tried", KEY)
+        # The build links the master's copy it came from instead of publishing it again.
+        self.expect_property("artifacts_url", "http://master/artifacts/kernel-tiny/7/")
         d = self.run_step()
 
         @d.addCallback

@@ -70,6 +70,7 @@ class RemoteLookup(KtstrCiStep):
         self.found: dict[str, Any] = {}
         self.files: dict[str, dict[str, Any]] = {}
         self.key = ""
+        self.svc: Any = None
 
     def arguments(self) -> list[str]:
         expect = [f"--expect={name}={info.get('sha256')}:{info.get('size')}"
@@ -99,6 +100,7 @@ class RemoteLookup(KtstrCiStep):
             self.descriptionDone = f"remote miss {key}"
             return SUCCESS
         self.found = found
+        self.svc = svc
         self.files = entry_files(found.get("files") or {})
         await self.addLog("stdio")
         problem = await self.transfer()
@@ -146,7 +148,7 @@ class RemoteLookup(KtstrCiStep):
         except Exception:  # phase install removes it too; a leftover is replaced next time
             pass
 
-    def interpret(self, data: dict[str, Any]) -> int:
+    async def interpret(self, data: dict[str, Any]) -> int:
         key = data.get("cache_key") or self.getProperty(REMOTE_KEY)
         if not data.get("installed"):
             # The whole line (key, both full checksums) is in the log; the summary is short.
@@ -163,6 +165,13 @@ class RemoteLookup(KtstrCiStep):
         self.set_prop("config_hash", data.get("config_hash"))
         if self.before_checkout:
             self.set_prop(HIT_BEFORE_CHECKOUT, True)
+        url_for = getattr(self.svc, "url_for", None)
+        if url_for is not None and self.found.get("builder_dir") is not None:
+            # The master already offers these files: the publish step links them instead
+            # of uploading the same bytes again.
+            url = url_for(str(self.found["builder_dir"]), int(self.found.get("number") or 0))
+            self.set_prop("artifacts_url", url)
+            await self.addURL("published files", url)
         self.descriptionDone = f"remote hit {key} (from {self.origin()})"
         return SUCCESS
 
