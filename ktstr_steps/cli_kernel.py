@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ktstr_steps.cli_remote import register_install
 from ktstr_steps.cli_values import int_at_least, parse_seconds
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.messages import LABEL, emit_json, say
@@ -123,6 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pub.add_argument("--out", type=Path, metavar="DIR",
                      help="where the files go (default: publish/ next to the state file)")
     pub.set_defaults(func=cmd_publish)
+    register_install(psub)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ class Outcome(StrEnum):
 
     CACHED = "cached"  # built and stored in the kernel cache
     CACHE_HIT = "cache-hit"  # found in the cache: nothing was built
+    REMOTE_HIT = "remote-hit"  # fetched from another host's build via the master: nothing built
     DIRTY_NOT_CACHED = "dirty-not-cached"  # built from uncommitted changes: never cached
     NON_GIT_NOT_CACHED = "non-git-not-cached"  # built from a tree git cannot vouch for
     CHANGED_DURING_BUILD = "changed-during-build"  # the tree moved under the build: not cached
@@ -35,6 +36,7 @@ class Outcome(StrEnum):
 PIPELINE_OUTCOMES: tuple[Outcome, ...] = (
     Outcome.CACHED,
     Outcome.CACHE_HIT,
+    Outcome.REMOTE_HIT,
     Outcome.DIRTY_NOT_CACHED,
     Outcome.NON_GIT_NOT_CACHED,
     Outcome.CHANGED_DURING_BUILD,
@@ -44,7 +46,9 @@ PIPELINE_OUTCOMES: tuple[Outcome, ...] = (
 # Every value a records row's kernel_outcome may hold, in the order pages list them.
 RECORDED_OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 # The kernel is in the cache: its files are the cache entry's.
-CACHED_OUTCOMES = frozenset({Outcome.CACHED, Outcome.CACHE_HIT})
+CACHED_OUTCOMES = frozenset({Outcome.CACHED, Outcome.CACHE_HIT, Outcome.REMOTE_HIT})
+# Found rather than built: in this host's cache, or another host's entry installed in it.
+HIT_OUTCOMES = frozenset({Outcome.CACHE_HIT, Outcome.REMOTE_HIT})
 # A kernel was built but kept out of the cache: its files are the source tree's.
 NOT_CACHED_OUTCOMES = frozenset({
     Outcome.DIRTY_NOT_CACHED,
@@ -126,6 +130,8 @@ ERROR_KINDS: Mapping[str, str] = {
     "cache-store-failed": "a cache store failed; the cache is unchanged",
     "cache-lock-timeout": "a cache entry stayed locked past the store's wait",
     "cache-entry-locked": "a cache entry is in use by test runs",
+    "remote-entry-refused": "an entry fetched from the master is missing a file or does not "
+    "match the checksums recorded at publish; the build goes on as a miss",
     "clean-failed": "kernel clean could not remove every entry",
     "needs-terminal": "a confirmation needs a terminal; --force skips it",
     "bad-cache-key": "the cache key breaks ktstr's key rules",

@@ -20,6 +20,12 @@ part of BuildmasterConfig (:func:`config_part`) holds the rest:
   Only those file names are ever served, the builder must be a plain name and the
   number an integer, and the resolved path must stay under the artifacts root: a
   ``..`` or encoded slash gets a 404, never a file from elsewhere.
+
+The published cache entries are also the remote cache of every worker host:
+:meth:`ArtifactsService.find_entry` finds the newest published entry of a
+cache key (scanning ``files.json`` in a thread), and the steps' remote lookup
+transfers its files to a worker that missed, with the sha256s recorded here
+at publish time to check them against.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from twisted.python import log
 from ktstr_steps.buildsteps.publish import PARTIAL_PREFIX
 from ktstr_steps.buildsteps.services import ARTIFACTS_SERVICE_NAME
 from ktstr_steps.bundle import MANIFEST, PUBLISHED_NAMES
+from ktstr_steps.results import CACHED_OUTCOMES
 from master.parts import ConfigPart
 from settings import Settings, read_users
 
@@ -124,6 +131,40 @@ def sweep(root: Path, *, max_builds: int, max_age_days: int,
     return removed
 
 
+# -- the remote cache: a published entry by its cache key -----------------------------
+
+
+def find_published(root: Path, cache_key: str) -> dict[str, Any] | None:
+    """The newest published build whose kernel is cache entry ``cache_key``, or None.
+
+    Only builds that published a cache entry (outcome ``cached``, ``cache-hit``
+    or ``remote-hit``) count: a dirty or uncached build's files carry no key
+    another host may trust. The answer holds the build directory, its builder
+    directory and number, and ``files`` as recorded at publish time.
+    """
+    best: tuple[float, int, str] | None = None
+    found: dict[str, Any] | None = None
+    try:
+        builders = [p for p in root.iterdir() if p.is_dir() and _BUILDER_RE.match(p.name)]
+    except FileNotFoundError:
+        return None
+    for b in builders:
+        for number, path in build_dirs(b):
+            m = _manifest(path)
+            if m.get("cache_key") != cache_key or m.get("outcome") not in CACHED_OUTCOMES:
+                continue
+            files = m.get("files")
+            if not isinstance(files, dict):
+                continue
+            rank = (published_at(path), number, b.name)
+            if best is None or rank > best:
+                best = rank
+                found = {"dir": str(path), "builder_dir": b.name, "number": number,
+                         "files": files, "outcome": m.get("outcome"),
+                         "builder": m.get("builder"), "branch": m.get("branch")}
+    return found
+
+
 class ArtifactsService(service.BuildbotService):
     """Paths, URLs and retention of published kernels (see the module docstring)."""
 
@@ -177,6 +218,11 @@ class ArtifactsService(service.BuildbotService):
             return
         if removed:
             log.msg(f"ktstr_artifacts: retention removed {len(removed)} director(ies)")
+
+    def find_entry(self, cache_key: str) -> Any:
+        """A Deferred firing with :func:`find_published`'s answer; the scan runs in a thread
+        so a remote lookup never blocks the reactor."""
+        return threads.deferToThread(find_published, self.root, cache_key)
 
     @defer.inlineCallbacks
     def published(self, builder_dir: str) -> Any:
@@ -323,4 +369,5 @@ def config_part(settings: Settings) -> ConfigPart:
     )
 
 
-__all__ = ["ArtifactsService", "config_part", "make_app", "prune_builder", "sweep"]
+__all__ = ["ArtifactsService", "config_part", "find_published", "make_app", "prune_builder",
+           "sweep"]

@@ -31,6 +31,7 @@ DEFAULT_NAME = "ktstr"
 OUTCOME_COLOURS: dict[str, str] = {
     Outcome.CACHED: "#2e7d32",
     Outcome.CACHE_HIT: "#1565c0",
+    Outcome.REMOTE_HIT: "#1565c0",  # a hit like cache-hit, from another host's build
     Outcome.DIRTY_NOT_CACHED: "#ef6c00",
     Outcome.NON_GIT_NOT_CACHED: "#8d6e63",
     Outcome.CHANGED_DURING_BUILD: "#f9a825",

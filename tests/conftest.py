@@ -7,11 +7,20 @@ what a test sees; tests that want one set it with ``monkeypatch``.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
 
 from tests.support.paths import VENV_BIN
+
+# buildbot.util.ssl star-imports twisted.internet.ssl, whose deprecated
+# ProtocolNegotiationSupport warns once per process. Importing buildbot.test (any
+# step test) turns warnings into errors for the rest of the session, so whichever
+# module imported buildbot.util.ssl after it would fail to collect: import it now.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import buildbot.util.ssl  # noqa: F401
 
 # The fixtures of tests/support, for every test module without per-module imports.
 pytest_plugins = [

@@ -20,6 +20,7 @@ from ktstr_steps.buildsteps.lookup import CacheLookup, RevisionLookup, not_cache
 from ktstr_steps.buildsteps.make import KernelMake
 from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
+from ktstr_steps.buildsteps.remote_lookup import RemoteLookup
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
 from ktstr_steps.buildsteps.store import CacheStore
@@ -39,6 +40,7 @@ __all__ = [
     "Lookup",
     "Record",
     "Release",
+    "RemoteLookup",
     "ReleaseSource",
     "Reserve",
     "SourceLock",

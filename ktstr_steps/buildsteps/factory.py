@@ -18,13 +18,18 @@ or webhook repositories, matrix cells) gets its factory from
 
 The steps, in build order (a git tree)::
 
-    revision-lookup, reserve, source-lock, checkout, cache-lookup, configure,
-    make, validate, compile-commands, cache-store, publish, record, release
+    revision-lookup, remote-lookup, reserve, source-lock, checkout, cache-lookup,
+    remote-lookup-tree, configure, make, validate, compile-commands, cache-store,
+    publish, record, release
 
 The revision lookup keys the commit the change carries with the profile,
 before any tree exists; on a hit reserve..cache-store are skipped
 (``doStepIf``), so a commit built on any branch costs no clone, no tree and
-no source lock, and release has nothing to give back. Without a full commit id
+no source lock, and release has nothing to give back. A miss there asks the
+master for the same key (remote-lookup: another host's published entry,
+verified and installed in this host's cache, outcome ``remote-hit``) with the
+same effect; remote-lookup-tree asks for the tree lookup's key when that is a
+key not asked for yet. Without a full commit id
 (or when forced) it is skipped and cache-lookup keys the checked-out tree; a
 try build has no revision lookup (its patch is not in the commit). A hit of
 cache-lookup skips configure..cache-store and the build
@@ -62,6 +67,7 @@ from ktstr_steps.buildsteps.matrix_cell import EXTRACTED_TREE, MatrixLookup
 from ktstr_steps.buildsteps.publish import PublishKernel
 from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
+from ktstr_steps.buildsteps.remote_lookup import RemoteLookup
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
 from ktstr_steps.buildsteps.store import CacheStore
@@ -81,6 +87,8 @@ KERNEL_PROPERTIES: tuple[str, ...] = (
     "tree_seed",
     "cache_key",
     "hit_before_checkout",
+    "remote_lookup_key",
+    "remote_lookup_tried",
     "kernel_profile",
     "kernel_outcome",
     "config_overrides",
@@ -192,7 +200,8 @@ def kernel_build_factory(
             tree_steps = [reserve, SourceLock(lock_wait=lock_wait, ktstr_ci=ktstr_ci),
                           TryCheckout(repourl=repourl, ktstr_ci=ktstr_ci)]
         else:
-            first = [RevisionLookup(profile=profile, force=force, ktstr_ci=ktstr_ci)]
+            first = [RevisionLookup(profile=profile, force=force, ktstr_ci=ktstr_ci),
+                     RemoteLookup(before_checkout=True, ktstr_ci=ktstr_ci)]
             tree_steps = [
                 Reserve(cpu_cap=cap, lock_wait=lock_wait, ktstr_ci=ktstr_ci,
                         doStepIf=not_cache_hit),
@@ -204,6 +213,7 @@ def kernel_build_factory(
             *tree_steps,
             CacheLookup(profile=profile, force=force, ktstr_ci=ktstr_ci,
                         doStepIf=not_cache_hit),
+            RemoteLookup(name="remote-lookup-tree", ktstr_ci=ktstr_ci),
             *phases,
             *every_build,
             Release(ktstr_ci=ktstr_ci, doStepIf=held_something),

@@ -18,16 +18,20 @@ from buildbot.process.results import SKIPPED, SUCCESS
 
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, state_path, tree_path
 from ktstr_steps.buildsteps.sourcelock import check_tree
-from ktstr_steps.results import Outcome
+from ktstr_steps.results import HIT_OUTCOMES, Outcome
 
 # Set on a hit of the revision lookup: nothing was reserved or locked, nothing to release.
 HIT_BEFORE_CHECKOUT = "hit_before_checkout"
+# Set by a lookup that missed with a key another host may have built and published
+# (a clean git tree, not forced): the remote lookup asks the master for it.
+REMOTE_KEY = "remote_lookup_key"
 _FULL_SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 
 
 def not_cache_hit(step: Any) -> bool:
-    """doStepIf of the phases after lookup: skip them when the kernel came from the cache."""
-    return step.getProperty("kernel_outcome") != Outcome.CACHE_HIT
+    """doStepIf of the phases after lookup: skip them when the kernel came from a cache
+    (this host's, or another host's entry installed from the master)."""
+    return step.getProperty("kernel_outcome") not in HIT_OUTCOMES
 
 
 def held_something(step: Any) -> bool:
@@ -53,6 +57,11 @@ def take_lookup(step: KtstrCiStep, data: dict[str, Any]) -> bool:
     if not data.get("hit"):
         # Why make runs: shown in the summary, kept for the record step and the pages.
         step.set_prop("rebuild_explanation", data.get("explanation"))
+        # Only the latest lookup's key may be asked for: a dirty tree after a clean commit
+        # lookup must not install the commit's kernel as the tree's.
+        clean = key and data.get("is_git") is not False and not data.get("dirty")
+        step.setProperty(REMOTE_KEY, key if clean and not step.force else None,
+                         type(step).__name__)
         return False
     step.set_prop("kernel_outcome", Outcome.CACHE_HIT.value)
     step.set_prop("entry_dir", data.get("entry_dir"))

@@ -44,7 +44,7 @@ from ktstr_steps.buildsteps.base import one_line
 from ktstr_steps.buildsteps.matrix_base import CELLS_PROP, RUN_ID_PROP, TOTALS_PROP, MasterStep
 from ktstr_steps.buildsteps.matrix_resolve import MatrixResolve
 from ktstr_steps.errors import KtstrError
-from ktstr_steps.results import BUILT_OUTCOMES, Outcome
+from ktstr_steps.results import BUILT_OUTCOMES, HIT_OUTCOMES, Outcome
 
 
 def summary_text(cells: int, built: int, hits: int, failed: int) -> str:
@@ -55,7 +55,7 @@ def classify_cell(results: int | None, outcome: str | None) -> str:
     """built | cache_hits | failed, the way the run row counts a finished cell."""
     if results not in (SUCCESS, WARNINGS) or outcome in (None, Outcome.FAILED, Outcome.CANCELLED):
         return "failed"
-    if outcome == Outcome.CACHE_HIT:
+    if outcome in HIT_OUTCOMES:
         return "cache_hits"
     return "built" if outcome in BUILT_OUTCOMES else "failed"
 

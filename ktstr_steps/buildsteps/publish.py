@@ -13,6 +13,8 @@ renamed into place at the end: the web server never serves half a build.
 
 The step finds the master's artifacts service (``master/artifacts.py``) by its
 name (:mod:`ktstr_steps.buildsteps.services`); without it the step is skipped.
+A ``remote-hit`` build's kernel is already on the master: the remote lookup
+set ``artifacts_url`` to the build it came from, and nothing is uploaded again.
 The step never fails a build whose kernel was built: a problem gathering or
 uploading the files is WARNINGS with the reason.
 """
@@ -34,6 +36,7 @@ from ktstr_steps.buildsteps.base import StateFileStep, safe_name
 from ktstr_steps.buildsteps.services import ArtifactsService, find_artifacts_service
 from ktstr_steps.bundle import CONFIG, MANIFEST, SUMS, VMLINUX
 from ktstr_steps.cache.metadata import METADATA
+from ktstr_steps.results import Outcome
 
 PARTIAL_PREFIX = ".partial-"
 
@@ -87,6 +90,10 @@ class PublishKernel(StateFileStep):
         if not build_still_good(self):
             # Checked here, not in doStepIf: a failed build's step list stays uniform.
             self.descriptionDone = "build failed: nothing to publish"
+            return SKIPPED
+        if (self.getProperty("kernel_outcome") == Outcome.REMOTE_HIT
+                and self.getProperty("artifacts_url")):
+            self.descriptionDone = "already on the master (remote hit)"
             return SKIPPED
         self.svc = self.service()
         if self.svc is None:

@@ -55,6 +55,10 @@ class ArtifactsService(Protocol):
 
     def published(self, builder_dir: str) -> Any: ...  # Deferred; applies retention
 
+    # Deferred firing with the newest published build of a cache entry, or None:
+    # {"dir", "builder_dir", "number", "files": {name: {"size", "sha256"}}, ...}
+    def find_entry(self, cache_key: str) -> Any: ...
+
 
 def services_of(master: Any) -> Mapping[str, Any]:
     """The master's configured services by name (``c['services']``).

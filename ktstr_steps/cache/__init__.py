@@ -4,6 +4,8 @@
 - ``metadata``: ``metadata.json``, ktstr's schema, and why an entry is corrupt.
 - ``entries``: lookup of a key, the listing, one entry's line.
 - ``writer``: the atomic store under the entry's lock.
+- ``remote``: installing an entry fetched from the master, verified against the
+  sha256s recorded when it was published (imported as the module).
 - ``cleaner``: ``kernel clean`` and the ``--force`` probe.
 
 What ``kernel list`` prints is the command's business (``ktstr_steps.cli_render``).

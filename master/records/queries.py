@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ktstr_steps.results import BUILT_OUTCOMES, CACHED_OUTCOMES, Outcome
+from ktstr_steps.results import BUILT_OUTCOMES, CACHED_OUTCOMES, HIT_OUTCOMES, Outcome
 from master.records.db import InvalidRecord
 from master.records.models import BUILD_COLUMNS, KernelBuild, MatrixRun
 from master.records.rows import to_time, validate_build_row
@@ -122,7 +122,7 @@ def matrix_totals(engine: Engine, run_id: int) -> dict[str, int]:
     for outcome, result in rows:
         if outcome == Outcome.FAILED or result in ("failure", "exception", "cancelled"):
             failed += 1
-        elif outcome == Outcome.CACHE_HIT:
+        elif outcome in HIT_OUTCOMES:
             hits += 1
         elif outcome in BUILT_OUTCOMES:
             built += 1

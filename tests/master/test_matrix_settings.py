@@ -17,6 +17,7 @@ from ktstr_steps.buildsteps.matrix_cell import MatrixLookup
 from ktstr_steps.buildsteps.matrix_run import classify_cell, summary_text
 from ktstr_steps.buildsteps.record import Record
 from ktstr_steps.buildsteps.release import Release
+from ktstr_steps.buildsteps.remote_lookup import RemoteLookup
 from ktstr_steps.buildsteps.reserve import Reserve
 from ktstr_steps.buildsteps.sourcelock import SourceLock
 from ktstr_steps.errors import KtstrError
@@ -244,6 +245,7 @@ def test_totals_and_summary_words() -> None:
     assert classify_cell(0, "cached") == "built"
     assert classify_cell(1, "store-failed") == "built"  # built, stored nowhere: WARNINGS
     assert classify_cell(0, "cache-hit") == "cache_hits"
+    assert classify_cell(0, "remote-hit") == "cache_hits"  # another host's entry: not built here
     assert classify_cell(2, "failed") == "failed"
     assert classify_cell(6, "cancelled") == "failed"
     assert classify_cell(0, None) == "failed"  # succeeded without recording: not trusted
@@ -252,16 +254,16 @@ def test_totals_and_summary_words() -> None:
 def test_cell_factory_follows_the_kernel_build_factory() -> None:
     """Every step of a push build runs for a release cell too, in the same order: the
     kernel phases (skipped on a hit) on a miss, the rest (publish, record) for every cell;
-    only the revision lookup, the git checkout and the tree lookup are the cell's own
-    lookup (by version) instead."""
+    only the git checkout and the lookups (revision, remote, tree) are the cell's own lookup
+    instead (a release cell does not ask the master's remote cache)."""
     push = kernel_build_factory(repourl="/r.git", profile=Property("profile"))
     cell = kernel_build_factory(checkout=Checkout.RELEASE_TREE, profile=Property("profile"),
                                 releases=ReleaseSource(download_cache="/dl"))
     [lookup], tail = cell.steps[:1], cell.steps[1:]
     assert lookup.step_class is MatrixLookup
     miss, release = lookup.kwargs["miss_steps"], lookup.kwargs["release_steps"]
-    shared = [st for st in push.steps
-              if st.step_class not in (RevisionLookup, KernelCheckout, CacheLookup)]
+    own = (RevisionLookup, RemoteLookup, KernelCheckout, CacheLookup)
+    shared = [st for st in push.steps if st.step_class not in own]
     assert [st.step_class for st in miss + tail + release] == [st.step_class for st in shared]
     # Skipped on a hit in a push build = added only on a miss in a cell.
     skipped_on_hit = [st.step_class for st in shared if st.kwargs.get("doStepIf") is not_cache_hit]

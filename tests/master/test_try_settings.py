@@ -97,15 +97,21 @@ def test_real_factory_gets_the_try_checkout(base: settings_mod.Settings, tmp_pat
                         pin_cpus=(0,), pin_note=None)]
     c = builders.build_config(s, specs=specs)
     by_name = {b.name: b for b in c["builders"]}
-    push = [sf.step_class for sf in by_name["linux-tiny"].factory.steps]
+    push_sf = by_name["linux-tiny"].factory.steps
+    push = [sf.step_class for sf in push_sf]
     tried = [sf.step_class for sf in by_name["try-tiny"].factory.steps]
     from ktstr_steps.buildsteps.lookup import RevisionLookup
 
     assert KernelCheckout in push and TryCheckout in tried
-    # A try build is its patch on top of the commit: no lookup by the commit alone.
+    # A try build is its patch on top of the commit: no lookup by the commit alone
+    # (neither in the cache nor in the master's remote cache).
     assert RevisionLookup in push and RevisionLookup not in tried
+    by_commit = [sf for sf in push_sf if sf.step_class is RevisionLookup
+                 or sf.kwargs.get("before_checkout")]
+    assert len(by_commit) == 2
     assert [c for c in tried if c is not TryCheckout] == \
-        [c for c in push if c not in (KernelCheckout, RevisionLookup)]
+        [sf.step_class for sf in push_sf
+         if sf.step_class is not KernelCheckout and sf not in by_commit]
 
 
 def test_port_zero_means_no_try(base: settings_mod.Settings, tmp_path: Path) -> None:

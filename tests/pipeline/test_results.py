@@ -80,12 +80,13 @@ def test_corrupt_entry_kinds_are_registered() -> None:
 
 def test_outcome_sets() -> None:
     assert [o.value for o in results.PIPELINE_OUTCOMES] == [
-        "cached", "cache-hit", "dirty-not-cached", "non-git-not-cached",
+        "cached", "cache-hit", "remote-hit", "dirty-not-cached", "non-git-not-cached",
         "changed-during-build", "store-failed", "failed"]  # fmt: skip
     assert results.RECORDED_OUTCOMES == (*results.PIPELINE_OUTCOMES, "cancelled", "interrupted")
     assert results.BUILT_OUTCOMES == {"cached", "dirty-not-cached", "non-git-not-cached",
                                       "changed-during-build", "store-failed"}
-    assert results.CACHED_OUTCOMES == {"cached", "cache-hit"}
+    assert results.CACHED_OUTCOMES == {"cached", "cache-hit", "remote-hit"}
+    assert results.HIT_OUTCOMES == {"cache-hit", "remote-hit"}
     assert not results.CACHED_OUTCOMES & results.NOT_CACHED_OUTCOMES
     # The values are the strings the records database and the REST properties keep.
     assert json.dumps([Outcome.CACHE_HIT]) == '["cache-hit"]' and f"{Outcome.FAILED}" == "failed"

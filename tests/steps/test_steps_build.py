@@ -20,75 +20,7 @@ from buildbot.test.util.integration import RunMasterBase
 from twisted.internet import defer, reactor, task
 
 from ktstr_steps.buildsteps import branch_dir, kernel_build_factory
-
-FAKE_KTSTR_CI = r'''
-import json, os, sys, time
-argv = sys.argv[1:]
-result = None
-if argv[:1] == ["--result-file"]:
-    result, argv = argv[1], argv[2:]
-here = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(here, "calls.log"), "a") as f:
-    f.write(" ".join(argv) + "\n")
-scenario = open(os.path.join(here, "scenario")).read().strip()
-cmd = tuple(argv[:2])
-key = "local-1a2b3c4-x86_64-kc0123abcd"
-def event(obj):
-    if result is None:
-        print(json.dumps(obj), flush=True)
-    else:
-        with open(result, "a") as f:
-            f.write(json.dumps(obj) + "\n")
-def out(obj, rc=0):
-    event(obj); sys.exit(rc)
-if result is not None and os.path.exists(result):
-    os.unlink(result)
-if cmd == ("holder", "acquire"):
-    out({"name": argv[3], "pid": os.getpid(), "bypass": False,
-         "plan": {"llcs": [0], "cpus": [0, 1], "mems": [0], "make_jobs": 2, "cross_node": False},
-         "sandbox": {"kind": "none", "path": None}})
-if cmd == ("trees", "prepare"):
-    # No seed: the Git step clones a fresh tree, as on a builder's first build.
-    out({"tree": argv[argv.index("--tree") + 1], "action": "fresh", "seed": None,
-         "skipped": [], "removed": []})
-if cmd == ("holder", "lock-source"):
-    out({"name": argv[3], "lockfile": "/tmp/x.lock", "waited_seconds": 0, "holders_seen": []})
-if cmd == ("phase", "lookup") and "--revision" in argv:
-    hit = scenario == "revision-hit"
-    out({"cache_key": key, "hit": hit, "entry_dir": "/cache/" + key if hit else None,
-         "dirty": False, "is_git": True, "git_hash": "1a2b3c4",
-         "outcome": "cache-hit" if hit else None})
-if cmd == ("phase", "lookup"):
-    src = argv[argv.index("--source") + 1]
-    assert os.path.isfile(os.path.join(src, "Makefile")), "checkout did not run first"
-    out({"cache_key": key, "hit": scenario == "hit", "entry_dir": "/cache/" + key,
-         "dirty": False, "is_git": True, "git_hash": "1a2b3c4",
-         "outcome": "cache-hit" if scenario == "hit" else None})
-if cmd == ("phase", "configure"):
-    out({"configured": True, "overrides": [], "dropped": []})
-if cmd == ("phase", "make"):
-    if scenario == "stop":
-        event({"progress": {"phase": "make", "text": "CC kernel/fork.o"}})
-        open(os.path.join(here, "make-started"), "w").close()
-        time.sleep(60)
-    out({"jobs": 2, "warnings": 0, "errors": 0, "failed_target": None, "seconds": 0.1})
-if cmd == ("phase", "validate"):
-    out({"missing": []})
-if cmd == ("phase", "compile-commands"):
-    out({"path": "compile_commands.json", "entries": 3})
-if cmd == ("phase", "store"):
-    out({"outcome": "cached", "cache_key": key, "entry_dir": "/cache/" + key,
-         "image_path": "/cache/" + key + "/bzImage", "config_hash": "deadbeef"})
-if cmd == ("phase", "summary"):
-    outcome = {"hit": "cache-hit", "revision-hit": "cache-hit",
-               "build": "cached"}.get(scenario, "failed")
-    out({"ok": outcome != "failed", "outcome": outcome, "cache_key": key,
-         "image_path": "/cache/" + key + "/bzImage", "phases": {}},
-        0 if outcome != "failed" else 1)
-if cmd == ("holder", "release"):
-    out({"name": argv[3], "released": ["source-lock", "sandbox", "llc-locks"]})
-out({"ok": False, "errors": [{"kind": "usage", "message": "unknown " + " ".join(argv)}]}, 2)
-'''
+from tests.support.fake_ktstr_ci import FAKE_KTSTR_CI
 
 
 class TestKernelBuild(RunMasterBase):
@@ -140,6 +72,9 @@ class TestKernelBuild(RunMasterBase):
         steps = self.results(build)
         # A forced build without a revision is looked up from its tree, after the checkout.
         self.assertEqual(steps.pop("revision-lookup"), SKIPPED)
+        # No artifacts service, so no remote cache to ask.
+        self.assertEqual(steps.pop("remote-lookup"), SKIPPED)
+        self.assertEqual(steps.pop("remote-lookup-tree"), SKIPPED)
         # record has no records service here: "not recorded" is a warning on the step
         # and so on the build (every build here ends WARNINGS for that reason alone).
         self.assertEqual(steps.pop("record"), WARNINGS)

@@ -19,6 +19,7 @@ from ktstr_steps.buildsteps import (
     KernelMake,
     Record,
     Release,
+    RemoteLookup,
     Reserve,
     RevisionLookup,
     SourceLock,
@@ -32,10 +33,12 @@ from tests.support.steps_harness import HOLDER, STATE, FakeRecords, KtstrStepMix
 
 ORDER = [
     ("revision-lookup", RevisionLookup),
+    ("remote-lookup", RemoteLookup),
     ("reserve", Reserve),
     ("source-lock", SourceLock),
     ("checkout", KernelCheckout),
     ("cache-lookup", CacheLookup),
+    ("remote-lookup-tree", RemoteLookup),
     ("configure", Configure),
     ("make", KernelMake),
     ("validate", Validate),
@@ -67,6 +70,9 @@ class TestFactoryShape(unittest.TestCase):
         self.factory = kernel_build_factory(repourl="/srv/ci/var/linux.git", profile="tiny")
         self.steps = built_steps(self.factory)
 
+    def by_name(self) -> dict[str, Any]:
+        return {s.name: s for s in self.steps}
+
     def test_steps_in_build_order(self) -> None:
         self.assertEqual([(s.name, type(s)) for s in self.steps], ORDER)
 
@@ -89,15 +95,17 @@ class TestFactoryShape(unittest.TestCase):
 
     def test_failures_halt_before_record(self) -> None:
         halting = [s.name for s in self.steps if s.haltOnFailure]
-        self.assertEqual(halting, [name for name, _ in ORDER[:10]])
-        self.assertFalse(self.steps[10].flunkOnFailure)  # a lost row never fails a kernel build
+        # A remote entry that cannot be had is a miss: the build goes on and builds it.
+        self.assertEqual(halting, [name for name, _ in ORDER[:12] if "remote" not in name])
+        self.assertFalse(self.by_name()["record"].flunkOnFailure)  # a lost row never fails a kernel build
 
     def test_warnings_reach_the_build(self) -> None:
         warn = {s.name for s in self.steps if s.warnOnWarnings}
-        self.assertEqual(warn, {"configure", "make", "cache-store", "publish", "record"})
+        self.assertEqual(warn, {"remote-lookup", "remote-lookup-tree", "configure", "make",
+                                "cache-store", "publish", "record"})
 
     def test_stop_lets_ktstr_ci_kill_make(self) -> None:
-        make = self.steps[6]
+        make = self.by_name()["make"]
         self.assertEqual(make.sigtermTime, 30)
         self.assertEqual(make.interruptSignal, "KILL")
 
@@ -106,9 +114,9 @@ class TestFactoryShape(unittest.TestCase):
             self.assertIs(s.logEnviron, False, s.name)
 
     def test_cpu_cap_defaults_to_worker_llc_group(self) -> None:
-        self.assertEqual(self.steps[1].cpu_cap, Property("llc_ncpus", default=None))
+        self.assertEqual(self.by_name()["reserve"].cpu_cap, Property("llc_ncpus", default=None))
         explicit = built_steps(kernel_build_factory(repourl="r", profile="p", cpu_cap=3))
-        self.assertEqual(explicit[1].cpu_cap, 3)
+        self.assertEqual(explicit[2].cpu_cap, 3)
 
     def test_options_reach_their_steps(self) -> None:
         steps = built_steps(kernel_build_factory(

@@ -122,6 +122,16 @@ class TestPublishKernel(KtstrStepMixin, unittest.TestCase):
         self.expect_outcome(result=SKIPPED, state_string="build failed: nothing to publish (skipped)")
         return self.run_step()
 
+    def test_remote_hit_links_the_masters_copy_and_uploads_nothing(self) -> None:
+        svc = self.setup_publish(kernel_outcome="remote-hit",
+                                 artifacts_url="http://master/artifacts/linux-tiny/3/")
+        self.expect_commands()  # the files are on the master already
+        self.expect_outcome(result=SKIPPED,
+                            state_string="already on the master (remote hit) (skipped)")
+        d = self.run_step()
+        d.addCallback(lambda _: self.assertEqual(svc.published_dirs, []))
+        return d
+
     def test_worker_says_there_is_nothing_to_publish(self) -> None:
         self.setup_publish()
         reason = "no built kernel (outcome failed)"
