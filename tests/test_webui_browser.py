@@ -15,7 +15,8 @@ builds chosen to trip them; where the database does not have a column yet,
 the test adds it.
 
 Screenshots of every page go to ``$KTSTR_CI_SCREENSHOTS`` (``make
-screenshots``) or else to a pytest temp directory, named in the output.
+screenshots`` sets it) or else to ``artifacts/screenshots/`` of the checkout
+(ignored by git), named in the output.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from master.records import db as records_db
 from master.records import queries
 from tests.fakekernel import tree_files
 from tests.servicekit import ServiceKit
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.integration
 
@@ -54,9 +57,9 @@ FACT_COLUMNS = {
 }  # fmt: skip
 
 
-def shots_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shots_dir() -> Path:
     wanted = os.environ.get("KTSTR_CI_SCREENSHOTS")
-    path = Path(wanted) if wanted else tmp_path_factory.mktemp("screenshots")
+    path = Path(wanted) if wanted else REPO / "artifacts" / "screenshots"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -143,8 +146,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = shots_dir(tmp_path_factory)
+def shots() -> Path:
+    path = shots_dir()
     print(f"\nscreenshots: {path}")
     return path
 

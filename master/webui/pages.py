@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ktstr_steps import cache
-from ktstr_steps.results import Outcome
+from ktstr_steps.results import CACHED_OUTCOMES, Outcome
 from master.records import queries
 from master.records.models import BUILD_COLUMNS, KernelBuild
 from master.webui import charts, facts
@@ -121,7 +121,10 @@ def cache_table(engine: Engine, link: Link) -> list[dict[str, Any]]:
     """
     stmt = (
         select(KernelBuild)
-        .where(KernelBuild.cache_key.is_not(None))
+        .where(
+            KernelBuild.cache_key.is_not(None),
+            KernelBuild.kernel_outcome.in_(sorted(o.value for o in CACHED_OUTCOMES)),
+        )
         .order_by(KernelBuild.id.desc())
         .limit(CACHE_ROWS)
     )
@@ -147,12 +150,13 @@ def cache_table(engine: Engine, link: Link) -> list[dict[str, Any]]:
                          "builder": built.get("builder"), "number": built.get("build_number"),
                          "link": link(built)} if stored else None,
             "last_used": _when(last),
-            "last_used_by": {"buildid": last.get("buildid"), "builder": last.get("builder"),
+            "last_used_by": {"id": last["id"], "buildid": last.get("buildid"), "builder": last.get("builder"),
                              "number": last.get("build_number"), "link": link(last),
                              "outcome": last.get("kernel_outcome")},
             "uses": len(uses),
         })  # fmt: skip
-    out.sort(key=lambda e: (e["last_used"] is not None, e["last_used"] or 0), reverse=True)
+    out.sort(key=lambda e: (e["last_used"] is not None, e["last_used"] or 0,
+                            e["last_used_by"]["id"]), reverse=True)  # fmt: skip
     return out
 
 
