@@ -310,6 +310,20 @@ def test_cache_page_is_a_table_linking_the_building_build(kit, browser, shots):
     assert console_errors(browser) == []
 
 
+def test_matrix_page_through_the_menu(kit, browser, shots):
+    open_page(browser, kit, "ktstr", "index")
+    # The menu group opens to its pages; its Matrix runs entry opens the list in the app.
+    group = browser.find_element("xpath", "//*[contains(@class,'sidebar')]//*[text()='Kernel builds']")
+    group.click()
+    browser.find_element("xpath", "//*[contains(@class,'sidebar')]//*[text()='Matrix runs']").click()
+    wait_page(browser, "matrix")
+    assert browser.current_url.endswith("#/ktstr/matrix")
+    in_shell(browser)
+    assert "no matrix runs yet" in browser.find_element("css selector", ".bb-ktstr").text
+    browser.save_screenshot(str(shots / "matrix.png"))
+    assert console_errors(browser) == []
+
+
 def test_every_page_is_json_too(kit):
     base = kit.web_url + "plugins/ktstr/dash/"
 
