@@ -246,13 +246,16 @@ def test_branch_page_plots_link_builds_and_explain(kit, browser, shots):
     phases = drawn["branch-phases"]["data"]
     assert any(v for ds in phases for v in ds if v)  # the make phase took time
     # The explanation, new warning and config diff of the tripped build: one click away.
+    browser.save_screenshot(str(shots / "branch.png"))
     tripped = kit.builds_made[1]["buildid"]
     details = browser.find_element("css selector", f'details[data-buildid="{tripped}"]')
     assert EXPLANATION in details.text  # the summary line says why
     details.find_element("tag name", "summary").click()
     assert NEW_WARNING["message"] in details.text and "CONFIG_HZ" in details.text
     assert ALERT in details.text
-    browser.save_screenshot(str(shots / "branch.png"))
+    browser.execute_script("arguments[0].closest('tr').previousElementSibling.scrollIntoView()",
+                           details)  # fmt: skip
+    browser.save_screenshot(str(shots / "branch-details.png"))
     assert console_errors(browser) == []
     # A point of the plot opens its build in Buildbot's build page.
     browser.execute_script("""
