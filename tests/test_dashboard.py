@@ -193,7 +193,8 @@ def chart_specs(html: str) -> dict[str, dict]:
     """Every chart on a page by name: its Chart.js spec and its point links."""
     out = {}
     for name, spec, links in re.findall(
-        r'<canvas data-chart-name="([^"]+)" data-chart="([^"]+)" data-links="([^"]+)"', html
+        r'<canvas data-chart-name="([^"]+)" data-chart="([^"]+)" data-links="([^"]+)" role="img"'
+        r' aria-label="[^"]+"', html
     ):
         out[name] = {"spec": json.loads(unescape(spec)), "links": json.loads(unescape(links))}
     return out
@@ -223,6 +224,7 @@ def test_trends_plot_every_build_per_profile(client, url):
     warn = charts["profile-1-warnings"]["spec"]["data"]["datasets"][0]
     assert warn["data"] == [2]
     assert 'data-profile="tiny">Profile <code>tiny</code> — 2 builds' in html
+    assert 'aria-label="bzImage, vmlinux, vmlinux (stripped) over 2 builds"' in html
 
 
 def test_missing_db_is_a_message_not_a_500(tmp_path):

@@ -119,6 +119,13 @@ def sparkline(builds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     })  # fmt: skip
 
 
+def describe(spec: Mapping[str, Any]) -> str:
+    """A plot in words, for readers that cannot see it: its series and how many builds."""
+    data = spec.get("data", {})
+    names = ", ".join(str(d.get("label")) for d in data.get("datasets", []))
+    return f"{names} over {len(data.get('labels', []))} builds"
+
+
 def canvas(spec: Mapping[str, Any], links: Sequence[str | None], *, name: str,
            height: int = 260, width: int | None = None) -> Markup:  # fmt: skip
     """The ``<canvas>`` that ``scripts.js`` draws ``spec`` on; ``links[i]`` is point i's build."""
@@ -126,5 +133,6 @@ def canvas(spec: Mapping[str, Any], links: Sequence[str | None], *, name: str,
     return Markup(
         f'<div class="kchart kchart-{escape(name)}" style="{style}">'
         f'<canvas data-chart-name="{escape(name)}" data-chart="{escape(json.dumps(spec))}" '
-        f'data-links="{escape(json.dumps(list(links)))}"></canvas></div>'
+        f'data-links="{escape(json.dumps(list(links)))}" role="img" '
+        f'aria-label="{escape(describe(spec))}"></canvas></div>'
     )
