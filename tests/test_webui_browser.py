@@ -321,16 +321,18 @@ def test_matrix_page_through_the_menu(kit, browser, shots):
     # The menu group opens to its pages; its Matrix runs entry opens the list in the app.
     from selenium.webdriver.support.ui import WebDriverWait
 
-    entry = "//*[contains(@class,'sidebar')]//*[text()='Matrix runs']"
-
-    def shown(d):
-        found = [e for e in d.find_elements("xpath", entry) if e.is_displayed()]
+    def menu_item(d, caption: str):
+        found = [e for e in d.find_elements("css selector", ".sidebar .bb-sidebar-button")
+                 if e.text.strip() == caption]  # fmt: skip
         return found[0] if found else None
 
-    if not shown(browser):  # the group may already be open on one of its own pages
-        browser.find_element(
-            "xpath", "//*[contains(@class,'sidebar')]//*[text()='Kernel builds']").click()
-    WebDriverWait(browser, 10).until(shown).click()
+    def opened(d):
+        item = menu_item(d, "Matrix runs")
+        return item if item is not None and item.size["height"] > 0 else None
+
+    if not opened(browser):  # the group may already be open on one of its own pages
+        menu_item(browser, "Kernel builds").click()
+    WebDriverWait(browser, 10).until(opened).click()
     wait_page(browser, "matrix")
     assert browser.current_url.endswith("#/ktstr/matrix")
     in_shell(browser)
