@@ -169,7 +169,9 @@ def open_page(driver, kit: ServiceKit, route: str, page: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     t0 = time.monotonic()
-    driver.get(kit.web_url + "#/" + route)
+    # The UI's own address (buildbotURL): Buildbot's shell fetches some of its files from
+    # there, which another origin (127.0.0.1 for localhost) would refuse as cross-origin.
+    driver.get(kit.settings.web_url + "#/" + route)
     wait_page(driver, page)
     print(f"\n#/{route}: loaded and drawn in {time.monotonic() - t0:.2f}s")
     WebDriverWait(driver, 30).until(lambda d: d.find_elements("css selector", ".sidebar"))
