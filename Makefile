@@ -7,14 +7,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Packages the pipeline, the tests and the real-kernel build need.
 APT_PKGS := git make gcc libc6-dev binutils flex bison bc libelf-dev libssl-dev dwarves \
-	xz-utils curl iproute2 postgresql linux-source-6.12 procps
+	xz-utils curl iproute2 postgresql linux-source-6.12 procps \
+	chromium chromium-driver
 # pytest selection: FAST=1 skips the real-kernel build (minutes); CI runs everything.
 PYTEST_ARGS ?=
 ifeq ($(FAST),1)
 PYTEST_ARGS += -m "not realkernel"
 endif
 
-.PHONY: help deps venv setup test lint run stop status bench soak clean
+.PHONY: help deps venv setup test lint run stop status bench soak clean webui-assets screenshots
 
 help:
 	@echo "make run    start master + one worker per LLC group (web UI on :8010)"
@@ -23,6 +24,8 @@ help:
 	@echo "make test   set up and run the tests (FAST=1 skips the real-kernel build)"
 	@echo "make lint   ruff"
 	@echo "make bench  benchmarks under bench/ (service vs plain make; matrix cache hits; reuse)"
+	@echo "make screenshots  the kernel build pages in headless Chromium, as PNGs in artifacts/screenshots/"
+	@echo "make webui-assets  re-fetch Chart.js (webui-assets/package-lock.json) into master/webui/static/"
 	@echo "make soak   pushes with random kill -9 of workers, holders, the master (SOAK_SECONDS=600)"
 
 # Install missing Debian packages only; no apt-get when all are present.
@@ -72,3 +75,16 @@ soak: setup
 
 clean:
 	rm -rf $(VENV) var
+
+# Chart.js, exactly as locked in webui-assets/package-lock.json, into the web UI plugin's
+# static files (the built file and its licence are committed; this re-creates them).
+webui-assets:
+	cd webui-assets && npm ci --ignore-scripts --no-audit --no-fund
+	cp webui-assets/node_modules/chart.js/dist/chart.umd.min.js master/webui/static/chart.umd.min.js
+	cp webui-assets/node_modules/chart.js/LICENSE.md master/webui/static/chart.js.LICENSE.md
+
+# The kernel build pages of a real master with real builds, in headless Chromium.
+SCREENSHOT_DIR ?= artifacts/screenshots
+screenshots: setup
+	KTSTR_CI_SCREENSHOTS=$(abspath $(SCREENSHOT_DIR)) $(VENV)/bin/python -m pytest -q tests/test_webui_browser.py
+	@echo "screenshots in $(SCREENSHOT_DIR)/"

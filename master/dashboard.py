@@ -1,28 +1,32 @@
-"""Kernel build pages inside Buildbot's web UI (a buildbot-wsgi-dashboards Flask app).
+"""The kernel build pages' server: a Flask app that renders each page and its JSON.
 
-``index.html`` is the fragment Buildbot's React shell fetches and shows under
-its own menu entry; the other pages (branch history, kernel cache, trends,
-matrix grid) are plain pages under ``/plugins/wsgi_dashboards/<name>/`` linked
-from it. Flask runs in the reactor's thread pool, so the synchronous
-``queries`` calls here never block the reactor. The records' part of the
-config (:mod:`master.records.part`) adds :func:`dashboard_config`'s entry.
+Buildbot's React shell shows the pages inside its own menu (the ``ktstr`` www
+plugin, :mod:`master.webui`, mounts this app at ``plugins/ktstr/dash/``):
+each of its routes fetches ``<page>.html?fragment=1`` and draws the page's
+plots. Without ``fragment=1`` a page is a whole document (for a direct look);
+``<page>.json`` is the same page's data for scripts. Links between pages are
+the shell's routes (``#/ktstr/...``), so navigation stays in the app.
+
+Flask runs in the reactor's thread pool, so the synchronous ``queries`` calls
+here never block the reactor.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
-from flask import Flask, abort, current_app, render_template, request, url_for
+from flask import Flask, abort, current_app, jsonify, render_template, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ktstr_steps import cache
 from ktstr_steps.results import PHASES, RECORDED_OUTCOMES, Outcome
+from master import webui
 from master.records import db, queries
+from master.webui import charts, facts, pages
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_NAME = "ktstr"
@@ -65,44 +69,6 @@ class _Records:
             return self._engine
 
 
-def _live_cache(root: str | None) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """The kernel cache on this master's disk, by ktstr's root rule unless ``root`` is given.
-
-    Returns (entries, note). The listing is a bonus: when the root cannot be
-    resolved or read, the page shows the note and the records half still renders.
-    """
-    try:
-        root = str(root) if root is not None else str(cache.cache_root())
-        raw = cache.list_entries(Path(root))
-    except Exception as exc:  # KtstrError for the root, OSError or anything from a bad entry
-        return None, f"cannot list the kernel cache at {root or 'its root'}: {exc}"
-    out = []
-    for e in raw or []:
-        if dataclasses.is_dataclass(e) and not isinstance(e, type):
-            d = dataclasses.asdict(e)
-        elif isinstance(e, Mapping):
-            d = dict(e)
-        else:
-            d = dict(getattr(e, "__dict__", {})) or {"key": str(e)}
-        meta = d.get("metadata") if isinstance(d.get("metadata"), Mapping) else {}
-        flat = {**meta, **{k: v for k, v in d.items() if k != "metadata"}}
-        details = {
-            k: v
-            for k, v in flat.items()
-            if k not in ("key", "cache_key", "name") and not isinstance(v, Mapping | list)
-        }
-        if isinstance(flat.get("source"), Mapping):
-            # ktstr's KernelSource: {"type": "git", "git_hash": ..., "ref": ...} on one line.
-            details["source"] = " ".join(str(v) for v in flat["source"].values() if v is not None)
-        out.append(
-            {
-                "key": flat.get("key") or flat.get("cache_key") or flat.get("name") or "?",
-                "details": details,
-            }
-        )
-    return out, f"{len(out)} entries in {root}"
-
-
 def build_link(row: Mapping[str, Any]) -> str | None:
     """The Buildbot UI page of a recorded build.
 
@@ -128,9 +94,9 @@ def build_link(row: Mapping[str, Any]) -> str | None:
 
 
 def _bb_root() -> str:
-    """Buildbot's root path: the app is mounted at <root>/plugins/wsgi_dashboards/<name>."""
+    """Buildbot's root path: the app is mounted at <root>/plugins/ktstr/dash."""
     script = request.script_root or ""
-    marker = "/plugins/wsgi_dashboards/"
+    marker = "/plugins/"
     return script.split(marker, 1)[0] if marker in script else ""
 
 
@@ -171,6 +137,23 @@ def _duration(row: Mapping[str, Any]) -> str:
     return ""
 
 
+# Page endpoint -> the shell's route of that page (scripts.js registers the same routes).
+ROUTES: dict[str, str] = {
+    "index": "ktstr",
+    "branch": "ktstr/branch",
+    "trends": "ktstr/trends",
+    "cache": "ktstr/cache",
+    "matrix": "ktstr/matrix",
+}
+
+
+def route_link(endpoint: str, **query: Any) -> str:
+    """The shell's address of a page, e.g. ``/#/ktstr/branch?name=main``."""
+    args = {k: v for k, v in query.items() if v is not None}
+    qs = f"?{urlencode(args, quote_via=quote, safe='/')}" if args else ""
+    return f"{_bb_root()}/#/{ROUTES[endpoint]}{qs}"
+
+
 def create_app(db_url: str | Engine | None = None, *, cache_root: str | None = None,
                name: str = DEFAULT_NAME) -> Flask:  # fmt: skip
     """The Flask app; ``db_url`` a URL or an Engine (tests), default as the service's."""
@@ -188,103 +171,91 @@ def create_app(db_url: str | Engine | None = None, *, cache_root: str | None = N
         outcomes=RECORDED_OUTCOMES,
         bb_root=_bb_root,
         dashboard_name=name,
+        page=route_link,
+        facts=facts,
+        canvas=charts.canvas,
+        NONE=facts.NONE,
     )
 
-    def render(template: str, *, fragment: bool = False, **ctx: Any) -> str:
+    def render(template: str, **ctx: Any) -> str:
+        fragment = request.args.get("fragment") == "1"
         return render_template(template, standalone=not fragment, db_url=records.url, **ctx)
 
-    def engine_or_message(fragment: bool = False) -> Engine | str:
+    def engine_or_message() -> Engine | str:
         try:
             return records.engine()
         except db.RecordsError as exc:
-            return render("_unavailable.html", fragment=fragment, message=str(exc))
+            return render("_unavailable.html", message=str(exc))
+
+    def engine_or_503() -> Engine:
+        try:
+            return records.engine()
+        except db.RecordsError as exc:
+            abort(503, str(exc))
 
     @app.errorhandler(SQLAlchemyError)
     def _db_error(exc: SQLAlchemyError):  # a DB outage is a page, not a traceback
         msg = f"records database error: {getattr(exc, 'orig', exc)}"
+        if request.path.endswith(".json"):
+            return jsonify({"error": msg}), 503
         return render("_unavailable.html", message=msg), 503
 
-    @app.route("/index.html")
-    def index():
-        eng = engine_or_message(fragment=True)
-        if isinstance(eng, str):
-            return eng
-        return render(
-            "index.html",
-            fragment=True,
-            branches=queries.branches(eng),
-            counts=queries.outcome_counts(eng),
-            recent=queries.recent_builds(eng, limit=15),
-            runs=queries.matrix_runs(eng, limit=5),
-        )
-
-    @app.route("/branch.html")
-    def branch():
+    def branch_name() -> str:
         name_ = request.args.get("name")
         if not name_:
-            abort(400, "branch.html needs ?name=<branch>")
-        limit = int_arg("limit", 100, 1, 1000)
-        eng = engine_or_message()
-        if isinstance(eng, str):
-            return eng
-        return render(
-            "branch.html",
-            branch=name_,
-            rows=queries.branch_history(eng, name_, limit=limit),
-            counts=queries.outcome_counts(eng, branch=name_),
-        )
+            abort(400, "branch needs ?name=<branch>")
+        return name_
 
-    @app.route("/cache.html")
-    def cache():
-        eng = engine_or_message()
-        if isinstance(eng, str):
-            return eng
-        live, note = _live_cache(cache_root)
-        return render("cache.html", entries=queries.cache_entries(eng), live=live, live_note=note)
+    # Each page: (its data from the records, its template); HTML and JSON share the data.
+    def index_data(eng: Engine) -> dict[str, Any]:
+        return pages.overview(eng, build_link)
 
-    @app.route("/trends.html")
-    def trends():
-        days = int_arg("days", 14, 1, 365)
-        eng = engine_or_message()
-        if isinstance(eng, str):
-            return eng
-        trend = queries.outcome_trend(eng, days=days)
-        peak = max((d["total"] for d in trend), default=0)
-        return render(
-            "trends.html", trend=trend, peak=peak, counts=queries.outcome_counts(eng), days=days
-        )
+    def branch_data(eng: Engine) -> dict[str, Any]:
+        return pages.branch(eng, branch_name(), build_link, limit=int_arg("limit", 100, 1, 1000))
 
-    @app.route("/matrix.html")
-    def matrix():
-        eng = engine_or_message()
-        if isinstance(eng, str):
-            return eng
+    def trends_data(eng: Engine) -> dict[str, Any]:
+        return pages.trends(eng, build_link, days=int_arg("days", 30, 1, 365),
+                            limit=int_arg("limit", pages.TREND_BUILDS, 1, 5000))
+
+    def cache_data(eng: Engine) -> dict[str, Any]:
+        live, note = pages.live_cache(cache_root)
+        return {"entries": pages.cache_table(eng, build_link), "live": live, "live_note": note}
+
+    def matrix_data(eng: Engine) -> dict[str, Any]:
         run_id = int_arg("id", None, 1, ID_MAX)
         if run_id is None:
-            return render("matrix_list.html", runs=queries.matrix_runs(eng, limit=100))
+            return {"runs": queries.matrix_runs(eng, limit=100)}
         grid = queries.matrix_grid(eng, run_id)
         if grid is None:
             abort(404, f"no matrix run {run_id}")
-        return render("matrix.html", grid=grid)
+        return {"grid": grid}
 
-    app.jinja_env.globals["page"] = lambda endpoint, **kw: url_for(endpoint, **kw)
+    pages_ = {"index": index_data, "branch": branch_data, "trends": trends_data,
+              "cache": cache_data, "matrix": matrix_data}  # fmt: skip
+
+    def html_view(page_name: str):
+        def view():
+            eng = engine_or_message()
+            if isinstance(eng, str):
+                return eng
+            data = pages_[page_name](eng)
+            template = page_name + ".html"
+            if page_name == "matrix" and "grid" not in data:
+                template = "matrix_list.html"
+            return render(template, **data)
+        return view
+
+    def json_view(page_name: str):
+        def view():
+            return jsonify(queries.jsonable(pages_[page_name](engine_or_503())))
+        return view
+
+    for page_name in pages_:
+        app.add_url_rule(f"/{page_name}.html", page_name, html_view(page_name))
+        app.add_url_rule(f"/{page_name}.json", f"{page_name}_json", json_view(page_name))
     return app
 
 
-def dashboard_config(
-    db_url: str | None = None,
-    *,
-    name: str = DEFAULT_NAME,
-    caption: str = "Kernel builds",
-    order: int = 5,
-    icon: str = "FaMicrochip",
-    cache_root: str | None = None,
-) -> dict[str, Any]:
-    """One entry for ``c['www']['plugins']['wsgi_dashboards']`` (a list of these)."""
-    return {
-        "name": name,
-        "caption": caption,
-        "app": create_app(db_url, cache_root=cache_root, name=name),
-        "order": order,
-        "icon": icon,
-    }
+def plugin_entry(db_url: str | None = None, *, cache_root: str | None = None) -> dict[str, Any]:
+    """``c['www']['plugins']['ktstr']``: the pages' app for the ``ktstr`` www plugin."""
+    return webui.plugin_config(create_app(db_url, cache_root=cache_root))

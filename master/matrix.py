@@ -44,7 +44,7 @@ from buildbot.process.properties import Property
 from ktstr_steps.buildsteps.factory import Checkout, ReleaseSource, kernel_build_factory
 from ktstr_steps.buildsteps.matrix_run import matrix_run_factory
 from ktstr_steps.matrixspec import RECENT, parse_spec
-from master.dashboard import DEFAULT_NAME
+from master.dashboard import ROUTES
 from master.parts import ConfigPart
 from master.pushes import pushed_repos
 from master.schedulers import KtstrForceScheduler, ReasonParameter, builder_name
@@ -76,8 +76,8 @@ def branch_repos(m: MatrixSettings, repos: tuple[Repo, ...]) -> list[str]:
 
 
 def dashboard_url(settings: Settings) -> str:
-    """The records dashboard's matrix grid page (``?id=<run>`` is appended per run)."""
-    return f"{settings.web_url}plugins/wsgi_dashboards/{DEFAULT_NAME}/matrix.html"
+    """The matrix grid page inside the web UI (``?id=<run>`` is appended per run)."""
+    return f"{settings.web_url}#/{ROUTES['matrix']}"
 
 
 def force_matrix() -> KtstrForceScheduler:

@@ -2,13 +2,14 @@
 
 * :class:`master.records.service.RecordsService` on ``databases.records``,
   registered under the name the record and matrix steps look it up by;
-* the kernel build pages (:mod:`master.dashboard`) as a ``wsgi_dashboards``
-  entry: build history per branch, the kernel cache, trends, matrix runs.
+* the kernel build pages (:mod:`master.dashboard`) as the ``ktstr`` www
+  plugin (:mod:`master.webui`), inside Buildbot's UI: overview, branch
+  history, trends, the kernel cache, matrix runs.
 """
 
 from __future__ import annotations
 
-from master.dashboard import dashboard_config
+from master.dashboard import plugin_entry
 from master.parts import ConfigPart
 from master.records.compare import AlertRules
 from master.records.service import RecordsService
@@ -31,6 +32,6 @@ def config_part(settings: Settings) -> ConfigPart:
         feature="records",
         services=[RecordsService(db_url=settings.databases.records,
                                  alerts=alert_rules(settings))],
-        dashboards=[dashboard_config(settings.databases.records,
-                                     cache_root=str(settings.paths.kernel_cache))],
+        www_plugins={"ktstr": plugin_entry(settings.databases.records,
+                                           cache_root=str(settings.paths.kernel_cache))},
     )

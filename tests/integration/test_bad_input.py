@@ -237,17 +237,17 @@ def test_force_form_refuses(kit: ServiceKit, params: dict, field: str, needle: s
 # -- our pages and Buildbot's REST API -------------------------------------------------
 
 PAGE_CASES: list[tuple[str, str, int, str]] = [
-    ("matrix-id-huge", f"plugins/wsgi_dashboards/ktstr/matrix.html?id={BIG}", 400,
+    ("matrix-id-huge", f"plugins/ktstr/dash/matrix.html?id={BIG}", 400,
      "id must be an integer from 1 to 9223372036854775807"),
-    ("matrix-id-text", "plugins/wsgi_dashboards/ktstr/matrix.html?id=abc", 400,
+    ("matrix-id-text", "plugins/ktstr/dash/matrix.html?id=abc", 400,
      "id must be an integer"),
-    ("matrix-id-zero", "plugins/wsgi_dashboards/ktstr/matrix.html?id=0", 400,
+    ("matrix-id-zero", "plugins/ktstr/dash/matrix.html?id=0", 400,
      "id must be an integer from 1"),
-    ("branch-limit-huge", f"plugins/wsgi_dashboards/ktstr/branch.html?name=main&limit={BIG}", 400,
+    ("branch-limit-huge", f"plugins/ktstr/dash/branch.html?name=main&limit={BIG}", 400,
      "limit must be an integer from 1 to 1000"),
-    ("trends-days-huge", f"plugins/wsgi_dashboards/ktstr/trends.html?days={BIG}", 400,
+    ("trends-days-huge", f"plugins/ktstr/dash/trends.html?days={BIG}", 400,
      "days must be an integer from 1 to 365"),
-    ("trends-days-negative", "plugins/wsgi_dashboards/ktstr/trends.html?days=-5", 400,
+    ("trends-days-negative", "plugins/ktstr/dash/trends.html?days=-5", 400,
      "days must be an integer from 1 to 365"),
     ("artifacts-number-huge", f"plugins/wsgi_dashboards/artifacts/linux-tiny/{BIG}/", 404, ""),
     ("rest-limit-huge", f"api/v2/changes?limit={BIG}", 400, f"limit={BIG} is out of range"),

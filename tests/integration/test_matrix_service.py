@@ -139,7 +139,7 @@ def test_matrix_runs_build_then_hit_then_resolve_again(
                      for c in cells}
         assert {u["url"] for u in links} == cell_urls
         [grid_link] = urls_of(kit, parent["buildid"], "finish")
-        assert grid_link["url"].endswith(f"/plugins/wsgi_dashboards/ktstr/matrix.html?id={run_id}")
+        assert grid_link["url"].endswith(f"/#/ktstr/matrix?id={run_id}")
 
         eng = records_engine(kit)
         grid = queries.matrix_grid(eng, run_id)
@@ -236,7 +236,7 @@ def test_broken_cell_fails_alone_and_branch_cells_build_the_tip(
         # The grid page shows it.
         import urllib.request
 
-        url = f"{kit.web_url}plugins/wsgi_dashboards/ktstr/matrix.html?id={run_id}"
+        url = f"{kit.web_url}plugins/ktstr/dash/matrix.html?id={run_id}"
         page = urllib.request.urlopen(url, timeout=10).read().decode()
         assert "6.6.103" in page and "branch:linux/main" in page
         eng.dispose()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+from html import unescape
 
 import pytest
 import treq
@@ -17,7 +19,7 @@ from ktstr_steps import cache
 from master import dashboard
 from master.records import db, queries
 
-BASE = "http://localhost/plugins/wsgi_dashboards/ktstr/"  # where Buildbot mounts the app
+BASE = "http://localhost/plugins/ktstr/dash/"  # where the ktstr www plugin mounts the app
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
 
 
@@ -92,13 +94,13 @@ def get(client, path: str, status: int = 200) -> str:
 
 
 def test_index_is_a_fragment_with_branches_recent_and_runs(client, filled):
-    html = get(client, "/index.html")
+    html = get(client, "/index.html?fragment=1")
     assert not html.lstrip().startswith("<!doctype")  # injected into Buildbot's React shell
-    assert 'href="/plugins/wsgi_dashboards/ktstr/branch.html?name=main"' in html
+    assert 'href="/#/ktstr/branch?name=main"' in html  # the shell's route: stays in the app
     # The build page link in 4.3's route form.
     assert 'href="/#/builders/3/builds/7"' in html
     assert 'class="badge outcome-cached"' in html and 'class="badge outcome-failed"' in html
-    assert f'href="/plugins/wsgi_dashboards/ktstr/matrix.html?id={filled}"' in html
+    assert f'href="/#/ktstr/matrix?id={filled}"' in html
     assert len(re.findall(r'<tr class="build"', html)) == 4
 
 
@@ -106,7 +108,7 @@ def test_user_text_is_escaped(client, filled):
     html = get(client, "/index.html")
     assert "<script>alert(1)</script>" not in html
     assert "make-failed: &lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "branch.html?name=feat/%3Cx%3E%26y" in html
+    assert "#/ktstr/branch?name=feat/%3Cx%3E%26y" in html
 
 
 def test_branch_history_shows_phases(client, filled):
@@ -132,41 +134,49 @@ def test_cache_page_lists_keys_and_identity(client, filled, monkeypatch):
     monkeypatch.delenv("KTSTR_CACHE_DIR")
     monkeypatch.setenv("HOME", "")
     html = get(client, "/cache.html")
-    for text in ("local-0123456-x86_64-kcaaaa", "cfg12345", "kc012345", "ex012345", "6.12.3",
-                 "/cache/local-0123456-x86_64-kcaaaa", "tarball-6.12.3-x86_64-kcaaaa"):  # fmt: skip
-        assert text in html
+    rows = re.findall(r'<tr class="entry" data-key="([^"]+)">(.*?)</tr>', html, re.S)
+    # The failed build stored nothing; newest use first.
+    assert [k for k, _ in rows] == ["tarball-6.12.3-x86_64-kcaaaa", "local-0123456-x86_64-kcaaaa"]
+    local = dict(rows)["local-0123456-x86_64-kcaaaa"]
+    assert "<code>0123456789ab</code>" in local and "6.12.3" in local
+    assert 'class="buildlink" href="/#/builders/3/builds/7"' in local  # built by
+    assert 'class="lastlink" href="/#/builders/3/builds/7"' in local  # last used
+    hit = dict(rows)["tarball-6.12.3-x86_64-kcaaaa"]
+    assert "not built by this CI" in hit  # only ever a cache hit here
+    assert "=" not in re.sub(r"<[^>]*>", "", local)  # no key=value dumps
     assert "cannot list the kernel cache at its root" in html and "HOME is set to the empty" in html
-    assert len(re.findall(r'<tr class="entry"', html)) == 2  # the failed build stored nothing
+
+
+def _entry(root, key: str, **meta):
+    from ktstr_steps.cache import KernelMetadata, KernelSource
+
+    entry = root / key
+    entry.mkdir(parents=True)
+    (entry / "bzImage").write_bytes(b"k" * 2048)
+    fields = {"source": KernelSource.tarball(), "arch": "x86_64", "image_name": "bzImage",
+              "built_at": "2026-01-01T00:00:00Z", **meta}  # fmt: skip
+    (entry / "metadata.json").write_text(KernelMetadata(**fields).dumps())
+    return entry
+
+
+def live_rows(html: str) -> list[list[str]]:
+    """The live listing's rows as cell texts."""
+    table = html.split('<table class="live">', 1)[1].split("</table>", 1)[0]
+    return [
+        [re.sub(r"<[^>]*>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
+        for r in re.findall(r'<tr class="live-entry">(.*?)</tr>', table, re.S)
+    ]
 
 
 def test_cache_page_live_listing(client, filled, monkeypatch, tmp_path):
-    calls = []
-
-    def list_entries(root):
-        calls.append(root)
-        return [{"key": "local-feed123-x86_64-kcbbbb", "metadata": {"version": "6.13.1",
-                                                                     "source": {"type": "git"}}}]  # fmt: skip
-
-    monkeypatch.setattr(cache, "list_entries", list_entries)
+    _entry(tmp_path / "kc", "6.14.2-tarball-x86_64-kcbbbb", version="6.14.2")
     monkeypatch.setenv("KTSTR_CACHE_DIR", str(tmp_path / "kc"))
     html = get(client, "/cache.html")
-    assert calls == [tmp_path / "kc"]
-    assert "local-feed123-x86_64-kcbbbb" in html and "version=<code>6.13.1</code>" in html
+    assert live_rows(html) == [[
+        "6.14.2-tarball-x86_64-kcbbbb", "6.14.2", "tarball", "x86_64", "2026-01-01T00:00:00Z",
+        "—", "bzImage 2.00 KiB", "no",
+    ]]  # fmt: skip
     assert f"1 entries in {tmp_path / 'kc'}" in html
-
-
-def test_cache_page_lists_real_entries(client, filled, isolated_env):
-    from ktstr_steps.cache import KernelMetadata, KernelSource
-
-    entry = isolated_env / "6.14.2-tarball-x86_64-kcbbbb"
-    entry.mkdir(parents=True)
-    (entry / "bzImage").write_bytes(b"kernel")
-    meta = KernelMetadata(source=KernelSource.tarball(), arch="x86_64", image_name="bzImage",
-                          built_at="2026-01-01T00:00:00Z", version="6.14.2")
-    (entry / "metadata.json").write_text(meta.dumps())
-    html = get(client, "/cache.html")
-    assert "6.14.2-tarball-x86_64-kcbbbb" in html and "version=<code>6.14.2</code>" in html
-    assert f"1 entries in {isolated_env}" in html
 
 
 def test_cache_page_survives_a_failing_listing(client, filled, monkeypatch):
@@ -179,62 +189,42 @@ def test_cache_page_survives_a_failing_listing(client, filled, monkeypatch):
     assert "local-0123456-x86_64-kcaaaa" in html
 
 
-def test_trends_counts_per_day(client, url):
+def chart_specs(html: str) -> dict[str, dict]:
+    """Every chart on a page by name: its Chart.js spec and its point links."""
+    out = {}
+    for name, spec, links in re.findall(
+        r'<canvas data-chart-name="([^"]+)" data-chart="([^"]+)" data-links="([^"]+)" role="img"'
+        r' aria-label="[^"]+"', html
+    ):
+        out[name] = {"spec": json.loads(unescape(spec)), "links": json.loads(unescape(links))}
+    return out
+
+
+def test_trends_plot_every_build_per_profile(client, url):
     eng = db.make_engine(url)
-    now = dt.datetime.now(dt.UTC).replace(hour=12)
-    for i, o in enumerate(["cached", "cached", "failed"]):
-        queries.insert_build(eng, row(buildid=i + 1, kernel_outcome=o, started_at=now))
-    queries.insert_build(eng, row(buildid=9, started_at=now - dt.timedelta(days=2)))
+    now = dt.datetime.now(dt.UTC)
+    for i, (branch, profile) in enumerate([("a", "tiny"), ("b", "tiny"), ("a", "preempt")]):
+        queries.insert_build(eng, row(buildid=i + 1, builderid=2, build_number=i + 1,
+                                      branch=branch, profile=profile, make_warnings=i,
+                                      phases={"make": 10.0 + i, "configure": 1.0},
+                                      started_at=now - dt.timedelta(hours=3 - i)))  # fmt: skip
+    queries.insert_build(eng, row(buildid=9, profile="tiny", started_at=now - dt.timedelta(days=9)))
     eng.dispose()
     html = get(client, "/trends.html?days=3")
-    days = re.findall(
-        r'<tr class="day" data-day="([0-9-]+)"><td>[0-9-]+</td><td class="num">(\d+)', html
-    )
-    assert days == [
-        ((now - dt.timedelta(days=2)).date().isoformat(), "1"),
-        ((now - dt.timedelta(days=1)).date().isoformat(), "0"),
-        (now.date().isoformat(), "3"),
-    ]
-    assert 'title="cached: 2"' in html and 'title="failed: 1"' in html
-
-
-def test_matrix_grid(client, filled):
-    html = get(client, f"/matrix.html?id={filled}")
-    assert "4 cells: 0 built, 1 cache hits, 1 failed." in html
-    found = re.findall(r'data-version="([^"]+)" data-profile="([^"]+)">(.*?)</td>', html, re.S)
-    cells = {(v, p): body for v, p, body in found}
-    assert set(cells) == {(v, p) for v in ("6.12.3", "6.6.60") for p in ("tiny", "preempt")}
-    assert (
-        "cache-hit" in cells[("6.12.3", "tiny")]
-        and "/#/builders/5/builds/1" in cells[("6.12.3", "tiny")]
-    )
-    assert "configure-failed" in cells[("6.6.60", "preempt")]
-    assert "not recorded" in cells[("6.6.60", "tiny")]
-
-
-def test_matrix_list_and_missing_run(client, filled):
-    html = get(client, "/matrix.html")
-    assert "6.6..6.12" in html and "6.12.3, 6.6.60" in html
-    get(client, f"/matrix.html?id={filled + 100}", status=404)
-
-
-def test_buildid_only_rows_resolve_through_the_data_api(url):
-    eng = db.make_engine(url)
-    queries.insert_build(eng, row(buildid=77))
-    queries.insert_build(eng, row(buildid=78, started_at=T0 - dt.timedelta(hours=1)))
-    eng.dispose()
-    app = dashboard.create_app(url)
-
-    class Api:  # what buildbot_wsgi_dashboards attaches as app.buildbot_api
-        def dataGet(self, path):
-            if path == ("builds", 77):
-                return {"buildid": 77, "builderid": 4, "number": 19}
-            return None
-
-    app.buildbot_api = Api()
-    html = get(app.test_client(), "/index.html")
-    assert 'href="/#/builders/4/builds/19"' in html
-    assert 'href="/api/v2/builds/78"' in html  # unknown to Buildbot: the REST record
+    charts = chart_specs(html)
+    assert set(charts) == {f"profile-{i}-{k}" for i in (1, 2)
+                           for k in ("phases", "warnings", "sizes")}  # fmt: skip
+    tiny = charts["profile-2-phases"]  # profiles sorted: preempt, tiny
+    assert tiny["spec"]["data"]["labels"] == ["a #1 0123456", "b #2 0123456"]  # oldest first
+    make = next(d for d in tiny["spec"]["data"]["datasets"] if d["label"] == "make")
+    assert make["data"] == [10.0, 11.0] and make["stack"] == "phases"
+    assert tiny["links"] == ["/#/builders/2/builds/1", "/#/builders/2/builds/2"]
+    sizes = charts["profile-2-sizes"]["spec"]["data"]["datasets"]
+    assert [d["data"] for d in sizes] == [[None, None]] * 3  # old rows: gaps, not zeros
+    warn = charts["profile-1-warnings"]["spec"]["data"]["datasets"][0]
+    assert warn["data"] == [2]
+    assert 'data-profile="tiny">Profile <code>tiny</code> — 2 builds' in html
+    assert 'aria-label="bzImage, vmlinux, vmlinux (stripped) over 2 builds"' in html
 
 
 def test_missing_db_is_a_message_not_a_500(tmp_path):
@@ -244,12 +234,13 @@ def test_missing_db_is_a_message_not_a_500(tmp_path):
     assert not (tmp_path / "none.sqlite").exists()
 
 
-def test_dashboard_config_for_master_cfg(url):
-    cfg = dashboard.dashboard_config(url)
-    assert {k: cfg[k] for k in ("name", "caption", "order", "icon")} == {
-        "name": "ktstr", "caption": "Kernel builds", "order": 5, "icon": "FaMicrochip",
-    }  # fmt: skip
-    assert "/index.html" in {r.rule for r in cfg["app"].url_map.iter_rules()}
+def test_plugin_entry_for_master_cfg(url):
+    cfg = dashboard.plugin_entry(url)
+    # Sent to every browser with the UI's configuration: no database URL in it.
+    assert set(cfg) == {"app"}
+    rules = {r.rule for r in cfg["app"].url_map.iter_rules()}
+    for page in ("index", "branch", "trends", "cache", "matrix"):
+        assert {f"/{page}.html", f"/{page}.json"} <= rules
     assert "no builds recorded yet" in get(cfg["app"].test_client(), "/index.html")
 
 
@@ -262,18 +253,18 @@ class TestMountedLikeBuildbot(trial.TestCase):
         self.url = url
 
     async def test_links_carry_the_mount_path(self):
-        app = dashboard.dashboard_config(self.url)["app"]
-        root, plugins, wsgi = Resource(), Resource(), Resource()
+        app = dashboard.plugin_entry(self.url)["app"]
+        root, plugins, ktstr = Resource(), Resource(), Resource()
         root.putChild(b"plugins", plugins)
-        plugins.putChild(b"wsgi_dashboards", wsgi)
-        wsgi.putChild(b"ktstr", WSGIResource(reactor, reactor.getThreadPool(), app))
+        plugins.putChild(b"ktstr", ktstr)
+        ktstr.putChild(b"dash", WSGIResource(reactor, reactor.getThreadPool(), app))
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        base = f"http://127.0.0.1:{port.getHost().port}/plugins/wsgi_dashboards/ktstr"
+        base = f"http://127.0.0.1:{port.getHost().port}/plugins/ktstr/dash"
         resp = await treq.get(f"{base}/index.html", persistent=False)
         self.assertEqual(resp.code, 200)
         html = await resp.text()
-        self.assertIn('href="/plugins/wsgi_dashboards/ktstr/branch.html?name=main"', html)
+        self.assertIn('href="/#/ktstr/branch?name=main"', html)
         self.assertIn('href="/#/builders/3/builds/7"', html)
         resp = await treq.get(f"{base}/branch.html?name=main", persistent=False)
         self.assertEqual(resp.code, 200)
@@ -283,22 +274,13 @@ class TestMountedLikeBuildbot(trial.TestCase):
 def test_cache_page_with_the_real_cache_module(client, filled, isolated_env):
     from ktstr_steps import cache as kcache
 
-    good = isolated_env / "local-feed123-x86_64-kcbbbbbbbb"
-    good.mkdir(parents=True)
-    (good / "bzImage").write_bytes(b"kernel")
-    meta = kcache.KernelMetadata(
-        source=kcache.KernelSource.git("feed123", "main"),
-        arch="x86_64",
-        image_name="bzImage",
-        built_at="2025-06-01T12:00:00Z",
-        version="6.13.1",
-        config_hash="cfgcfgcf",
-    )
-    (good / "metadata.json").write_text(meta.dumps())
+    _entry(isolated_env, "local-feed123-x86_64-kcbbbbbbbb",
+           source=kcache.KernelSource.git("feed123", "main"), version="6.13.1",
+           config_hash="cfgcfgcf", built_at="2025-06-01T12:00:00Z")  # fmt: skip
     (isolated_env / "broken-entry").mkdir()  # no metadata.json: listed as corrupt
     html = get(client, "/cache.html")
     assert f"2 entries in {isolated_env}" in html
-    assert "local-feed123-x86_64-kcbbbbbbbb" in html and "version=<code>6.13.1</code>" in html
-    assert "config_hash=<code>cfgcfgcf</code>" in html
-    assert "source=<code>git feed123 main</code>" in html
-    assert "broken-entry" in html and "reason=" in html
+    good, broken = live_rows(html)
+    assert good == ["local-feed123-x86_64-kcbbbbbbbb", "6.13.1", "git feed123 main", "x86_64",
+                    "2025-06-01T12:00:00Z", "cfgcfgcf", "bzImage 2.00 KiB", "no"]  # fmt: skip
+    assert broken[0] == "broken-entry" and broken[1].startswith("corrupt: ")

@@ -166,7 +166,9 @@ def test_www(cfg) -> None:
     s, c = cfg
     w = c["www"]
     assert w["port"] == "tcp:8010:interface=127.0.0.1"
-    assert {"waterfall_view", "console_view", "grid_view", "wsgi_dashboards"} <= set(w["plugins"])
+    assert {"waterfall_view", "console_view", "grid_view", "wsgi_dashboards", "ktstr"} <= set(
+        w["plugins"])
+    assert set(w["plugins"]["ktstr"]) == {"app"}  # sent to browsers: no database URL
     base = w["change_hook_dialects"]["base"]
     assert base["custom_class"] is BaseChangeHook
     assert base["repositories"] == [r.url for r in s.repos]

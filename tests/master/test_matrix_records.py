@@ -69,7 +69,7 @@ def test_the_run_page_says_what_broke_and_marks_the_cell(runs):
     resp = client.get(f"/matrix.html?id={second}", base_url=BASE)
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
-    assert f"matrix.html?id={first}" in html
+    assert f"#/ktstr/matrix?id={first}\"" in html  # the previous run, as a shell route
     assert "1 broke</strong>" in html
     assert f'<code class="broke">{MAIN} x default</code>' in html
     assert f'<code class="fixed">{FEAT} x tiny</code>' in html
