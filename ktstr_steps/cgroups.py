@@ -23,6 +23,7 @@ from pathlib import Path
 from ktstr_steps import flock
 from ktstr_steps.buildprocs import describe, kill_build
 from ktstr_steps.cpulist import parse_cpulist
+from ktstr_steps.liveness import pid_alive
 from ktstr_steps.messages import say, warn
 
 CGROUP2_SUPER_MAGIC = 0x63677270
@@ -199,25 +200,6 @@ def _pid_of(name: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def _pid_alive(pid: int) -> bool:
-    """kill(pid, 0): only ESRCH means gone; EPERM (another user's pid) counts as alive.
-
-    A zombie also counts as gone (our addition): it holds no cgroup membership
-    and no flocks, and a killed holder stays one until someone reaps it.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2] != "Z"
-    except (OSError, ValueError, IndexError):
-        return True
-
-
 def _procs(cgdir: Path) -> list[int]:
     try:
         return [int(x) for x in (cgdir / "cgroup.procs").read_text().split()]
@@ -293,7 +275,7 @@ def sweep_dir(
         return removed
     for entry in entries:
         pid = _pid_of(entry.name)
-        if pid is None or _pid_alive(pid):
+        if pid is None or pid_alive(pid):
             continue
         try:
             age = now - entry.stat().st_mtime
@@ -317,7 +299,7 @@ def remove_stale_sandbox(
     """
     env = env or CgroupEnv()
     pid = _pid_of(path.name)
-    if pid is None or _pid_alive(pid) or not path.exists():
+    if pid is None or pid_alive(pid) or not path.exists():
         return not path.exists()
     drain_to = env.v2_drain_target() if kind == "v2" else path.parent / "cgroup.procs"
     return remove_cgroup_dir(path, drain_to, writer=env.writer, rmdir=env.rmdir, tag=tag)

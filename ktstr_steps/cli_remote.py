@@ -11,12 +11,11 @@ as a miss. The staging directory is removed either way.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 from ktstr_steps.errors import KtstrError
-from ktstr_steps.messages import say, warn
+from ktstr_steps.messages import emit_json, say, warn
 from ktstr_steps.results import Outcome
 
 
@@ -72,6 +71,6 @@ def cmd_install(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(args.dir, ignore_errors=True)
     if args.json:
-        print(json.dumps(out, indent=2, sort_keys=True))
+        emit_json(out, indent=2, sort_keys=True)
         args.json_emitted = True
     return 0

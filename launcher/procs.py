@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ktstr_steps import liveness
+
 
 @dataclass
 class ProcState:
@@ -38,17 +40,7 @@ def pid_alive(pidfile: Path) -> int | None:
 
 def alive(pid: int) -> bool:
     """True when ``pid`` runs (a zombie does not: it only waits to be reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return liveness.pid_alive(pid)
 
 
 def stop_pid(pid: int, timeout: float) -> bool:

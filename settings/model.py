@@ -124,6 +124,7 @@ class Alerts:
     new_warnings: bool = True
     bzimage_growth_pct: float = 2.0
     make_time_growth_pct: float = 25.0
+    make_time_min_seconds: float = 30.0
 
 
 # -- feature tables ----------------------------------------------------------------

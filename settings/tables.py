@@ -224,9 +224,15 @@ def _percent(a: TableReader, key: str) -> float:
 
 
 def alerts_table(a: TableReader) -> Alerts:
-    a.check_keys(("new_warnings", "bzimage_growth_pct", "make_time_growth_pct"))
+    a.check_keys(("new_warnings", "bzimage_growth_pct", "make_time_growth_pct",
+                  "make_time_min_seconds"))
+    floor = a.get("make_time_min_seconds", (int, float), "a number of seconds")
+    if not 0 <= floor <= 86400:
+        raise a.err("make_time_min_seconds",
+                    f"must be a number of seconds from 0 to 86400, not {floor}")
     return Alerts(
         new_warnings=a.bool("new_warnings"),
         bzimage_growth_pct=_percent(a, "bzimage_growth_pct"),
         make_time_growth_pct=_percent(a, "make_time_growth_pct"),
+        make_time_min_seconds=float(floor),
     )

@@ -29,7 +29,7 @@ from buildbot.process import remotecommand, remotetransfer
 from buildbot.process.results import CANCELLED, SKIPPED, SUCCESS, WARNINGS
 
 from ktstr_steps.buildsteps.base import KtstrCiStep, check_renderable_or, one_line, state_path
-from ktstr_steps.buildsteps.lookup import HIT_BEFORE_CHECKOUT, REMOTE_KEY
+from ktstr_steps.buildsteps.lookup import HIT_BEFORE_CHECKOUT, REMOTE_KEY, commit_revision
 from ktstr_steps.buildsteps.services import find_artifacts_service
 from ktstr_steps.results import HIT_OUTCOMES, Outcome
 
@@ -165,6 +165,8 @@ class RemoteLookup(KtstrCiStep):
         self.set_prop("config_hash", data.get("config_hash"))
         if self.before_checkout:
             self.set_prop(HIT_BEFORE_CHECKOUT, True)
+            # No checkout will run to say which commit this build is of.
+            self.set_prop("got_revision", commit_revision(self))
         url_for = getattr(self.svc, "url_for", None)
         if url_for is not None and self.found.get("builder_dir") is not None:
             # The master already offers these files: the publish step links them instead

@@ -21,20 +21,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ktstr_steps.cache import root as cache_root_mod
 from ktstr_steps.cache.entries import CacheEntry
 from ktstr_steps.cache.metadata import METADATA, PROVENANCE, KernelMetadata, MetadataError
-from ktstr_steps.cache.root import TMP_PREFIX, lock_path
+from ktstr_steps.cache.root import TMP_PREFIX
 from ktstr_steps.cache.writer import (
-    STORE_LOCK_POLL,
     STORE_LOCK_TIMEOUT,
     _install,
-    _lock_timeout_error,
-    _mkdir_root,
+    entry_write_lock,
     sweep_orphans,
 )
 from ktstr_steps.errors import KtstrError, os_error_text
-from ktstr_steps.flock import flock_poll, open_lockfile
 from ktstr_steps.keys import validate_image_name, validate_key
 
 VMLINUX = "vmlinux"
@@ -125,16 +121,8 @@ def install(key: str, staging: Path, expected: Mapping[str, tuple[str, int]], *,
     staging = Path(staging)
     image = _check_plan(key, staging, expected)
     validate_image_name(image)
-    base = cache_root_mod.resolve(root)
-    _mkdir_root(base)
-    lpath = lock_path(key, base)
-    fd = open_lockfile(lpath)
-    try:
-        if not flock_poll(fd, exclusive=True, timeout=lock_timeout, poll=STORE_LOCK_POLL):
-            raise _lock_timeout_error(key, lpath, lock_timeout)
+    with entry_write_lock(key, root, lock_timeout) as base:
         return _install_locked(key, base, staging, expected, origin)
-    finally:
-        os.close(fd)
 
 
 def _install_locked(key: str, base: Path, staging: Path,

@@ -19,6 +19,8 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -146,15 +148,23 @@ def store(
             kind="cache-store-failed",
         )
     metadata.dumps()  # fail on unserializable metadata before touching the cache
+    with entry_write_lock(key, root, lock_timeout) as base:
+        return _store_locked(key, base, image, vmlinux, metadata, provenance)
+
+
+@contextmanager
+def entry_write_lock(key: str, root: str | os.PathLike[str] | None,
+                     lock_timeout: float) -> Iterator[Path]:
+    """The cache root, created if missing, while this process holds ``key``'s entry lock
+    exclusively (what a store or an install needs); a timeout names the holders."""
     base = cache_root_mod.resolve(root)
     _mkdir_root(base)
-
     lpath = lock_path(key, base)
     fd = open_lockfile(lpath)
     try:
         if not flock_poll(fd, exclusive=True, timeout=lock_timeout, poll=STORE_LOCK_POLL):
             raise _lock_timeout_error(key, lpath, lock_timeout)
-        return _store_locked(key, base, image, vmlinux, metadata, provenance)
+        yield base
     finally:
         os.close(fd)  # drops the flock
 

@@ -1,7 +1,6 @@
 """The worker-side holder: one process that owns a build's reservation across many commands.
 
-:mod:`~ktstr_steps.holder.state` (names, state files, liveness, the stale
-sweep), :mod:`~ktstr_steps.holder.client` (what the ``ktstr-ci holder`` and
+:mod:`~ktstr_steps.holder.state` (names, state files, the stale sweep), :mod:`~ktstr_steps.holder.client` (what the ``ktstr-ci holder`` and
 phase commands do), :mod:`~ktstr_steps.holder.server` (the holder process),
 :mod:`~ktstr_steps.holder.link` (the worker's connection to the master).
 """
@@ -22,12 +21,12 @@ from ktstr_steps.holder.state import (
     check_name,
     holders_dir,
     log_path,
-    pid_alive,
     read_state,
     run_dir,
     state_path,
     sweep_stale,
 )
+from ktstr_steps.liveness import pid_alive
 
 __all__ = [
     "ReservationGuard",

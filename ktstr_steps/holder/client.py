@@ -24,20 +24,19 @@ from ktstr_steps.cpulist import format_cpulist
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.holder.state import (
     check_name,
-    create_time,
     end_dead_holder,
     forget,
     holders_dir,
     is_alive,
     log_path,
     lost_message,
-    pid_alive,
     public,
     read_state,
     sock_addr,
     state_path,
     sweep_stale,
 )
+from ktstr_steps.liveness import create_time, pid_alive
 from ktstr_steps.messages import LABEL, relay, say, warn
 
 GUARD_POLL = 0.2  # how often a joined command checks that its holder still lives

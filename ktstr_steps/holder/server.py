@@ -45,16 +45,15 @@ from ktstr_steps.buildprocs import describe, kill_build, marker
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.holder import link as link_mod
 from ktstr_steps.holder.state import (
-    create_time,
     holders_dir,
     log_path,
-    pid_alive,
     read_state,
     sock_addr,
     sock_name,
     state_path,
     write_json_atomic,
 )
+from ktstr_steps.liveness import create_time, pid_alive
 from ktstr_steps.messages import LABEL, say, warn
 
 POLL = 0.5  # owner / lifetime check interval: "releases within seconds"

@@ -15,11 +15,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
-
 from ktstr_steps.buildprocs import describe, kill_build, marker
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.keys import crc32_hex
+from ktstr_steps.liveness import pid_alive
 from ktstr_steps.messages import say, warn
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
@@ -84,30 +83,6 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)  # readers never see a half-written state
-
-
-def pid_alive(pid: int | None, create_time: float | None = None) -> bool:
-    """Alive and not a zombie; with ``create_time``, also not a recycled pid."""
-    if not pid:
-        return False
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if create_time is not None and abs(p.create_time() - create_time) > 0.05:
-            return False
-        return True
-    except (psutil.NoSuchProcess, ProcessLookupError):
-        return False
-    except psutil.Error:
-        return True  # exists but not inspectable (another user): assume alive
-
-
-def create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 def read_state(name: str) -> dict | None:

@@ -11,7 +11,6 @@ removed. Every removal is said on stderr and appended to the cache's
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -24,7 +23,7 @@ from typing import Any
 from ktstr_steps import flock
 from ktstr_steps.flock import FileLock
 from ktstr_steps.messages import say
-from ktstr_steps.treestore.inventory import append_capped
+from ktstr_steps.treestore.inventory import append_capped, read_tail
 
 REMOVALS_LOG = ".downloads.log"
 _TARBALL = re.compile(r"^linux-.+\.tar\.(?:xz|gz)$")
@@ -136,14 +135,5 @@ def prune_downloads(cache: Path, *, max_files: int = 0, max_gb: float = 0.0,
 
 
 def removals(cache: Path, last: int = 50) -> list[dict[str, Any]]:
-    try:
-        lines = (Path(cache) / REMOVALS_LOG).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines[-last:]:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    """The last ``last`` tarball removals of the download cache, oldest first."""
+    return read_tail(Path(cache) / REMOVALS_LOG, last)

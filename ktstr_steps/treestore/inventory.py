@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ktstr_steps.flock import FileLock
+from ktstr_steps.liveness import pid_alive
 from ktstr_steps.source import run_git
 from ktstr_steps.tree_lock import source_lock_path
 from ktstr_steps.treestore.mirror import OBJECTS_DIR
@@ -206,8 +207,14 @@ def log_removal(store: Path, record: dict[str, Any]) -> None:
 
 def removals(store: Path, last: int = 50) -> list[dict[str, Any]]:
     """The last ``last`` removals recorded in the store, oldest first."""
+    return read_tail(Path(store) / REMOVALS_LOG, last)
+
+
+def read_tail(path: Path, last: int = 50) -> list[dict[str, Any]]:
+    """The last ``last`` records of an ``append_capped`` log, oldest first; unreadable
+    lines (a write cut short) are left out."""
     try:
-        lines = (Path(store) / REMOVALS_LOG).read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
         return []
     out = []
@@ -219,16 +226,6 @@ def removals(store: Path, last: int = 50) -> list[dict[str, Any]]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_leftovers(directory: Path) -> list[Path]:
     """Remove half-made or half-removed trees whose process died (a build killed mid-copy)."""
     swept = []
@@ -238,7 +235,7 @@ def sweep_leftovers(directory: Path) -> list[Path]:
         return []
     for path in entries:
         m = _WORK_DIR.match(path.name)
-        if m and path.is_dir() and not _alive(int(m.group(1))):
+        if m and path.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             swept.append(path)
     return swept

@@ -35,6 +35,9 @@ class AlertRules:
     new_warnings: bool = True
     bzimage_growth_pct: float | None = 2.0  # None: rule off
     make_time_growth_pct: float | None = 25.0
+    # A make time that grew by less than this many seconds is timer noise on a
+    # shared host (a one-file build takes seconds), never a regression.
+    make_time_min_seconds: float = 30.0
     window: int = 10  # the branch's last N builds whose median is the baseline
 
 
@@ -56,14 +59,14 @@ def _median(values: Sequence[Any]) -> float | None:
 
 
 def _growth_alert(what: str, value: Any, history: Sequence[Any], pct: float | None,
-                  unit: str, n: int) -> str | None:
+                  unit: str, n: int, min_increase: float = 0.0) -> str | None:
     if pct is None or not isinstance(value, int | float):
         return None
     base = _median(history)
     if base is None:
         return None
     growth = (float(value) - base) / base * 100.0
-    if growth <= pct:
+    if growth <= pct or float(value) - base < min_increase:
         return None
     fmt = (lambda x: f"{x:,.0f} bytes") if unit == "bytes" else (lambda x: f"{x:.1f}s")
     return (f"{what} up {growth:.1f}% ({fmt(value)} against the median {fmt(base)} of the "
@@ -88,7 +91,8 @@ def alerts(
     if size:
         out.append(size)
     made = _growth_alert("make time", row.get("make_s"), [h.get("make_s") for h in recent],
-                         rules.make_time_growth_pct, "seconds", len(recent))
+                         rules.make_time_growth_pct, "seconds", len(recent),
+                         min_increase=rules.make_time_min_seconds)
     if made:
         out.append(made)
     return out

@@ -23,6 +23,7 @@ def alert_rules(settings: Settings) -> AlertRules:
         new_warnings=a.new_warnings,
         bzimage_growth_pct=a.bzimage_growth_pct or None,
         make_time_growth_pct=a.make_time_growth_pct or None,
+        make_time_min_seconds=a.make_time_min_seconds,
     )
 
 

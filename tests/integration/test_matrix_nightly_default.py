@@ -104,7 +104,7 @@ def test_default_matrix_builds_pushed_branches_under_push_profiles_and_default(
                 assert grid["cells"][f"branch:linux/{branch}"][profile]["result"] == "success"
 
         page = urllib.request.urlopen(
-            f"{kit.web_url}plugins/wsgi_dashboards/ktstr/matrix.html?id={props['matrix_run_id']}",
+            f"{kit.web_url}plugins/ktstr/dash/matrix.html?id={props['matrix_run_id']}",
             timeout=30).read().decode()
         assert 'data-version="branch:linux/feature-b" data-profile="default"' in page
         assert DEAD_RELEASES in page

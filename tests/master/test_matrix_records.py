@@ -10,7 +10,7 @@ import pytest
 from master import dashboard
 from master.records import db, queries
 
-BASE = "http://localhost/plugins/wsgi_dashboards/ktstr/"
+BASE = "http://localhost/plugins/ktstr/dash/"
 T0 = dt.datetime(2025, 6, 1, 3, 0, tzinfo=dt.UTC)
 MAIN, FEAT = "branch:linux/main", "branch:linux/feat"
 

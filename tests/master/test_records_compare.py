@@ -72,6 +72,18 @@ def test_make_time_growth_uses_only_the_last_window_builds():
     assert alerts({"make_s": 120.0}, None, recent, AlertRules()) == []
 
 
+def test_make_time_growth_below_the_noise_floor_is_no_alert():
+    # 0.2 s → 0.3 s is +50 % but timer noise: no alert under the 30 s floor...
+    assert alerts({"make_s": 0.3}, None, [{"make_s": 0.2}], AlertRules()) == []
+    assert alerts({"make_s": 29.0}, None, [{"make_s": 10.0}], AlertRules()) == []
+    # ... at the floor it is one, and a floor of 0 alerts on the percentage alone.
+    [alert] = alerts({"make_s": 40.0}, None, [{"make_s": 10.0}], AlertRules())
+    assert alert.startswith("make time up 300.0%")
+    [alert] = alerts({"make_s": 0.3}, None, [{"make_s": 0.2}],
+                     AlertRules(make_time_min_seconds=0))
+    assert alert.startswith("make time up 50.0%")
+
+
 def test_compare_needs_a_build_and_a_previous_one():
     assert compare(built(2, config_symbols=None, warnings=None), [built(1)], AlertRules()) == {}
     assert compare(built(1), [], AlertRules()) == {}

@@ -32,9 +32,9 @@ def test_defaults(tmp_path: Path) -> None:
 
 def test_override_and_zero_turns_a_rule_off(tmp_path: Path) -> None:
     s = load(tmp_path, "[alerts]\nnew_warnings = false\nbzimage_growth_pct = 0\n"
-                       "make_time_growth_pct = 12.5\n")
+                       "make_time_growth_pct = 12.5\nmake_time_min_seconds = 5\n")
     assert alert_rules(s) == AlertRules(new_warnings=False, bzimage_growth_pct=None,
-                                        make_time_growth_pct=12.5)
+                                        make_time_growth_pct=12.5, make_time_min_seconds=5.0)
     [svc] = config_part(s).services
     assert svc.alert_rules == alert_rules(s)
 
@@ -43,6 +43,7 @@ def test_override_and_zero_turns_a_rule_off(tmp_path: Path) -> None:
     ("bzimage_growth_pct = -1", "alerts.bzimage_growth_pct must be a percentage from 0"),
     ('make_time_growth_pct = "25"', "alerts.make_time_growth_pct must be a percentage"),
     ("new_warnings = 1", "alerts.new_warnings must be true or false"),
+    ("make_time_min_seconds = -3", "alerts.make_time_min_seconds must be a number of seconds"),
     ("size_pct = 2", "unknown key 'alerts.size_pct'"),
 ])
 def test_mistakes_are_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
