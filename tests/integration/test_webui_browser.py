@@ -45,7 +45,11 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = "/usr/bin/chromium"
 # Console errors of Buildbot's shell itself, not of these pages: it asks every plugin for a
 # stylesheet (these two have none), and its favicon updates fetch buildbotURL + "/icon.png"
-# (a double slash: 404).
+# (a double slash: 404). On Buildbot's build page the shell also fetches "//icon.svg" with
+# axios to colour the favicon by result, and that 404 surfaces later as an uncaught
+# "Request failed with status code 404" that names no URL: it belongs to Buildbot's page, so
+# each page's check starts from an empty console (open_page) and Buildbot's pages are not
+# checked.
 FOREIGN_ERRORS = ("plugins/grid_view/styles.css", "plugins/wsgi_dashboards/styles.css",
                   "//icon.png", "//icon.svg")  # fmt: skip
 
@@ -171,6 +175,7 @@ def console_errors(driver) -> list[str]:
 def open_page(driver, kit: ServiceKit, route: str, page: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
+    driver.get_log("browser")  # what the previous page left was checked (or is Buildbot's)
     t0 = time.monotonic()
     # The UI's own address (buildbotURL): Buildbot's shell fetches some of its files from
     # there, which another origin (127.0.0.1 for localhost) would refuse as cross-origin.
@@ -279,7 +284,6 @@ def test_branch_page_plots_link_builds_and_explain(kit, browser, shots):
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(browser, 20).until(lambda d: want_links[1].lstrip("/") in d.current_url)
-    assert console_errors(browser) == []
 
 
 def test_trends_page_plots_every_build_by_profile(kit, browser, shots):
