@@ -11,6 +11,11 @@ linux-source-6.12, like bench/run.py), and prints a table of ratios:
   profile's inputs are unchanged);
 * a full build through the service ÷ plain configure + ``make -j2`` (target
   ≤ 1.03);
+* a new topic branch = the built branch + one changed ``.c`` file: push → done
+  ÷ plain incremental ``make -j2`` of a one-file change (target ≤ 1.5; the
+  topic's tree is seeded from the built branch's tree, so make rebuilds only
+  what changed), and that tree's git data in MB (target ≤ 50; the history
+  stays in the host's shared object store);
 * a remote hit: the same commit once more, after the entry was removed from
   this host's kernel cache, so the build fetches the copy published on the
   master and installs it, as a second host would: push → done (target ≤ 10 s;
@@ -48,6 +53,8 @@ from run import (  # noqa: E402
     touch_one_file,
 )
 
+from ktstr_steps.buildsteps.base import branch_dir  # noqa: E402
+from ktstr_steps.treestore.inventory import disk_usage  # noqa: E402
 from tests.support.fakekernel import GIT_ENV, make_fake_kernel  # noqa: E402
 from tests.support.realkernel import extract_linux_source, git_commit_all  # noqa: E402
 from tests.support.servicekit import ServiceKit  # noqa: E402
@@ -56,6 +63,8 @@ TARGETS = {
     "already-built commit, new branch: push→done (s)": 3.0,
     "one-file change: service push→done / plain incremental make": 1.2,
     "full build: service push→done / plain configure + make": 1.03,
+    "new branch + one .c file: service push→done / plain incremental make": 1.5,
+    "git data of the new branch's tree (MB)": 50.0,
     "remote hit (entry only on the master): push→done (s)": 10.0,
 }
 
@@ -136,6 +145,21 @@ def measure(work: Path, fake: bool) -> tuple[dict[str, float], dict[str, str]]:
         seen["remote-hit steps (s)"] = step_times(kit, remote["buildid"])
         seen["remote-hit outcome"] = str(
             kit.build_properties(remote["buildid"]).get("kernel_outcome"))
+
+        # A topic branch off the built one, with one more changed file: seeded, not cloned.
+        touch_one_file(src, 2)
+        sh(["git", "commit", "-qam", "topic: one more change"], src, env=git_env)
+        print("bench: a new topic branch = the built branch + one changed .c file",
+              file=sys.stderr)
+        _, total, topic = service_build(kit, src, "reuse-topic", timeout=timeout)
+        note(fig, "topic_branch_s", total)
+        note(fig, "topic_make_s", step_seconds(kit, topic["buildid"], "make"))
+        seen["topic checkout"] = step_states(kit, topic["buildid"]).get("checkout", "?")
+        seen["topic steps (s)"] = step_times(kit, topic["buildid"])
+        trees = list(kit.tree_store.glob(f"*/{branch_dir('reuse-topic')}"))
+        if len(trees) != 1:
+            raise SystemExit(f"expected one tree for reuse-topic under {kit.tree_store}: {trees}")
+        note(fig, "topic_git_dir_mb", disk_usage(trees[0] / ".git") / 1e6)
     return fig, seen
 
 
@@ -160,6 +184,9 @@ def main() -> int:
             fig["service_incremental_s"] / fig["plain_incremental_make_s"],
         "full build: service push→done / plain configure + make":
             fig["service_full_s"] / (fig["plain_configure_s"] + fig["plain_full_make_s"]),
+        "new branch + one .c file: service push→done / plain incremental make":
+            fig["topic_branch_s"] / fig["plain_incremental_make_s"],
+        "git data of the new branch's tree (MB)": fig["topic_git_dir_mb"],
         "remote hit (entry only on the master): push→done (s)": fig["remote_hit_s"],
     }
     kind = "FAKE kernel (smoke check; ratios mean nothing)" if args.fake else "real tiny 6.12"

@@ -78,7 +78,10 @@ def prepare_tree(tree: Path, *, repourl: str, branch: str | None, revision: str 
                 f"{seed.why()}, built {inventory.when(seed.tree.last_built)}); "
                 f"make rebuilds only what changed"
                 + ("; sources hard-linked (no file cloning here), build outputs copied"
-                   if seed.copy == "linked-sources" else ""))
+                   if seed.copy == "linked-sources" else "")
+                + (f"; {seed.relocated} build record{'s' * (seed.relocated != 1)} of its tools "
+                   "(objtool...) rewritten to this path, so they are not rebuilt"
+                   if seed.relocated else ""))
     inventory.write_stamp(tree, builder=tree.parent.name, branch=branch,
                           last_built=round(now if now is not None else time.time(), 3),
                           **({"seeded_from": out["seed"]["path"]} if out["seed"] else {}))

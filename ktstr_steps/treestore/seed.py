@@ -34,6 +34,7 @@ from ktstr_steps.source import run_git
 from ktstr_steps.treestore import inventory
 from ktstr_steps.treestore.inventory import Tree
 from ktstr_steps.treestore.mirror import adopt_commit, borrow_objects
+from ktstr_steps.treestore.relocate import relocate_build_records
 
 # What of a seed's .git a copy keeps: its config (and info/exclude). HEAD is
 # written as the seed's commit; refs, reflogs, hooks and objects stay behind.
@@ -51,6 +52,7 @@ class Candidate:
     ahead: int  # commits from the merge-base to the new commit
     behind: int  # commits from the merge-base to the candidate's commit
     copy: str | None = None  # how its files were copied, once chosen
+    relocated: int = 0  # build records rewritten to name the copy
 
     def rank(self) -> tuple[int, int, float]:
         return (self.ahead, self.behind, -self.tree.last_built)
@@ -65,7 +67,8 @@ class Candidate:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.tree.to_json(), "merge_base": self.merge_base, "ahead": self.ahead,
-                "behind": self.behind, "why": self.why(), "copy": self.copy}
+                "behind": self.behind, "why": self.why(), "copy": self.copy,
+                "relocated": self.relocated}
 
 
 def _count(mirror: Path, spec: str) -> int | None:
@@ -159,7 +162,7 @@ def _git_ok(args: list[str], cwd: Path, what: str) -> None:
         raise KtstrError(f"{what} in {cwd} failed: {r.stderr.strip()[-500:]}", kind="git-failed")
 
 
-def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> str:
+def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> tuple[str, int]:
     """Copy ``seed``'s files to ``dest`` with times kept; its git objects come from ``mirror``.
 
     Built under a temporary name and renamed into place, so a failed copy leaves
@@ -170,8 +173,9 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> str:
     then be rewritten by the checkout, new mtime and all. Only git and the
     build write these trees, so size and mtime are enough. A seed whose tree
     had a try patch applied gets a fresh index from ``commit`` instead (its
-    index names blobs that only the seed has), and a full copy. Returns how the
-    files were copied (:func:`copy_worktree`).
+    index names blobs that only the seed has), and a full copy. The copy's build
+    records are rewritten to name ``dest`` (:mod:`.relocate`). Returns how the
+    files were copied (:func:`copy_worktree`) and how many records were rewritten.
     """
     tmp = dest.with_name(f".{dest.name}.seeding-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -181,6 +185,7 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> str:
         share = not patched and (seed / ".git" / "index").is_file() \
             and not _clones_files(seed, tmp)
         mode = copy_worktree(seed, tmp, share_sources=share)
+        relocated = relocate_build_records(tmp, seed, dest)
         git_dir = tmp / ".git"
         git_dir.mkdir()
         keep = _GIT_KEEP if patched else (*_GIT_KEEP, "index")
@@ -201,7 +206,7 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> str:
             # ignored files (the build outputs) stay.
             _git_ok(["clean", "-q", "-f", "-d"], tmp, "git clean")
         os.rename(tmp, dest)
-        return mode
+        return mode, relocated
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -249,7 +254,8 @@ def seed_new_tree(dest: Path, new_commit: str, mirror: Path,
         if best is None:
             fresh_tree(dest, mirror)
         else:
-            best.copy = copy_tree(best.tree.path, best.tree.commit or "", dest, mirror)
+            best.copy, best.relocated = copy_tree(best.tree.path, best.tree.commit or "",
+                                                  dest, mirror)
         return best, skipped
     finally:
         for lock in held.values():

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.realkernel import extract_linux_source, git_commit_all
+from tests.support.realkernel import commit_one_file_change, extract_linux_source, git_commit_all
 
 pytestmark = pytest.mark.realkernel
 
@@ -156,3 +157,21 @@ def test_real_kernel_through_the_service(real_builds, tmp_path_factory: pytest.T
         assert len(rows) == 1 and rows[0]["kernel_outcome"] == "cached"
         assert rows[0]["cache_key"] == props["cache_key"] and rows[0]["make_jobs"] == props["make_jobs"]
         print(f"\nreal kernel through the service: {seconds:.0f}s, make -j{props['make_jobs']}")
+
+        # A topic branch = that commit + one changed .c file: its tree is seeded from the
+        # built one, and make compiles that file (and the version objects), not the kernel.
+        # The copy's objtool records name the copy, else objtool and all it checks rebuild.
+        topic = commit_one_file_change(real_builds["tree"], "kernel/sched/core.c", "topic")
+        kit.git(real_builds["tree"], "push", str(kit.repo_path), f"{topic}:refs/heads/topic")
+        build = kit.wait_build("topic", timeout=60)
+        done = kit.wait_finished(build["buildid"], timeout=2400)
+        steps = {s["name"]: s for s in kit.build_steps(done["buildid"])}
+        assert done["results"] == kit.SUCCESS, {n: s["state_string"] for n, s in steps.items()}
+        assert steps["checkout"]["state_string"].startswith("seeded from linux-6.12"), steps
+        props = kit.build_properties(done["buildid"])
+        assert props["kernel_outcome"] == "cached" and props["got_revision"] == topic
+        compiled = re.findall(r"^\s*CC\s+(\S+\.o)$", kit.step_log(done["buildid"], "make"), re.M)
+        kernel_objects = [o for o in compiled if not o.startswith(("init/version", "arch/x86/boot"))]
+        assert kernel_objects == ["kernel/sched/core.o"], compiled
+        tree_log = kit.step_log(done["buildid"], "checkout", "tree")
+        assert "of its tools (objtool...) rewritten to this path" in tree_log, tree_log

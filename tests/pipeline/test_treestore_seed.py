@@ -83,12 +83,20 @@ def test_new_branch_is_seeded_from_the_built_tree_and_rebuilds_only_the_change(h
     base = host.push("main")
     main_tree, out = host.build("main", base)
     assert "init/main.o" in compiled(out)  # a full build
+    # What kbuild leaves of objtool's build: a record naming the tree by its absolute path.
+    tool_cmd = Path("tools/objtool/.check.o.cmd")
+    (main_tree / tool_cmd).parent.mkdir(parents=True)
+    (main_tree / tool_cmd).write_text(f"cmd_{main_tree}/tools/objtool/check.o := gcc\n")
     topic = host.commit({"lib/string.c": (host.src / "lib/string.c").read_text() + "\n/* x */\n"})
     host.push("topic")
     capfd.readouterr()
     answer = host.prepare("topic", topic)
     err = capfd.readouterr().err
     assert answer["action"] == "seeded"
+    assert answer["seed"]["relocated"] == 1 and "1 build record of its tools (objtool...) rewritten" in err
+    assert (host.tree("topic") / tool_cmd).read_text() == \
+        f"cmd_{host.tree('topic')}/tools/objtool/check.o := gcc\n"
+    assert (main_tree / tool_cmd).read_text() == f"cmd_{main_tree}/tools/objtool/check.o := gcc\n"
     assert answer["seed"]["path"] == str(main_tree)
     assert answer["seed"]["ahead"] == 1 and answer["seed"]["behind"] == 0
     assert f"seeded from trees/kernel/main ({base[:7]}, ancestor of the new commit" in err

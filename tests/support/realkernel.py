@@ -33,3 +33,25 @@ def git_commit_all(tree: Path) -> None:
     env = {**os.environ, **GIT_ENV}
     for argv in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "linux 6.12"]):
         subprocess.run(argv, cwd=tree, env=env, check=True)
+
+
+def commit_one_file_change(tree: Path, rel: str, note: str) -> str:
+    """A commit on top of HEAD that appends a comment to ``rel``; the work tree is untouched.
+
+    Built with a temporary index, so the tree (and its build outputs) that other
+    tests share keeps its files and its HEAD. Returns the new commit's id.
+    """
+    env = {**os.environ, **GIT_ENV, "GIT_INDEX_FILE": str(tree / ".git" / "ktstr-ci-tmp-index")}
+
+    def git(*args: str, stdin: str | None = None) -> str:
+        return subprocess.run(["git", *args], cwd=tree, env=env, check=True, input=stdin,
+                              capture_output=True, text=True).stdout.strip()
+
+    text = git("show", f"HEAD:{rel}") + f"\n/* {note} */\n"
+    try:
+        git("read-tree", "HEAD")
+        blob = git("hash-object", "-w", "--stdin", stdin=text)
+        git("update-index", "--cacheinfo", f"100644,{blob},{rel}")
+        return git("commit-tree", git("write-tree"), "-p", "HEAD", "-m", f"one file: {note}")
+    finally:
+        Path(env["GIT_INDEX_FILE"]).unlink(missing_ok=True)
