@@ -23,18 +23,28 @@ from tests.support.fakekernel import make_fake_kernel
 SLEEP = 4
 
 
-def find_make_sleep(root_pid: int, timeout: float = 60) -> psutil.Process:
-    """The ``sleep`` that make runs, a descendant of ``root_pid``."""
+def find_make_sleep(proc: subprocess.Popen, timeout: float = 60) -> psutil.Process:
+    """The ``sleep`` that make runs, a descendant of ``proc``.
+
+    A command that ends first (a busy LLC, a sandbox it could not make) stops
+    the wait at once with its own error: its zombie has no children, so waiting
+    out the timeout would only hide why.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(
+                f"the command ended (exit {proc.returncode}) before make ran sleep: {err or out}"
+            )
         try:
-            for child in psutil.Process(root_pid).children(recursive=True):
+            for child in psutil.Process(proc.pid).children(recursive=True):
                 if child.name() == "sleep" and child.parent() and child.parent().name() == "make":
                     return child
         except psutil.NoSuchProcess:
-            break
+            pass
         time.sleep(0.05)
-    raise AssertionError("make's sleep child never appeared")
+    raise AssertionError(f"make's sleep child never appeared in {timeout:g}s")
 
 
 def status_field(pid: int, name: str) -> str:
@@ -84,7 +94,7 @@ def test_kernel_build_make_children_run_in_the_sandbox(slow_tree):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        child = find_make_sleep(p.pid)
+        child = find_make_sleep(p)
         allowed = parse_cpulist(status_field(child.pid, "Cpus_allowed_list"))
         groups = cgroup_paths(child.pid)
         assert p.pid in llc_holders(), "the build holds its LLC lock while make runs"
@@ -123,7 +133,7 @@ def test_holder_driven_phases_build_inside_the_holder_sandbox(slow_tree, tmp_pat
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
-            child = find_make_sleep(p.pid)
+            child = find_make_sleep(p)
             allowed = parse_cpulist(status_field(child.pid, "Cpus_allowed_list"))
             groups = cgroup_paths(child.pid)
         finally:
