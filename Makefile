@@ -50,7 +50,7 @@ setup: deps venv
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -ra $(PYTEST_ARGS) tests
+	$(PY) -m pytest -ra --durations=25 $(PYTEST_ARGS) tests
 
 lint: venv
 	$(VENV)/bin/ruff check .

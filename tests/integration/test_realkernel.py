@@ -1,9 +1,13 @@
-"""A real kernel: Debian's linux-source-6.12, tinyconfig + ktstr.kconfig, through `ktstr-ci kernel build`.
+"""A real kernel: Debian's linux-source-6.12, tinyconfig + ktstr.kconfig, through the service and `ktstr-ci kernel build`.
 
-One full build per run (minutes on 2 cores): the tree is built first while it
-is not under git (it must come out ``non-git-not-cached``), then committed and
-built again — an incremental make — which is stored; a third run is a cache
-hit. ``make test FAST=1`` deselects this module (marker ``realkernel``).
+One full build per run (minutes on 2 cores), through the service: the
+committed tree is pushed and built by a real master and worker. The
+command-line builds then run in a copy of that built tree (build outputs and
+times kept, its tools' records moved to the copy's path, as a seeded tree
+is), so each is an incremental make: first while the copy is not under git
+(it must come out ``non-git-not-cached``), then committed — stored — and a
+third run is a cache hit. ``make test FAST=1`` deselects this module (marker
+``realkernel``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,10 +73,47 @@ def sections(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def real_builds(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The committed 6.12 tree pushed to a real service and built in full; the kit stays up."""
+    from tests.support.servicekit import ServiceKit
+
+    base = tmp_path_factory.mktemp("rk-source")
+    times: dict[str, float] = {}
+    start = time.monotonic()
+    tree = extract_linux_source(base)
+    times["extract"] = time.monotonic() - start
+    git_commit_all(tree)
+    # A first push of 80k loose objects: without delta search it takes ~11 s, not ~110 s.
+    for key, value in (("pack.window", "0"), ("pack.compression", "1")):
+        subprocess.run(["git", "config", key, value], cwd=tree, check=True)
+    times["commit"] = time.monotonic() - start - times["extract"]
+    with ServiceKit(tmp_path_factory.mktemp("rk-service"), profiles=("tiny",)) as kit:
+        start = time.monotonic()
+        push = kit.push(tree, "linux-6.12")
+        times["push"] = time.monotonic() - start
+        build = kit.wait_build("linux-6.12", timeout=60)
+        done = kit.wait_finished(build["buildid"], timeout=2400)
+        times["service build"] = time.monotonic() - start - times["push"]
+        props = kit.build_properties(done["buildid"])
+        print(f"\nreal kernel through the service, make -j{props.get('make_jobs')}; seconds: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+        yield {"kit": kit, "tree": tree, "push": push, "done": done, "props": props}
+
+
+@pytest.fixture(scope="module")
+def real_builds(service: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from ktstr_steps.treestore.relocate import relocate_build_records
+    from ktstr_steps.treestore.seed import copy_worktree
+
+    built = Path(service["props"]["source_tree"])
     base = tmp_path_factory.mktemp("realkernel")
     cache = base / "kcache"
-    tree = extract_linux_source(base)
+    tree = base / "linux"
+    tree.mkdir()
+    start = time.monotonic()
+    copy_worktree(built, tree, share_sources=True)  # all but .git, times kept
+    relocate_build_records(tree, built)
+    print(f"\ncopy of the built tree: {time.monotonic() - start:.0f}s")
     results: dict = {"tree": tree, "cache": cache}
     results["nongit"] = build(tree, cache)
     results["entries_after_nongit"] = sorted(
@@ -81,7 +123,7 @@ def real_builds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     results["git"] = build(tree, cache)
     results["hit"] = build(tree, cache)
     timings = {k: round(results[k][3], 1) for k in ("nongit", "git", "hit")}
-    print(f"\nreal-kernel timings (s): {timings}")
+    print(f"\nreal-kernel command-line timings (s): {timings}")
     (base / "timings.json").write_text(json.dumps(timings))
     return results
 
@@ -128,50 +170,44 @@ def test_third_run_is_a_cache_hit(real_builds):
     assert "make" not in res["phases"]
 
 
-def test_real_kernel_through_the_service(real_builds, tmp_path_factory: pytest.TempPathFactory):
+def test_real_kernel_through_the_service(service: dict):
     """git push of the committed 6.12 tree to the real service → tiny kernel built and cached."""
     from master.records import db as records_db
     from master.records import queries
-    from tests.support.servicekit import ServiceKit
 
-    root = tmp_path_factory.mktemp("rk-service")
-    with ServiceKit(root, profiles=("tiny",)) as kit:
-        push = kit.push(real_builds["tree"], "linux-6.12")
-        start = time.monotonic()
-        build = kit.wait_build("linux-6.12", timeout=60)
-        done = kit.wait_finished(build["buildid"], timeout=2400)
-        seconds = time.monotonic() - start
-        steps = {s["name"]: s for s in kit.build_steps(done["buildid"])}
-        assert done["results"] == kit.SUCCESS, {n: s["state_string"] for n, s in steps.items()}
-        props = kit.build_properties(done["buildid"])
-        assert props["kernel_outcome"] == "cached"
-        entry = kit.cache_dir / props["cache_key"]
-        assert (entry / "bzImage").stat().st_size > 100_000
-        secs = sections(entry / "vmlinux")
-        assert ".BTF" in secs and ".symtab" in secs and secs[".text"] == "NOBITS"
-        meta = json.loads((entry / "metadata.json").read_text())
-        assert meta["vmlinux_stripped"] is True and meta["source"]["git_hash"] == push.sha[:7]
-        engine = records_db.make_engine(kit.settings.databases.records, must_exist=True)
-        rows = [r for r in queries.recent_builds(engine, limit=50) if r["buildid"] == done["buildid"]]
-        engine.dispose()
-        assert len(rows) == 1 and rows[0]["kernel_outcome"] == "cached"
-        assert rows[0]["cache_key"] == props["cache_key"] and rows[0]["make_jobs"] == props["make_jobs"]
-        print(f"\nreal kernel through the service: {seconds:.0f}s, make -j{props['make_jobs']}")
+    kit, done, props = service["kit"], service["done"], service["props"]
+    steps = {s["name"]: s for s in kit.build_steps(done["buildid"])}
+    assert done["results"] == kit.SUCCESS, {n: s["state_string"] for n, s in steps.items()}
+    assert props["kernel_outcome"] == "cached"
+    entry = kit.cache_dir / props["cache_key"]
+    assert (entry / "bzImage").stat().st_size > 100_000
+    secs = sections(entry / "vmlinux")
+    assert ".BTF" in secs and ".symtab" in secs and secs[".text"] == "NOBITS"
+    meta = json.loads((entry / "metadata.json").read_text())
+    assert meta["vmlinux_stripped"] is True and meta["source"]["git_hash"] == service["push"].sha[:7]
+    engine = records_db.make_engine(kit.settings.databases.records, must_exist=True)
+    rows = [r for r in queries.recent_builds(engine, limit=50) if r["buildid"] == done["buildid"]]
+    engine.dispose()
+    assert len(rows) == 1 and rows[0]["kernel_outcome"] == "cached"
+    assert rows[0]["cache_key"] == props["cache_key"] and rows[0]["make_jobs"] == props["make_jobs"]
 
-        # A topic branch = that commit + one changed .c file: its tree is seeded from the
-        # built one, and make compiles that file (and the version objects), not the kernel.
-        # The copy's objtool records name the copy, else objtool and all it checks rebuild.
-        topic = commit_one_file_change(real_builds["tree"], "kernel/sched/core.c", "topic")
-        kit.git(real_builds["tree"], "push", str(kit.repo_path), f"{topic}:refs/heads/topic")
-        build = kit.wait_build("topic", timeout=60)
-        done = kit.wait_finished(build["buildid"], timeout=2400)
-        steps = {s["name"]: s for s in kit.build_steps(done["buildid"])}
-        assert done["results"] == kit.SUCCESS, {n: s["state_string"] for n, s in steps.items()}
-        assert steps["checkout"]["state_string"].startswith("seeded from linux-6.12"), steps
-        props = kit.build_properties(done["buildid"])
-        assert props["kernel_outcome"] == "cached" and props["got_revision"] == topic
-        compiled = re.findall(r"^\s*CC\s+(\S+\.o)$", kit.step_log(done["buildid"], "make"), re.M)
-        kernel_objects = [o for o in compiled if not o.startswith(("init/version", "arch/x86/boot"))]
-        assert kernel_objects == ["kernel/sched/core.o"], compiled
-        tree_log = kit.step_log(done["buildid"], "checkout", "tree")
-        assert "of its tools (objtool...) rewritten to this path" in tree_log, tree_log
+
+def test_topic_branch_compiles_only_its_change(service: dict):
+    """A topic branch = the built commit + one changed .c file: its tree is seeded from the
+    built one, and make compiles that file (and the version objects), not the kernel.
+    The copy's objtool records name the copy, else objtool and all it checks rebuild."""
+    kit, tree = service["kit"], service["tree"]
+    topic = commit_one_file_change(tree, "kernel/sched/core.c", "topic")
+    kit.git(tree, "push", str(kit.repo_path), f"{topic}:refs/heads/topic")
+    build = kit.wait_build("topic", timeout=60)
+    done = kit.wait_finished(build["buildid"], timeout=2400)
+    steps = {s["name"]: s for s in kit.build_steps(done["buildid"])}
+    assert done["results"] == kit.SUCCESS, {n: s["state_string"] for n, s in steps.items()}
+    assert steps["checkout"]["state_string"].startswith("seeded from linux-6.12"), steps
+    props = kit.build_properties(done["buildid"])
+    assert props["kernel_outcome"] == "cached" and props["got_revision"] == topic
+    compiled = re.findall(r"^\s*CC\s+(\S+\.o)$", kit.step_log(done["buildid"], "make"), re.M)
+    kernel_objects = [o for o in compiled if not o.startswith(("init/version", "arch/x86/boot"))]
+    assert kernel_objects == ["kernel/sched/core.o"], compiled
+    tree_log = kit.step_log(done["buildid"], "checkout", "tree")
+    assert "of its tools (objtool...) rewritten to this path" in tree_log, tree_log

@@ -10,6 +10,8 @@ from pathlib import Path
 from tests.support.fakekernel import GIT_ENV
 
 TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
+UPSTREAM_TRACKED_DOTFILES = (".clang-format", ".cocciconfig", ".editorconfig", ".get_maintainer.ignore",
+                             ".gitattributes", ".gitignore", ".mailmap", ".rustfmt.toml")
 
 
 def extract_linux_source(dest: Path) -> Path:
@@ -25,7 +27,11 @@ def extract_linux_source(dest: Path) -> Path:
     text = gi.read_text()
     cut = text.find("#\n# Debian packaging")
     if cut >= 0:
-        gi.write_text(text[:cut])
+        text = text[:cut]
+    # Upstream's tree tracks these dot-files (Debian's copy of the file lost the
+    # exceptions): without them a commit of this tree has no .gitignore at all, so
+    # its clones (the service's trees) see every build output as untracked.
+    gi.write_text(text + "".join(f"!{name}\n" for name in UPSTREAM_TRACKED_DOTFILES))
     return tree
 
 
