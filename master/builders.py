@@ -15,8 +15,9 @@ of each feature (:class:`master.parts.ConfigPart`) and merges them
 * the web UI (:mod:`master.www`), the records service and dashboard
   (:mod:`master.records.part`), the push spool (:mod:`master.push_spool`),
   the matrix (:mod:`master.matrix`), try builds (:mod:`master.tryjobs`),
-  webhooks (:mod:`master.webhooks`), pollers (:mod:`master.pollers`) and
-  downloads (:mod:`master.artifacts`).
+  webhooks (:mod:`master.webhooks`), pollers (:mod:`master.pollers`),
+  downloads (:mod:`master.artifacts`), notifications (:mod:`master.notify`) and
+  the held connection to a SQLite database (:mod:`master.sqlite_keeper`).
 
 Every kernel builder's factory comes from one function,
 :func:`ktstr_steps.buildsteps.factory.kernel_build_factory`, given the parts
@@ -37,7 +38,17 @@ from buildbot.plugins import util, worker
 from buildbot.process.factory import BuildFactory
 
 from ktstr_steps.buildsteps.factory import kernel_build_factory
-from master import artifacts, matrix, notify, pollers, push_spool, tryjobs, webhooks, www
+from master import (
+    artifacts,
+    matrix,
+    notify,
+    pollers,
+    push_spool,
+    sqlite_keeper,
+    tryjobs,
+    webhooks,
+    www,
+)
 from master.parts import ConfigPart, merge
 from master.pushes import push_builders, push_schedulers, pushed_repos
 from master.records import part as records_part
@@ -153,4 +164,5 @@ def build_config(
         pollers.config_part(settings, specs, factory),
         artifacts.config_part(settings),
         notify.config_part(settings),
+        sqlite_keeper.config_part(settings.databases.buildbot),
     ])

@@ -99,6 +99,21 @@ def test_push_builds_at_once(kit: ServiceKit) -> None:
         "worker_preparation", "info", "hold"]
 
 
+def test_master_holds_its_sqlite_database_open(kit: ServiceKit) -> None:
+    # Without the held connection every database call's close checkpoints and deletes
+    # the WAL (Buildbot opens SQLite with NullPool): a build's many calls each pay for it.
+    db = kit.settings.master.basedir / "state.sqlite"
+    pid = int((kit.settings.master.basedir / "twistd.pid").read_text().strip())
+    held = [f.path for f in psutil.Process(pid).open_files()]
+    assert str(db) in held, f"the master does not hold {db}: {held}"
+    tree = kit.make_tree({"Makefile": "all:\n\ttrue\n"})
+    before = max([b["buildid"] for b in kit.builds()] or [0])
+    kit.push(tree, "feature/wal")
+    build = kit.wait_build("feature/wal", after_buildid=before, timeout=10)
+    assert kit.wait_finished(build["buildid"], timeout=60)["results"] == SUCCESS
+    assert Path(f"{db}-wal").exists(), "a database call's close checkpointed the WAL away"
+
+
 def test_deleted_branch_starts_nothing(kit: ServiceKit) -> None:
     tree = kit.make_tree({"a": "1"})
     kit.push(tree, "short-lived")

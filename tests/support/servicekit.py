@@ -542,6 +542,20 @@ def standin_factory(*, repourl: str, profile: str, **_: Any):
     return f
 
 
+def true_steps_factory(*, repourl: str, profile: str, **_: Any):
+    """Ten steps that each run ``true``: a build that is nothing but Buildbot's own cost per step."""
+    from buildbot.plugins import steps
+    from buildbot.process.factory import BuildFactory
+
+    f = BuildFactory()
+    for i in range(TRUE_STEPS):
+        f.addStep(steps.ShellCommand(name=f"true{i}", command=["true"], logEnviron=False))
+    return f
+
+
+TRUE_STEPS = 10
+
+
 @pytest.fixture
 def service_kit(tmp_path: Path) -> Iterator[ServiceKit]:
     """A started :class:`ServiceKit` with default options (the real master.cfg)."""
