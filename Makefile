@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PY_PACKAGES := ktstr_steps launcher master workers settings
 # Packages the pipeline, the tests and the real-kernel build need.
 APT_PKGS := git make gcc libc6-dev binutils flex bison bc libelf-dev libssl-dev dwarves \
 	xz-utils curl iproute2 postgresql linux-source-6.12 procps \
@@ -15,7 +16,7 @@ ifeq ($(FAST),1)
 PYTEST_ARGS += -m "not realkernel"
 endif
 
-.PHONY: help deps venv setup test lint run stop status bench soak clean webui-assets screenshots
+.PHONY: help deps venv bytecode setup test lint run stop status bench soak clean webui-assets screenshots
 
 help:
 	@echo "make run    start master + one worker per LLC group (web UI on :8010)"
@@ -46,7 +47,14 @@ $(VENV)/.stamp: pyproject.toml
 
 venv: $(VENV)/.stamp
 
-setup: deps venv
+# Every worker phase is a fresh `ktstr-ci` process: with bytecode compiled ahead it
+# skips compiling the project's modules each time (hosts that set
+# PYTHONDONTWRITEBYTECODE, as this one does, never cache it). Stale files are
+# recompiled in memory, never trusted; compileall rewrites only changed modules.
+bytecode: venv
+	$(PY) -m compileall -q -j0 $(PY_PACKAGES)
+
+setup: deps venv bytecode
 
 test: setup
 	$(VENV)/bin/ruff check .
@@ -75,6 +83,7 @@ soak: setup
 
 clean:
 	rm -rf $(VENV) var
+	find $(PY_PACKAGES) -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Chart.js, exactly as locked in webui-assets/package-lock.json, into the web UI plugin's
 # static files (the built file and its licence are committed; this re-creates them).
