@@ -13,8 +13,12 @@ renamed into place at the end: the web server never serves half a build.
 
 The step finds the master's artifacts service (``master/artifacts.py``) by its
 name (:mod:`ktstr_steps.buildsteps.services`); without it the step is skipped.
-A ``remote-hit`` build's kernel is already on the master: the remote lookup
-set ``artifacts_url`` to the build it came from, and nothing is uploaded again.
+A hit (``cache-hit`` or ``remote-hit``) is a kernel the master already offers
+when an earlier build published the same cache key: its files are hard-linked
+(copied across filesystems) from that build's directory into this build's,
+with no worker command and no upload — the build still has its own download
+directory, which retention treats like any other. Only when no published copy
+is found, or it is incomplete, does a hit upload its files like a build.
 The step never fails a build whose kernel was built: a problem gathering or
 uploading the files is WARNINGS with the reason.
 """
@@ -22,6 +26,7 @@ uploading the files is WARNINGS with the reason.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import shutil
@@ -36,7 +41,7 @@ from ktstr_steps.buildsteps.base import StateFileStep, safe_name
 from ktstr_steps.buildsteps.services import ArtifactsService, find_artifacts_service
 from ktstr_steps.bundle import CONFIG, MANIFEST, SUMS, VMLINUX
 from ktstr_steps.cache.metadata import METADATA
-from ktstr_steps.results import Outcome
+from ktstr_steps.results import HIT_OUTCOMES
 
 PARTIAL_PREFIX = ".partial-"
 
@@ -62,6 +67,42 @@ def finish_dir(partial: Path, final: Path, manifest: dict[str, Any]) -> list[str
         shutil.rmtree(final)
     os.rename(partial, final)
     return []
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link of ``src`` at ``dest``; a copy where the filesystem cannot link."""
+    try:
+        os.link(src, dest)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copy2(src, dest)
+
+
+def link_published(source: Path, partial: Path, final: Path,
+                   manifest: dict[str, Any]) -> str | None:
+    """Put the files of the published build ``source`` in place as build ``final``.
+
+    ``manifest`` is the new build's files.json, whose ``files`` were read from
+    ``source``'s. Returns why it could not (then nothing is moved), or None.
+    """
+    names = [*manifest["files"], SUMS]
+    try:
+        for name in names:
+            link_or_copy(source / name, partial / name)
+    except OSError as exc:
+        return f"{exc.filename}: {exc.strerror}"
+    wrong = finish_dir(partial, final, manifest)
+    return f"{', '.join(wrong)} not the size published" if wrong else None
+
+
+def read_manifest(build_dir: Path) -> dict[str, Any] | None:
+    """A published build's files.json, or None when it is missing or not a JSON object."""
+    try:
+        value = json.loads((build_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("files"), dict) else None
 
 
 class PublishKernel(StateFileStep):
@@ -91,14 +132,14 @@ class PublishKernel(StateFileStep):
             # Checked here, not in doStepIf: a failed build's step list stays uniform.
             self.descriptionDone = "build failed: nothing to publish"
             return SKIPPED
-        if (self.getProperty("kernel_outcome") == Outcome.REMOTE_HIT
-                and self.getProperty("artifacts_url")):
-            self.descriptionDone = "already on the master (remote hit)"
-            return SKIPPED
         self.svc = self.service()
         if self.svc is None:
             self.descriptionDone = "downloads not configured on this master"
             return SKIPPED
+        if self.getProperty("kernel_outcome") in HIT_OUTCOMES:
+            linked = await self.link_hit(self.svc)
+            if linked is not None:
+                return linked
         result = await super().run()
         # The kernel was built: a publish that went wrong is a warning, never a failure.
         return WARNINGS if result == FAILURE else result
@@ -109,13 +150,7 @@ class PublishKernel(StateFileStep):
             return SKIPPED
         svc = self.svc
         assert svc is not None
-        builder = str(self.getProperty("buildername") or "builder")
-        number = int(self.getProperty("buildnumber") or 0)
-        bdir = builder_dir(builder)
-        final = svc.root / bdir / str(number)
-        partial = svc.root / bdir / f"{PARTIAL_PREFIX}{number}-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        bdir, number, final, partial = self.build_dirs(svc)
         try:
             result = await self._publish(svc, data, partial, final, bdir, number)
         finally:
@@ -124,6 +159,79 @@ class PublishKernel(StateFileStep):
         if result in (SUCCESS, WARNINGS):
             await svc.published(bdir)
         return result
+
+    def build_dirs(self, svc: ArtifactsService) -> tuple[str, int, Path, Path]:
+        """(builder dir, number, final dir, a fresh empty partial dir) of this build."""
+        bdir = builder_dir(str(self.getProperty("buildername") or "builder"))
+        number = int(self.getProperty("buildnumber") or 0)
+        final = svc.root / bdir / str(number)
+        partial = svc.root / bdir / f"{PARTIAL_PREFIX}{number}-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        return bdir, number, final, partial
+
+    def manifest(self, number: int, source: dict[str, Any], **over: Any) -> dict[str, Any]:
+        """This build's files.json: what the build is, and ``source``'s description of the files."""
+        return {
+            "builder": self.getProperty("buildername"),
+            "build_number": number,
+            "buildid": self.build.buildid,
+            "branch": self.getProperty("branch"),
+            "revision": self.getProperty("got_revision") or self.getProperty("revision"),
+            "outcome": source.get("outcome"),
+            "cache_key": source.get("cache_key"),
+            "diff_hash": source.get("diff_hash"),
+            "vmlinux_from": source.get("vmlinux_from"),
+            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "missing": list(source.get("missing") or []),
+            "notes": list(source.get("notes") or []),
+            "files": {name: {"size": f.get("size"), "sha256": f.get("sha256")}
+                      for name, f in (source.get("files") or {}).items()},
+            **over,
+        }
+
+    async def link_hit(self, svc: ArtifactsService) -> int | None:
+        """A hit whose key the master published already: link those files; None = upload."""
+        key = self.getProperty("cache_key")
+        finder = getattr(svc, "find_entry", None)
+        if not key or finder is None:
+            return None
+        found = await finder(str(key))
+        source = Path(str(found.get("dir") or "")) if found else None
+        published = await threads.deferToThread(read_manifest, source) if source else None
+        if source is None or published is None:
+            return None
+        bdir, number, final, partial = self.build_dirs(svc)
+        manifest = self.manifest(number, published, outcome=self.getProperty("kernel_outcome"))
+        try:
+            problem = await threads.deferToThread(link_published, source, partial, final,
+                                                  manifest)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        origin = f"{published.get('builder') or found.get('builder_dir')} build {found.get('number')}"
+        if problem:
+            await self.addCompleteLog(
+                "published-copy", f"ktstr-ci: the copy published by {origin} is not usable "
+                f"({problem}); uploading this build's files\n")
+            return None
+        await self.link_files(svc, bdir, number, manifest)
+        self.descriptionDone += f" (linked from {origin})"
+        await svc.published(bdir)
+        return SUCCESS
+
+    async def link_files(self, svc: ArtifactsService, bdir: str, number: int,
+                         manifest: dict[str, Any]) -> None:
+        """The step's download links, ``artifacts_url`` and summary for a published directory."""
+        files = manifest["files"]
+        names = sorted(files, key=_link_order)
+        for name in names:
+            size = files[name].get("size") or 0
+            await self.addURL(f"{name} ({_human(size)})", svc.url_for(bdir, number, name))
+        await self.addURL("all files", svc.url_for(bdir, number))
+        self.setProperty("artifacts_url", svc.url_for(bdir, number), type(self).__name__)
+        missing = manifest["missing"]
+        self.descriptionDone = f"published {', '.join(names)}" + (
+            f" (no {', '.join(sorted(missing))})" if missing else "")
 
     # -- transfer --------------------------------------------------------------
 
@@ -166,37 +274,14 @@ class PublishKernel(StateFileStep):
                     return CANCELLED
                 self.descriptionDone = f"upload of {name} ({path}) failed"
                 return WARNINGS
-        manifest = {
-            "builder": self.getProperty("buildername"),
-            "build_number": number,
-            "buildid": self.build.buildid,
-            "branch": self.getProperty("branch"),
-            "revision": self.getProperty("got_revision") or self.getProperty("revision"),
-            "outcome": data.get("outcome"),
-            "cache_key": data.get("cache_key"),
-            "diff_hash": data.get("diff_hash"),
-            "vmlinux_from": data.get("vmlinux_from"),
-            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "missing": list(data.get("missing") or []),
-            "notes": list(data.get("notes") or []),
-            "files": {name: {"size": f.get("size"), "sha256": f.get("sha256")}
-                      for name, f in files.items()},
-        }
+        manifest = self.manifest(number, data)
         wrong = await threads.deferToThread(finish_dir, partial, final, manifest)
         if wrong:
             self.descriptionDone = f"upload of {', '.join(wrong)} is not the size the worker sent"
             return WARNINGS
-        names = sorted(files, key=_link_order)
-        for name in names:
-            size = files[name].get("size") or 0
-            await self.addURL(f"{name} ({_human(size)})", svc.url_for(bdir, number, name))
-        await self.addURL("all files", svc.url_for(bdir, number))
-        self.setProperty("artifacts_url", svc.url_for(bdir, number), type(self).__name__)
         for note in manifest["notes"]:
             await self.getLog("stdio").addStderr(note + "\n")
-        missing = manifest["missing"]
-        self.descriptionDone = f"published {', '.join(names)}" + (
-            f" (no {', '.join(sorted(missing))})" if missing else "")
+        await self.link_files(svc, bdir, number, manifest)
         return SUCCESS
 
 

@@ -107,9 +107,13 @@ def test_host2_installs_host1s_entry_and_refuses_a_tampered_one(
                 (h2.trees / "linux-tiny").iterdir()), "a remote hit needs no tree"
             assert outcome_row(kit, second["buildid"]) == "remote-hit"
 
-            # Tamper with every copy the master holds; host 2 forgets its own.
-            for copy in published_copies(kit, key):
-                image = copy / "bzImage"
+            # Tamper with every copy the master holds (a hit's copy is a hard link of the
+            # build it was published from: flipping it twice would undo it); host 2
+            # forgets its own.
+            images = {(copy / "bzImage").stat().st_ino: copy / "bzImage"
+                      for copy in published_copies(kit, key)}
+            assert len(images) == 1, "the remote hit uploaded a second copy"
+            for image in images.values():
                 data = bytearray(image.read_bytes())
                 data[len(data) // 2] ^= 0xFF
                 image.write_bytes(bytes(data))

@@ -39,7 +39,8 @@ class FakeRemoteStore(service.BuildbotService):
 
     def find_entry(self, cache_key: str) -> defer.Deferred[dict[str, Any]]:
         self.asked.append(cache_key)
-        files = {n: {"size": 3, "sha256": "a" * 64} for n in ("bzImage", "metadata.json")}
+        files = {n: {"size": (self.root / n).stat().st_size, "sha256": "a" * 64}
+                 for n in ("bzImage", "metadata.json")}
         return defer.succeed({"dir": str(self.root), "builder_dir": "kernel", "number": 1,
                               "builder": "kernel", "files": files, "outcome": "cached"})
 
@@ -61,10 +62,15 @@ class TestRemoteCacheBuild(RunMasterBase):
         script = self.tools / "ktstr-ci"
         script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_KTSTR_CI))
         script.chmod(0o755)
-        entry = base / "published"
+        entry = self.entry = base / "published"
         entry.mkdir()
         (entry / "bzImage").write_bytes(b"MZ!")
         (entry / "metadata.json").write_text("{}")
+        # What the artifacts service keeps beside a published build's files.
+        (entry / "SHA256SUMS").write_text("sums\n")
+        (entry / "files.json").write_text(
+            '{"builder": "kernel", "outcome": "cached", "files": {"bzImage": {"size": 3}, '
+            '"metadata.json": {"size": 2}}}')
         self.repo = base / "linux.git"
         self.repo.mkdir()
         git = ["git", "-C", str(self.repo), "-c", "user.name=t", "-c", "user.email=t@e"]
@@ -113,9 +119,12 @@ class TestRemoteCacheBuild(RunMasterBase):
         for name in (*TREE_AND_KERNEL, "remote-lookup-tree", "release"):
             self.assertEqual(steps[name], SKIPPED, name)
         self.assertEqual(build["properties"]["kernel_outcome"][0], "remote-hit")
-        # Publish links the master's copy instead of uploading it again.
-        self.assertEqual(steps["publish"], SKIPPED)
+        # Publish links the master's copy into this build's directory: no upload, no command.
+        self.assertEqual(steps["publish"], SUCCESS)
         self.assertEqual(build["properties"]["artifacts_url"][0], "http://master/kernel/1/")
+        published = self.entry / "kernel" / "1"
+        self.assertEqual((published / "bzImage").stat().st_ino,
+                         (self.entry / "bzImage").stat().st_ino)
         self.assertEqual(self.calls(), ["phase lookup", "phase install", "phase summary"])
         # The files came over Buildbot's transfer into the staging dir install read.
         self.assertEqual((self.tools / "staged.log").read_text(), "bzImage metadata.json")

@@ -45,6 +45,8 @@ class FakeArtifacts:
         self.root = root
         self.max_file_bytes = None
         self.published_dirs: list[str] = []
+        self.found: dict[str, Any] | None = None  # what find_entry answers
+        self.asked: list[str] = []
 
     def url_for(self, builder_dir: str, number: int, name: str = "") -> str:
         return f"http://master/artifacts/{builder_dir}/{number}/{name}"
@@ -52,6 +54,25 @@ class FakeArtifacts:
     def published(self, builder_dir: str) -> defer.Deferred[None]:
         self.published_dirs.append(builder_dir)
         return defer.succeed(None)
+
+    def find_entry(self, cache_key: str) -> defer.Deferred[dict[str, Any] | None]:
+        self.asked.append(cache_key)
+        return defer.succeed(self.found)
+
+    def publish_earlier(self, outcome: str = "cached") -> Path:
+        """Build 3 of linux-tiny as the master's artifacts service left it; find_entry finds it."""
+        build = self.root / "linux-tiny" / "3"
+        build.mkdir(parents=True)
+        for name, data in FILES.items():
+            (build / name).write_bytes(data)
+        (build / "SHA256SUMS").write_text("sums\n")
+        files = {n: {"size": len(d), "sha256": f"sha-{n}"} for n, d in FILES.items()}
+        (build / "files.json").write_text(json.dumps({
+            "builder": "linux-tiny", "build_number": 3, "outcome": outcome, "cache_key": KEY,
+            "vmlinux_from": "cache entry", "missing": [], "notes": [], "files": files}))
+        self.found = {"dir": str(build), "builder_dir": "linux-tiny", "number": 3,
+                      "files": files, "outcome": outcome, "builder": "linux-tiny"}
+        return build
 
 
 def publish_cmd():
@@ -122,14 +143,88 @@ class TestPublishKernel(KtstrStepMixin, unittest.TestCase):
         self.expect_outcome(result=SKIPPED, state_string="build failed: nothing to publish (skipped)")
         return self.run_step()
 
-    def test_remote_hit_links_the_masters_copy_and_uploads_nothing(self) -> None:
-        svc = self.setup_publish(kernel_outcome="remote-hit",
-                                 artifacts_url="http://master/artifacts/linux-tiny/3/")
-        self.expect_commands()  # the files are on the master already
-        self.expect_outcome(result=SKIPPED,
-                            state_string="already on the master (remote hit) (skipped)")
+    def check_linked(self, svc: FakeArtifacts, earlier: Path, outcome: str) -> None:
+        final = self.root / "kernel" / "7"
+        self.assertEqual(sorted(p.name for p in final.iterdir()),
+                         sorted([*FILES, "SHA256SUMS", "files.json"]))
+        for name in [*FILES, "SHA256SUMS"]:
+            # The same bytes, not a second copy of them.
+            self.assertEqual((final / name).stat().st_ino, (earlier / name).stat().st_ino)
+        manifest = json.loads((final / "files.json").read_text())
+        self.assertEqual((manifest["build_number"], manifest["outcome"], manifest["cache_key"]),
+                         (7, outcome, KEY))
+        self.assertEqual(manifest["revision"], "1a2b3c4d5e")
+        self.assertEqual(manifest["files"]["bzImage"],
+                         {"size": len(FILES["bzImage"]), "sha256": "sha-bzImage"})
+        self.assertEqual(svc.asked, [KEY])
+        self.assertEqual(svc.published_dirs, ["kernel"])  # retention runs as for an upload
+        self.assertEqual(self.urls["bzImage"], "http://master/artifacts/kernel/7/bzImage")
+        self.assertEqual(sorted(p.name for p in (self.root / "kernel").iterdir()), ["7"])
+
+    def test_cache_hit_links_the_copy_the_master_already_has(self) -> None:
+        svc = self.setup_publish(kernel_outcome="cache-hit", cache_key=KEY,
+                                 got_revision="1a2b3c4d5e")
+        earlier = svc.publish_earlier()
+        self.expect_commands()  # no worker command, no upload
+        self.expect_outcome(result=SUCCESS, state_string=(
+            "published bzImage, vmlinux, .config, metadata.json (linked from linux-tiny build 3)"))
+        self.expect_property("artifacts_url", "http://master/artifacts/kernel/7/", "PublishKernel")
         d = self.run_step()
-        d.addCallback(lambda _: self.assertEqual(svc.published_dirs, []))
+        d.addCallback(lambda _: self.check_linked(svc, earlier, "cache-hit"))
+        return d
+
+    def test_remote_hit_links_the_copy_it_was_installed_from(self) -> None:
+        svc = self.setup_publish(kernel_outcome="remote-hit", cache_key=KEY,
+                                 got_revision="1a2b3c4d5e",
+                                 artifacts_url="http://master/artifacts/linux-tiny/3/")
+        earlier = svc.publish_earlier()
+        self.expect_commands()
+        self.expect_outcome(result=SUCCESS, state_string=(
+            "published bzImage, vmlinux, .config, metadata.json (linked from linux-tiny build 3)"))
+        # This build's own directory now, which retention of build 3 cannot take away.
+        self.expect_property("artifacts_url", "http://master/artifacts/kernel/7/", "PublishKernel")
+        d = self.run_step()
+        d.addCallback(lambda _: self.check_linked(svc, earlier, "remote-hit"))
+        return d
+
+    def test_cache_hit_never_published_uploads_like_a_build(self) -> None:
+        svc = self.setup_publish(kernel_outcome="cache-hit", cache_key=KEY)
+        self.expect_commands(
+            publish_cmd().answer(publish_answer(outcome="cache-hit")).exit(0),
+            *[upload(n, FILES[n]).upload_string(FILES[n]).exit(0) for n in sorted(FILES)],
+            upload("SHA256SUMS", b"sums").upload_string(b"sums\n").exit(0),
+            ExpectRmdir(dir=BUNDLE, log_environ=False).exit(0),
+        )
+        self.expect_outcome(result=SUCCESS,
+                            state_string="published bzImage, vmlinux, .config, metadata.json")
+        d = self.run_step()
+        d.addCallback(lambda _: self.assertEqual(svc.asked, [KEY]))
+        return d
+
+    def test_published_copy_with_a_file_gone_is_not_used(self) -> None:
+        svc = self.setup_publish(kernel_outcome="cache-hit", cache_key=KEY)
+        earlier = svc.publish_earlier()
+        (earlier / "vmlinux").unlink()  # retention took it between the lookup and the link
+        self.expect_commands(
+            publish_cmd().answer(publish_answer(outcome="cache-hit")).exit(0),
+            *[upload(n, FILES[n]).upload_string(FILES[n]).exit(0) for n in sorted(FILES)],
+            upload("SHA256SUMS", b"sums").upload_string(b"sums\n").exit(0),
+            ExpectRmdir(dir=BUNDLE, log_environ=False).exit(0),
+        )
+        self.expect_outcome(result=SUCCESS,
+                            state_string="published bzImage, vmlinux, .config, metadata.json")
+        self.expect_log_file("published-copy", (
+            f"ktstr-ci: the copy published by linux-tiny build 3 is not usable "
+            f"({earlier / 'vmlinux'}: No such file or directory); uploading this build's files\n"))
+        d = self.run_step()
+
+        @d.addCallback
+        def check(_: object) -> None:
+            final = self.root / "kernel" / "7"
+            self.assertEqual((final / "vmlinux").read_bytes(), FILES["vmlinux"])
+            self.assertNotEqual((final / "bzImage").stat().st_ino,
+                                (earlier / "bzImage").stat().st_ino)
+
         return d
 
     def test_worker_says_there_is_nothing_to_publish(self) -> None:
