@@ -97,7 +97,8 @@ class RssSampler:
         self._t.join()
 
 
-def service_build(kit: ServiceKit, tree: Path, branch: str, timeout: float) -> tuple[float, float, dict]:
+def service_build(kit: ServiceKit, tree: Path, branch: str, timeout: float,
+                  poll: float = 0.1) -> tuple[float, float, dict]:
     """(push returned → build started, push begun → build complete, build) for one push.
 
     Only builds newer than every build before the push count: a branch's
@@ -109,12 +110,37 @@ def service_build(kit: ServiceKit, tree: Path, branch: str, timeout: float) -> t
     pushed = time.monotonic()  # the hook fires as git push returns
     build = kit.wait_build(branch, after_buildid=last, timeout=60)
     started = time.monotonic() - pushed
-    done = kit.wait_finished(build["buildid"], timeout=timeout)
+    done, walls = wait_traced(kit, build["buildid"], timeout, poll)
     total = time.monotonic() - t0
+    done["step_wall"] = walls
     if done["results"] != kit.SUCCESS:
         steps = {s["name"]: s["state_string"] for s in kit.build_steps(done["buildid"])}
         raise SystemExit(f"service build of {branch} failed: {steps}")
     return started, total, done
+
+
+def wait_traced(kit: ServiceKit, buildid: int, timeout: float,
+                poll: float = 0.1) -> tuple[dict, dict[str, float]]:
+    """Wait for a build, polling its steps: (the finished build, {step: wall seconds}).
+
+    Buildbot stores step times in whole seconds; polling every ``poll`` seconds
+    knows a step's start and end to about that, for a REST call per poll.
+    """
+    bounds: dict[str, list[float]] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        for st in kit.build_steps(buildid):
+            seen = bounds.setdefault(st["name"], [])
+            if st.get("started_at") and not seen:
+                seen.append(now)
+            if st.get("complete") and len(seen) == 1:
+                seen.append(now)
+        if kit.api(f"builds/{buildid}")["builds"][0].get("complete"):
+            done = kit.wait_finished(buildid, timeout=60)
+            return done, {n: b[1] - b[0] for n, b in bounds.items() if len(b) == 2}
+        time.sleep(poll)
+    raise SystemExit(f"build {buildid} did not finish in {timeout:g} s")
 
 
 def step_seconds(kit: ServiceKit, buildid: int, name: str) -> float:

@@ -26,14 +26,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from run import sh, touch_one_file  # noqa: E402
+from run import service_build, sh, touch_one_file  # noqa: E402
 
 from tests.support.fakekernel import GIT_ENV, make_fake_kernel  # noqa: E402
 from tests.support.servicekit import TRUE_STEPS, ServiceKit  # noqa: E402
@@ -42,29 +41,9 @@ POLL_S = 0.02
 
 
 def traced_build(kit: ServiceKit, src: Path, branch: str) -> dict[str, float | dict]:
-    """Push ``src`` to ``branch``; push→done and every step's (start, end) seconds after the push."""
-    last = max((b["buildid"] for b in kit.builds()), default=0)
-    t0 = time.monotonic()
-    kit.push(src, branch)
-    build = kit.wait_build(branch, after_buildid=last, timeout=60)
-    bounds: dict[str, list[float]] = {}
-    while True:
-        now = time.monotonic() - t0
-        for st in kit.build_steps(build["buildid"]):
-            seen = bounds.setdefault(st["name"], [])
-            if st.get("started_at") and not seen:
-                seen.append(now)
-            if st.get("complete") and len(seen) == 1:
-                seen.append(now)
-        if kit.api(f"builds/{build['buildid']}")["builds"][0].get("complete"):
-            break
-        time.sleep(POLL_S)
-    done = kit.wait_finished(build["buildid"], timeout=60)
-    if done["results"] != kit.SUCCESS:
-        raise SystemExit(f"bench build of {branch} failed: "
-                         f"{[(s['name'], s['state_string']) for s in kit.build_steps(done['buildid'])]}")
-    steps = {name: b[1] - b[0] for name, b in bounds.items() if len(b) == 2}
-    return {"total": time.monotonic() - t0, "steps": steps}
+    """Push ``src`` to ``branch``: push→done and every step's wall seconds."""
+    _, total, done = service_build(kit, src, branch, timeout=120, poll=POLL_S)
+    return {"total": total, "steps": done["step_wall"]}
 
 
 def medians(runs: list[dict]) -> tuple[float, dict[str, float]]:
