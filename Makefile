@@ -24,7 +24,7 @@ help:
 	@echo "make status master, supervisord, workers (pid, CPUs, connected, restarts)"
 	@echo "make test   set up and run the tests (FAST=1 skips the real-kernel build)"
 	@echo "make lint   ruff"
-	@echo "make bench  benchmarks under bench/ (service vs plain make; matrix cache hits; reuse)"
+	@echo "make bench  benchmarks under bench/ (service vs plain make; matrix cache hits; reuse; fixed cost per step)"
 	@echo "make screenshots  the kernel build pages in headless Chromium, as PNGs in artifacts/screenshots/"
 	@echo "make webui-assets  re-fetch Chart.js (webui-assets/package-lock.json) into master/webui/static/"
 	@echo "make soak   pushes with random kill -9 of workers, holders, the master (SOAK_SECONDS=600)"
@@ -76,6 +76,7 @@ bench: setup
 	$(PY) bench/run.py
 	$(PY) bench/matrix_bench.py
 	$(PY) bench/reuse_bench.py
+	$(PY) bench/step_floor_bench.py
 
 # Bounded: SOAK_SECONDS (default 600); prints faults survived / tried and rows lost.
 soak: setup
