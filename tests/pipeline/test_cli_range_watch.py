@@ -113,8 +113,12 @@ def test_locks_watch_follows_holders_until_interrupted(tmp_path: Path, isolated_
     lock_dir.mkdir()
     path = lock_dir / "ktstr-llc-1.lock"
     path.write_text("")
+    # SIGINT as a terminal's Ctrl-C finds it: a test run started in the background
+    # (`nohup make test &`) passes it on ignored, and Python then never raises
+    # KeyboardInterrupt.
     watch = subprocess.Popen(["ktstr-ci", "locks", "--watch", "0.1", "--lock-dir", str(lock_dir)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     holder = None
     try:
         assert watch.stdout is not None
