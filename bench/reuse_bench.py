@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from run import (  # noqa: E402
+    FULL_BUILD_POLL,
     make_phase_seconds,
     note,
     plain_configure,
@@ -120,7 +121,8 @@ def measure(work: Path, fake: bool) -> tuple[dict[str, float], dict[str, str]]:
     timeout = 300 if fake else 3600
     with ServiceKit(work / "service", profiles=("tiny",)) as kit:
         print("bench: full build through the service", file=sys.stderr)
-        _, total, full = service_build(kit, src, "reuse", timeout=timeout)
+        _, total, full = service_build(kit, src, "reuse", timeout=timeout,
+                                       poll=FULL_BUILD_POLL)
         note(fig, "service_full_s", total)
         note(fig, "service_full_make_phase_s", make_phase_seconds(kit, full["buildid"]))
         seen["full-build steps (s)"] = step_times(full)
