@@ -102,12 +102,7 @@ class TestPublishKernel(KtstrStepMixin, unittest.TestCase):
 
     def test_published_build_uploads_what_the_worker_listed(self) -> None:
         svc = self.setup_publish(got_revision="1a2b3c4d5e")
-        self.expect_commands(
-            publish_cmd().answer(publish_answer()).exit(0),
-            *[upload(n, FILES[n]).upload_string(FILES[n]).exit(0) for n in sorted(FILES)],
-            upload("SHA256SUMS", b"sums").upload_string(b"sums\n").exit(0),
-            ExpectRmdir(dir=BUNDLE, log_environ=False).exit(0),
-        )
+        self.expect_whole_upload()
         self.expect_outcome(result=SUCCESS,
                             state_string="published bzImage, vmlinux, .config, metadata.json")
         self.expect_property("artifacts_url", "http://master/artifacts/kernel/7/", "PublishKernel")
@@ -161,40 +156,38 @@ class TestPublishKernel(KtstrStepMixin, unittest.TestCase):
         self.assertEqual(self.urls["bzImage"], "http://master/artifacts/kernel/7/bzImage")
         self.assertEqual(sorted(p.name for p in (self.root / "kernel").iterdir()), ["7"])
 
-    def test_cache_hit_links_the_copy_the_master_already_has(self) -> None:
-        svc = self.setup_publish(kernel_outcome="cache-hit", cache_key=KEY,
-                                 got_revision="1a2b3c4d5e")
+    def run_linked(self, outcome: str, **props: Any) -> defer.Deferred:
+        svc = self.setup_publish(kernel_outcome=outcome, cache_key=KEY,
+                                 got_revision="1a2b3c4d5e", **props)
         earlier = svc.publish_earlier()
         self.expect_commands()  # no worker command, no upload
         self.expect_outcome(result=SUCCESS, state_string=(
             "published bzImage, vmlinux, .config, metadata.json (linked from linux-tiny build 3)"))
         self.expect_property("artifacts_url", "http://master/artifacts/kernel/7/", "PublishKernel")
         d = self.run_step()
-        d.addCallback(lambda _: self.check_linked(svc, earlier, "cache-hit"))
+        d.addCallback(lambda _: self.check_linked(svc, earlier, outcome))
         return d
+
+    def test_cache_hit_links_the_copy_the_master_already_has(self) -> None:
+        return self.run_linked("cache-hit")
 
     def test_remote_hit_links_the_copy_it_was_installed_from(self) -> None:
-        svc = self.setup_publish(kernel_outcome="remote-hit", cache_key=KEY,
-                                 got_revision="1a2b3c4d5e",
-                                 artifacts_url="http://master/artifacts/linux-tiny/3/")
-        earlier = svc.publish_earlier()
-        self.expect_commands()
-        self.expect_outcome(result=SUCCESS, state_string=(
-            "published bzImage, vmlinux, .config, metadata.json (linked from linux-tiny build 3)"))
-        # This build's own directory now, which retention of build 3 cannot take away.
-        self.expect_property("artifacts_url", "http://master/artifacts/kernel/7/", "PublishKernel")
-        d = self.run_step()
-        d.addCallback(lambda _: self.check_linked(svc, earlier, "remote-hit"))
-        return d
+        # artifacts_url pointed at build 3: now this build's own directory, which
+        # retention of build 3 cannot take away.
+        return self.run_linked("remote-hit", artifacts_url="http://master/artifacts/linux-tiny/3/")
 
-    def test_cache_hit_never_published_uploads_like_a_build(self) -> None:
-        svc = self.setup_publish(kernel_outcome="cache-hit", cache_key=KEY)
+    def expect_whole_upload(self, **answer: Any) -> None:
+        """The worker command, every file's upload and the bundle's removal, all succeeding."""
         self.expect_commands(
-            publish_cmd().answer(publish_answer(outcome="cache-hit")).exit(0),
+            publish_cmd().answer(publish_answer(**answer)).exit(0),
             *[upload(n, FILES[n]).upload_string(FILES[n]).exit(0) for n in sorted(FILES)],
             upload("SHA256SUMS", b"sums").upload_string(b"sums\n").exit(0),
             ExpectRmdir(dir=BUNDLE, log_environ=False).exit(0),
         )
+
+    def test_cache_hit_never_published_uploads_like_a_build(self) -> None:
+        svc = self.setup_publish(kernel_outcome="cache-hit", cache_key=KEY)
+        self.expect_whole_upload(outcome="cache-hit")
         self.expect_outcome(result=SUCCESS,
                             state_string="published bzImage, vmlinux, .config, metadata.json")
         d = self.run_step()
@@ -205,12 +198,7 @@ class TestPublishKernel(KtstrStepMixin, unittest.TestCase):
         svc = self.setup_publish(kernel_outcome="cache-hit", cache_key=KEY)
         earlier = svc.publish_earlier()
         (earlier / "vmlinux").unlink()  # retention took it between the lookup and the link
-        self.expect_commands(
-            publish_cmd().answer(publish_answer(outcome="cache-hit")).exit(0),
-            *[upload(n, FILES[n]).upload_string(FILES[n]).exit(0) for n in sorted(FILES)],
-            upload("SHA256SUMS", b"sums").upload_string(b"sums\n").exit(0),
-            ExpectRmdir(dir=BUNDLE, log_environ=False).exit(0),
-        )
+        self.expect_whole_upload(outcome="cache-hit")
         self.expect_outcome(result=SUCCESS,
                             state_string="published bzImage, vmlinux, .config, metadata.json")
         self.expect_log_file("published-copy", (
