@@ -196,10 +196,12 @@ class PublishKernel(StateFileStep):
         finder = getattr(svc, "find_entry", None)
         if not key or finder is None:
             return None
-        found = await finder(str(key))
-        source = Path(str(found.get("dir") or "")) if found else None
-        published = await threads.deferToThread(read_manifest, source) if source else None
-        if source is None or published is None:
+        found = await finder(str(key)) or {}
+        if not found.get("dir"):
+            return None
+        source = Path(str(found["dir"]))
+        published = await threads.deferToThread(read_manifest, source)
+        if published is None:
             return None
         bdir, number, final, partial = self.build_dirs(svc)
         manifest = self.manifest(number, published, outcome=self.getProperty("kernel_outcome"))

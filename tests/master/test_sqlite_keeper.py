@@ -137,3 +137,14 @@ def test_empty_url_is_a_config_error() -> None:
 def test_config_part_is_one_named_service() -> None:
     part = config_part("sqlite:///state.sqlite")
     assert [s.name for s in part.services] == ["ktstr-sqlite-keeper"]
+
+
+def test_a_path_with_uri_characters_is_held(tmp_path: Path) -> None:
+    base = tmp_path / "odd?dir#50%"
+    base.mkdir()
+    db = wal_db(base / "state.sqlite")
+    svc = started(keeper("sqlite:///state.sqlite", base))
+    assert svc.held == db
+    write_and_close(db, "x")
+    assert Path(f"{db}-wal").exists()
+    stopped(svc)
