@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction, default_store: StoreDefault | None
     p.add_argument("--repourl", required=True, metavar="URL")
     p.add_argument("--branch", metavar="BRANCH")
     p.add_argument("--revision", metavar="SHA", help="the commit the build checks out")
+    p.add_argument("--checkout", action="store_true",
+                   help="also check the commit out in the tree (the branch's head without "
+                   "--revision)")
     _limit_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_prepare)
@@ -89,7 +92,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     out = prepare_tree(args.tree, repourl=args.repourl, branch=args.branch or None,
                        revision=args.revision or None, cache_root=_cache_root(),
-                       limits=Limits(args.max_trees, args.max_gb))
+                       limits=Limits(args.max_trees, args.max_gb), checkout=args.checkout)
     print(json.dumps(out) if args.json else out["action"])
     return 0
 

@@ -1,11 +1,14 @@
 """Checkout: Buildbot's own Git step, pointed at the per-branch tree shared by the host's workers.
 
-Before git runs, the step runs ``ktstr-ci trees prepare`` on the worker
-(its output is the step's ``tree`` log): the branch is fetched into the
-host's shared git mirror, a branch new to the builder gets a tree seeded from
-the builder's nearest built tree (or an empty one borrowing the mirror's
-objects), and the tree store is pruned to its limits. Git then finds the
-revision already present and only checks it out.
+The step runs ``ktstr-ci trees prepare`` on the worker (its output is the
+step's ``tree`` log): the branch is fetched into the host's shared git mirror,
+a branch new to the builder gets a tree seeded from the builder's nearest
+built tree (or an empty one borrowing the mirror's objects), the commit is
+checked out, and the tree store is pruned to its limits. One worker command
+does what the Git step does in seven round trips (version, two stats,
+``cat-file``, two checkouts, ``rev-parse``): 0.4-0.5 s of every build here.
+The Git step itself still runs where a try patch is applied on top, or with
+``prepare=False``.
 
 :class:`KernelCheckout` fetches the branch into its tree; :class:`TryCheckout`
 is the same step for try builds, whose patch Buildbot's Git step applies on top
@@ -48,6 +51,8 @@ class KernelCheckout(Git):
     """
 
     name = "checkout"
+    # trees prepare checks the commit out itself unless a patch goes on top (Git applies it).
+    checkout_in_prepare = True
     # Kept apart from workdir: an unset workdir silently falls back to the builder's.
     renderables = ["tree", "ktstr_ci", "max_trees", "max_gb"]
 
@@ -74,6 +79,7 @@ class KernelCheckout(Git):
         self.max_trees = max_trees
         self.max_gb = max_gb
         self.prepared: dict[str, Any] | None = None
+        self.checks_out = False  # set per build in run()
         super().__init__(repourl=repourl, workdir=tree, **kwargs)
 
     async def run(self) -> Any:
@@ -81,10 +87,15 @@ class KernelCheckout(Git):
         if problem:
             self.descriptionDone = [problem]
             return FAILURE
+        ss = self.build.getSourceStamp(self.codebase)
+        self.checks_out = (self.prepare and self.checkout_in_prepare and not self.alwaysUseLatest
+                           and ss is not None and not ss.patch)
         if self.prepare:
             failed = await self.prepare_tree()
             if failed is not None:
                 return failed
+        if self.checks_out:
+            return self.checked_out(self.prepared or {})
         result = await super().run()
         if result == SUCCESS and self.prepared:
             self.descriptionDone = [self.prepared_summary(self.prepared)]
@@ -104,6 +115,8 @@ class KernelCheckout(Git):
             argv += ["--max-trees", str(int(self.max_trees))]
         if self.max_gb:
             argv += ["--max-gb", f"{float(self.max_gb):g}"]
+        if self.checks_out:
+            argv.append("--checkout")
         return [*argv, "--json"]
 
     async def prepare_tree(self) -> int | None:
@@ -136,6 +149,17 @@ class KernelCheckout(Git):
         self.setProperty("tree_action", data.get("action"), type(self).__name__)
         return None
 
+    def checked_out(self, data: dict[str, Any]) -> int:
+        """The result of a checkout ``trees prepare`` did; got_revision as the Git step sets it."""
+        checkout = data.get("checkout") or {}
+        commit = checkout.get("commit")
+        if not isinstance(commit, str) or not commit:
+            self.descriptionDone = ["ktstr-ci trees prepare checked nothing out"]
+            return FAILURE
+        self.updateSourceProperty("got_revision", commit)
+        self.descriptionDone = [self.prepared_summary(data)]
+        return SUCCESS
+
     @staticmethod
     def prepared_lines(data: dict[str, Any]) -> list[str]:
         """What the ``tree`` log ends with: the decision, in words."""
@@ -157,6 +181,8 @@ class KernelCheckout(Git):
             text = f"seeded from {name} ({str(seed.get('commit'))[:7]})"
         elif data.get("action") == "fresh":
             text = "fresh tree"
+        if (data.get("checkout") or {}).get("cleaned_patch"):
+            text += ", try patch removed"
         removed = data.get("removed") or []
         if removed:
             text += f", pruned {len(removed)} tree{'s' * (len(removed) != 1)}"
@@ -170,6 +196,8 @@ class TryCheckout(KernelCheckout):
     patch; a developer sending a try needs to read that the patch does not apply
     to the branch, and git's first complaint, without opening the log.
     """
+
+    checkout_in_prepare = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

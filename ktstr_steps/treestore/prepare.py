@@ -7,7 +7,9 @@ the revision out:
 2. an existing tree is stamped as used now (and made to borrow the mirror's
    objects if it predates the mirror); a missing one is seeded from the
    builder's nearest built tree, or created empty when there is none;
-3. the store is pruned to its limits, never touching this tree.
+3. with ``checkout``, the commit is checked out in the tree (:mod:`.checkout`:
+   the checkout step then runs no git of its own);
+4. the store is pruned to its limits, never touching this tree.
 
 Everything said on stderr ends up in the checkout step's ``tree`` log.
 """
@@ -21,6 +23,7 @@ from typing import Any
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.messages import say
 from ktstr_steps.treestore import inventory
+from ktstr_steps.treestore.checkout import check_out
 from ktstr_steps.treestore.mirror import borrow_objects, update_mirror
 from ktstr_steps.treestore.prune import Limits, prune_store
 from ktstr_steps.treestore.seed import seed_new_tree
@@ -40,8 +43,9 @@ def check_tree_path(tree: Path) -> None:
 
 
 def prepare_tree(tree: Path, *, repourl: str, branch: str | None, revision: str | None,
-                 cache_root: Path, limits: Limits, now: float | None = None) -> dict[str, Any]:
-    """Steps 1-3 of the module docstring; the JSON answer of the command."""
+                 cache_root: Path, limits: Limits, now: float | None = None,
+                 checkout: bool = False) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring; the JSON answer of the command."""
     tree = Path(tree)
     check_tree_path(tree)
     store = store_of(tree)
@@ -49,7 +53,7 @@ def prepare_tree(tree: Path, *, repourl: str, branch: str | None, revision: str 
     mirror, commit = update_mirror(store, repourl, branch, revision)
     fetched = time.monotonic()
     out: dict[str, Any] = {"tree": str(tree), "mirror": str(mirror), "commit": commit,
-                           "seed": None, "skipped": [], "removed": []}
+                           "seed": None, "skipped": [], "removed": [], "checkout": None}
     label = f"{store.name}/{tree.parent.name}/{branch or tree.name}"
     if (tree / ".git").is_dir():
         added = borrow_objects(tree / ".git", mirror)
@@ -85,7 +89,11 @@ def prepare_tree(tree: Path, *, repourl: str, branch: str | None, revision: str 
     inventory.write_stamp(tree, builder=tree.parent.name, branch=branch,
                           last_built=round(now if now is not None else time.time(), 3),
                           **({"seeded_from": out["seed"]["path"]} if out["seed"] else {}))
+    prepared = time.monotonic()
+    if checkout:
+        out["checkout"] = check_out(tree, commit, branch)
     out["removed"] = prune_store(store, limits, cache_root, keep=(tree,))
     out["seconds"] = {"mirror": round(fetched - started, 3),
-                      "tree": round(time.monotonic() - fetched, 3)}
+                      "tree": round(prepared - fetched, 3),
+                      **({"checkout": out["checkout"]["seconds"]} if checkout else {})}
     return out

@@ -233,3 +233,59 @@ def test_a_tree_never_built_is_no_seed(host: Host):
     assert answer["seed"]["path"] == str(host.tree("main"))
     assert {"path": str(host.tree("unbuilt")), "reason": "never built (no .config)"} \
         in answer["skipped"]
+
+
+def test_prepare_checks_the_commit_out_keeping_build_outputs(host: Host):
+    base = host.push("main")
+    tree, _ = host.build("main", base)
+    new = host.commit({"lib/string.c": (host.src / "lib/string.c").read_text() + "\n/* y */\n"})
+    host.push("main")
+    answer = prepare_tree(tree, repourl=str(host.repo), branch="main", revision=new,
+                          cache_root=host.cache, limits=NO_LIMITS, checkout=True)
+    assert answer["checkout"]["commit"] == new and answer["checkout"]["cleaned_patch"] is False
+    assert git(tree, "rev-parse", "HEAD").strip() == new
+    assert git(tree, "symbolic-ref", "--short", "HEAD").strip() == "main"  # as checkout -B does
+    assert git(tree, "status", "--porcelain", "--untracked-files=no") == ""
+    out = subprocess.run(["make"], cwd=tree, check=True, capture_output=True, text=True).stdout
+    assert compiled(out) == {"lib/string.o"}  # the outputs stayed: only the change is built
+
+
+def test_prepare_without_revision_checks_out_the_branch_head(host: Host):
+    head = host.push("main")
+    answer = prepare_tree(host.tree("main"), repourl=str(host.repo), branch="main",
+                          revision=None, cache_root=host.cache, limits=NO_LIMITS, checkout=True)
+    assert answer["action"] == "fresh" and answer["checkout"]["commit"] == head
+    assert (host.tree("main") / "lib/string.c").read_text() == \
+        (host.src / "lib/string.c").read_text()
+
+
+def test_prepare_checkout_removes_a_try_patch_but_not_the_build(host: Host, capfd):
+    base = host.push("main")
+    tree, _ = host.build("main", base)
+    # What Buildbot's try checkout leaves: a patched file, a file the patch added (in the
+    # index, as `git apply --index` puts it), the marker.
+    (tree / "lib/string.c").write_text("/* try patch */\n")
+    (tree / "lib/new.c").write_text("/* added by the patch */\n")
+    git(tree, "add", "lib/new.c")
+    (tree / ".buildbot-patched").write_text("patched\n")
+    capfd.readouterr()
+    answer = prepare_tree(tree, repourl=str(host.repo), branch="main", revision=base,
+                          cache_root=host.cache, limits=NO_LIMITS, checkout=True)
+    assert answer["checkout"]["cleaned_patch"] is True
+    assert "had a try patch applied" in capfd.readouterr().err
+    assert not (tree / ".buildbot-patched").exists() and not (tree / "lib/new.c").exists()
+    assert (tree / "lib/string.c").read_text() == (host.src / "lib/string.c").read_text()
+    assert (tree / "init/main.o").is_file()  # build outputs (ignored files) kept
+
+
+def test_a_failed_checkout_says_which_commit_and_tree(host: Host):
+    host.push("main")
+    tree = host.tree("main")
+    prepare_tree(tree, repourl=str(host.repo), branch="main", revision=None,
+                 cache_root=host.cache, limits=NO_LIMITS, checkout=True)
+    (tree / ".git" / "index.lock").write_text("")  # another git is (or was) at work here
+    new = host.commit({"README": "x\n"})
+    host.push("main")
+    with pytest.raises(KtstrError, match=rf"git checkout {new[:12]} in {tree} failed: .*index\.lock"):
+        prepare_tree(tree, repourl=str(host.repo), branch="main", revision=new,
+                     cache_root=host.cache, limits=NO_LIMITS, checkout=True)

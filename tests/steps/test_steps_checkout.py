@@ -1,4 +1,4 @@
-"""Checkout: Buildbot's Git step into the host's per-branch tree."""
+"""Checkout: the host's per-branch tree, checked out by ``trees prepare`` (Git for try patches)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import json
 from unittest import mock
 
 from buildbot.process.results import FAILURE, SUCCESS
-from buildbot.test.steps import ExpectListdir, ExpectShell, ExpectStat
+from buildbot.process import remotetransfer
+from buildbot.test.steps import (
+    ExpectDownloadFile,
+    ExpectListdir,
+    ExpectRemoteRef,
+    ExpectShell,
+    ExpectStat,
+)
 from twisted.trial import unittest
 
-from ktstr_steps.buildsteps import KernelCheckout
+from ktstr_steps.buildsteps import KernelCheckout, TryCheckout
 from tests.support.steps_harness import TREE, KtstrStepMixin, answer
 
 REPO = "/srv/ci/var/linux.git"
@@ -30,9 +37,13 @@ def prepare(*extra: str, branch: str = "main", rev: str = REV) -> ExpectShell:
     )
 
 
+CHECKED_OUT = {"commit": REV, "branch": "main", "cleaned_patch": False, "seconds": 0.31}
+
+
 def prepared(action: str = "existing", **fields: object) -> str:
     return answer({"tree": TREE, "mirror": "/srv/trees/.git-objects/linux-1.git", "commit": REV,
-                   "action": action, "seed": None, "skipped": [], "removed": [], **fields})
+                   "action": action, "seed": None, "skipped": [], "removed": [],
+                   "checkout": CHECKED_OUT, **fields})
 
 
 GIT_START = (
@@ -43,21 +54,68 @@ GIT_START = (
 
 
 class TestKernelCheckout(KtstrStepMixin, unittest.TestCase):
-    def test_incremental_update_in_branch_tree(self) -> None:
+    def test_one_worker_command_prepares_and_checks_out(self) -> None:
         self.setup_ktstr_step(KernelCheckout(repourl=REPO))
         self.build.sources[""] = mock.Mock(branch="main", revision=REV, patch=None, changes=[])
-        self.expect_commands(
-            prepare().stdout(prepared()).exit(0),
-            *GIT_START,
-            # Revision not in the tree yet: fetch the branch, check the revision out.
-            git("cat-file", "-e", REV).exit(1),
-            git("fetch", "-f", "--progress", REPO, "main").exit(0),
-            git("checkout", "-f", REV).exit(0),
-            git("checkout", "-B", "main").exit(0),
-            git("rev-parse", "HEAD").stdout(REV + "\n").exit(0),
-        )
+        # No git command of the step's own: trees prepare checked the revision out.
+        self.expect_commands(prepare("--checkout").stdout(prepared()).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="update")
         self.expect_property("got_revision", REV, "KernelCheckout")
+        return self.run_step()
+
+    def test_got_revision_is_what_was_checked_out(self) -> None:
+        # A forced build names no revision: the branch head the mirror fetched is built.
+        self.setup_ktstr_step(KernelCheckout(repourl=REPO))
+        self.build.sources[""] = mock.Mock(branch="main", revision=None, patch=None, changes=[])
+        head = "0123456789abcdef0123456789abcdef01234567"
+        self.expect_commands(
+            ExpectShell(workdir="build", log_environ=False, command=[
+                "ktstr-ci", "trees", "prepare", "--tree", TREE, "--repourl", REPO,
+                "--branch", "main", "--checkout", "--json"])
+            .stdout(prepared(commit=head, checkout={**CHECKED_OUT, "commit": head})).exit(0))
+        self.expect_outcome(result=SUCCESS, state_string="update")
+        self.expect_property("got_revision", head, "KernelCheckout")
+        return self.run_step()
+
+    def test_an_answer_without_a_checkout_fails(self) -> None:
+        self.setup_ktstr_step(KernelCheckout(repourl=REPO))
+        self.build.sources[""] = mock.Mock(branch="main", revision=REV, patch=None, changes=[])
+        self.expect_commands(prepare("--checkout").stdout(prepared(checkout=None)).exit(0))
+        self.expect_outcome(result=FAILURE,
+                            state_string="ktstr-ci trees prepare checked nothing out (failure)")
+        return self.run_step()
+
+    def test_a_removed_try_patch_is_summarised(self) -> None:
+        self.setup_ktstr_step(KernelCheckout(repourl=REPO))
+        self.build.sources[""] = mock.Mock(branch="main", revision=REV, patch=None, changes=[])
+        self.expect_commands(prepare("--checkout").stdout(
+            prepared(checkout={**CHECKED_OUT, "cleaned_patch": True})).exit(0))
+        self.expect_outcome(result=SUCCESS, state_string="update, try patch removed")
+        return self.run_step()
+
+    def test_a_try_patch_goes_through_buildbots_git_step(self) -> None:
+        self.setup_ktstr_step(TryCheckout(repourl=REPO))
+        patch = (1, "--- a/Makefile\n+++ b/Makefile\n", None)
+        self.build.sources[""] = mock.Mock(branch="main", revision=REV, patch=patch, changes=[])
+        self.expect_commands(
+            prepare().stdout(prepared(checkout=None)).exit(0),
+            *GIT_START,
+            git("cat-file", "-e", REV).exit(0),
+            git("checkout", "-f", REV).exit(0),
+            git("checkout", "-B", "main").exit(0),
+            ExpectDownloadFile(blocksize=32768, maxsize=None, reader=ExpectRemoteRef(remotetransfer.StringFileReader),
+                               workerdest=".buildbot-diff", workdir=TREE, mode=None).exit(0),
+            ExpectDownloadFile(blocksize=32768, maxsize=None, reader=ExpectRemoteRef(remotetransfer.StringFileReader),
+                               workerdest=".buildbot-patched", workdir=TREE, mode=None).exit(0),
+            git("update-index", "--refresh").exit(0),
+            ExpectShell(workdir=TREE, command=["git", "apply", "--index", "-p", "1"],
+                        log_environ=False, initial_stdin=patch[1])
+            .stdout("error: patch failed: Makefile:1\n").exit(1),
+        )
+        self.expect_outcome(
+            result=FAILURE,
+            state_string=f"try patch does not apply to main@{REV[:12]}: "
+            "error: patch failed: Makefile:1 (failure)")
         return self.run_step()
 
     def test_no_tree_store_fails_before_git(self) -> None:
@@ -94,16 +152,10 @@ class TestTreePreparation(KtstrStepMixin, unittest.TestCase):
         self.setup_ktstr_step(KernelCheckout(repourl=REPO))
         self.source()
         self.expect_commands(
-            prepare().stdout(prepared("seeded", seed=SEED))
+            prepare("--checkout").stdout(prepared("seeded", seed=SEED))
             .stderr("ktstr-ci: seeded from trees/kernel/main (a1b2c3d, ancestor of the new commit, "
                     "1 commit behind, built 2026-12-01 06:40); make rebuilds only what changed\n")
             .exit(0),
-            *GIT_START,
-            # The mirror already holds the revision: git fetches nothing.
-            git("cat-file", "-e", REV).exit(0),
-            git("checkout", "-f", REV).exit(0),
-            git("checkout", "-B", "main").exit(0),
-            git("rev-parse", "HEAD").stdout(REV + "\n").exit(0),
         )
         self.expect_outcome(result=SUCCESS, state_string="seeded from main (a1b2c3d)")
         self.expect_log_file_stderr(
@@ -118,7 +170,7 @@ class TestTreePreparation(KtstrStepMixin, unittest.TestCase):
         self.source()
         err = {"ok": False, "errors": [{"kind": "git-ref-not-found",
                                         "message": f"revision {REV} is not in {REPO}"}]}
-        self.expect_commands(prepare().stdout(json.dumps(err) + "\n").exit(1))
+        self.expect_commands(prepare("--checkout").stdout(json.dumps(err) + "\n").exit(1))
         self.expect_outcome(
             result=FAILURE,
             state_string=f"preparing the tree failed: revision {REV} is not in {REPO} (failure)")
@@ -127,7 +179,7 @@ class TestTreePreparation(KtstrStepMixin, unittest.TestCase):
     def test_no_json_fails_clearly(self) -> None:
         self.setup_ktstr_step(KernelCheckout(repourl=REPO))
         self.source()
-        self.expect_commands(prepare().stderr("Traceback\n").exit(1))
+        self.expect_commands(prepare("--checkout").stderr("Traceback\n").exit(1))
         self.expect_outcome(result=FAILURE,
                             state_string="ktstr-ci trees prepare printed no JSON (failure)")
         return self.run_step()
@@ -138,13 +190,8 @@ class TestTreePreparation(KtstrStepMixin, unittest.TestCase):
         removed = [{"path": "/srv/trees/kernel/old-1", "reason": "builder kernel has 4 trees, "
                     "more than max_trees = 3"}]
         self.expect_commands(
-            prepare("--max-trees", "3", "--max-gb", "40.5")
+            prepare("--max-trees", "3", "--max-gb", "40.5", "--checkout")
             .stdout(prepared("fresh", removed=removed)).exit(0),
-            *GIT_START,
-            git("cat-file", "-e", REV).exit(0),
-            git("checkout", "-f", REV).exit(0),
-            git("checkout", "-B", "main").exit(0),
-            git("rev-parse", "HEAD").stdout(REV + "\n").exit(0),
         )
         self.expect_outcome(result=SUCCESS, state_string="fresh tree, pruned 1 tree")
         return self.run_step()

@@ -31,10 +31,25 @@ if cmd == ("holder", "acquire"):
     out({"name": argv[3], "pid": os.getpid(), "bypass": False,
          "plan": {"llcs": [0], "cpus": [0, 1], "mems": [0], "make_jobs": 2, "cross_node": False},
          "sandbox": {"kind": "none", "path": None}})
+def opt(name, default=None):
+    return argv[argv.index(name) + 1] if name in argv else default
 if cmd == ("trees", "prepare"):
-    # No seed: the Git step clones a fresh tree, as on a builder's first build.
-    out({"tree": argv[argv.index("--tree") + 1], "action": "fresh", "seed": None,
-         "skipped": [], "removed": []})
+    # No seed: a fresh tree, as on a builder's first build; with --checkout real
+    # git fills it (else the Git step does).
+    tree, checkout = opt("--tree"), None
+    if "--checkout" in argv:
+        import subprocess
+        git = ["git", "-C", tree]
+        if not os.path.isdir(os.path.join(tree, ".git")):
+            subprocess.run(["git", "init", "-q", tree], check=True)
+        subprocess.run([*git, "fetch", "-q", opt("--repourl"), opt("--branch", "HEAD")], check=True)
+        subprocess.run([*git, "checkout", "-q", "-f", opt("--revision", "FETCH_HEAD")], check=True)
+        head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                              text=True).stdout.strip()
+        checkout = {"commit": head, "branch": opt("--branch"), "cleaned_patch": False,
+                    "seconds": 0.01}
+    out({"tree": tree, "action": "fresh", "seed": None, "skipped": [], "removed": [],
+         "checkout": checkout})
 if cmd == ("holder", "lock-source"):
     out({"name": argv[3], "lockfile": "/tmp/x.lock", "waited_seconds": 0, "holders_seen": []})
 if cmd == ("phase", "lookup") and "--revision" in argv:
