@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from unittest import mock
 
-from buildbot.process.results import FAILURE, SUCCESS
 from buildbot.process import remotetransfer
+from buildbot.process.results import FAILURE, SUCCESS
 from buildbot.test.steps import (
     ExpectDownloadFile,
     ExpectListdir,
