@@ -9,17 +9,26 @@ checkout, and the checkout then finds the revision already present.
 prunes: ``gc.auto=0`` and ``gc.pruneExpire=never``, because a tree's commit
 may be reachable from no mirror ref after a force-push, and pruning it would
 break that tree. Fetches into one mirror are serialised by an flock next to it.
+
+A repository on this host (``repourl`` an absolute path, as the master's own
+hosted repository is for its local workers) gives its first mirror by ``git
+clone --bare --local``: the object files are hard-linked, not repacked and
+sent, which on the 6.12 tree is 9.4 s of a first build's checkout against
+0.01 s. Git never rewrites an object or pack file in place, so the link stays
+what it was when the source repacks or prunes; later fetches are ordinary.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from ktstr_steps import flock
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.keys import crc32_hex
+from ktstr_steps.messages import say
 from ktstr_steps.source import run_git, validate_ref
 
 OBJECTS_DIR = ".git-objects"
@@ -54,12 +63,56 @@ def rev_parse(repo: Path, rev: str) -> str | None:
     return sha if r.returncode == 0 and _SHA.fullmatch(sha) else None
 
 
+_MIRROR_CONFIG = (("gc.auto", "0"), ("gc.pruneExpire", "never"),
+                  ("core.logAllRefUpdates", "false"))
+
+
+def _configure(path: Path) -> None:
+    for key, value in _MIRROR_CONFIG:
+        _check(run_git(["config", key, value], cwd=path), f"git config {key} in {path}")
+
+
 def _init(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     _check(run_git(["init", "--quiet", "--bare", "--", str(path)]), f"git init --bare {path}")
-    for key, value in (("gc.auto", "0"), ("gc.pruneExpire", "never"),
-                       ("core.logAllRefUpdates", "false")):
-        _check(run_git(["config", key, value], cwd=path), f"git config {key} in {path}")
+    _configure(path)
+
+
+def local_repository(repourl: str) -> Path | None:
+    """The directory of a repository on this host that ``repourl`` names as a path, or None.
+
+    Only a plain absolute path: git never takes its local shortcut for a
+    ``file://`` URL, and anything else is another host.
+    """
+    if "://" in repourl or not repourl.startswith("/"):
+        return None
+    path = Path(repourl)
+    return path if (path / "objects").is_dir() or (path / ".git" / "objects").is_dir() else None
+
+
+def _clone_local(path: Path, source: Path) -> bool:
+    """Create the mirror at ``path`` as a hard-linked clone of ``source``; False = not done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.clone-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a process killed mid-clone
+    if path.exists():
+        shutil.rmtree(path)  # no HEAD: an init that died half-way; nothing uses it
+    tmp = path.with_name(f".{path.name}.clone-{os.getpid()}")
+    try:
+        r = run_git(["clone", "--quiet", "--bare", "--local", "--no-tags", "--", str(source),
+                     str(tmp)], timeout=FETCH_WAIT)
+        if r.returncode != 0:
+            say(f"could not clone {source} locally ({r.stderr.strip()[-300:] or 'no message'}); "
+                "fetching into a new mirror instead")
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        _configure(tmp)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"new git mirror {path}: objects hard-linked from {source}")
+    return True
 
 
 class MirrorLock:
@@ -108,7 +161,9 @@ def update_mirror(store: Path, repourl: str, branch: str | None,
     mirror = mirror_path(store, repourl)
     with MirrorLock(mirror):
         if not (mirror / "HEAD").is_file():
-            _init(mirror)
+            source = local_repository(repourl)
+            if source is None or not _clone_local(mirror, source):
+                _init(mirror)
         if revision and has_commit(mirror, revision):
             return mirror, revision
         ref = f"refs/heads/{branch}" if branch else "HEAD"

@@ -289,3 +289,36 @@ def test_a_failed_checkout_says_which_commit_and_tree(host: Host):
     with pytest.raises(KtstrError, match=rf"git checkout {new[:12]} in {tree} failed: .*index\.lock"):
         prepare_tree(tree, repourl=str(host.repo), branch="main", revision=new,
                      cache_root=host.cache, limits=NO_LIMITS, checkout=True)
+
+
+def _packs(repo: Path) -> dict[int, Path]:
+    return {p.stat().st_ino: p for p in (repo / "objects" / "pack").glob("*.pack")}
+
+
+def test_a_local_repository_gives_its_first_mirror_by_hard_links(host: Host, capfd):
+    head = host.push("main")
+    git(host.repo, "repack", "-q", "-a", "-d")
+    stale = host.store / ".git-objects" / f".{mirror_path(host.store, str(host.repo)).name}.clone-1"
+    stale.mkdir(parents=True)  # what a prepare killed mid-clone leaves
+    answer = host.prepare("main", head)
+    mirror = Path(answer["mirror"])
+    assert set(_packs(mirror)) == set(_packs(host.repo)) != set()  # the same files, not copies
+    assert "objects hard-linked from" in capfd.readouterr().err
+    assert not stale.exists()
+    assert git(mirror, "config", "gc.pruneExpire").strip() == "never"
+    # Later commits come by an ordinary fetch into the linked mirror.
+    new = host.commit({"README": "more\n"})
+    host.push("main")
+    assert host.prepare("main", new)["commit"] == new
+
+
+def test_a_url_mirror_is_fetched_not_linked(host: Host, capfd):
+    head = host.push("main")
+    git(host.repo, "repack", "-q", "-a", "-d")
+    url = host.repo.as_uri()  # git takes no local shortcut for file:// URLs
+    answer = prepare_tree(host.tree("main"), repourl=url, branch="main", revision=head,
+                          cache_root=host.cache, limits=NO_LIMITS)
+    mirror = Path(answer["mirror"])
+    assert not set(_packs(mirror)) & set(_packs(host.repo))
+    assert git(mirror, "cat-file", "-t", head).strip() == "commit"
+    assert "hard-linked" not in capfd.readouterr().err
