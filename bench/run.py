@@ -113,6 +113,7 @@ def service_build(kit: ServiceKit, tree: Path, branch: str, timeout: float,
     done, walls = wait_traced(kit, build["buildid"], timeout, poll)
     total = time.monotonic() - t0
     done["step_wall"] = walls
+    done["push_s"] = pushed - t0  # git's own transfer, part of push → done
     if done["results"] != kit.SUCCESS:
         steps = {s["name"]: s["state_string"] for s in kit.build_steps(done["buildid"])}
         raise SystemExit(f"service build of {branch} failed: {steps}")
