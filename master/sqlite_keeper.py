@@ -1,4 +1,4 @@
-"""Keep one idle connection to the master's SQLite database open for the master's life.
+"""Keep one idle connection to the master's SQLite database open; sync its commits less.
 
 Buildbot opens SQLite databases with SQLAlchemy's ``NullPool``: every
 database call opens the file, runs, and closes it. SQLite in WAL mode (which
@@ -13,6 +13,15 @@ The held connection never starts a transaction (it only reads the schema once,
 in autocommit mode), so it blocks no writer and no checkpoint: SQLite still
 checkpoints on its own when the log reaches its threshold (1000 pages), and a
 ``kill -9`` of the master loses nothing a committed transaction wrote.
+
+Every connection Buildbot's engine opens to that file also gets ``PRAGMA
+synchronous=NORMAL``: in WAL mode a commit then appends to the log without an
+fsync (the checkpoint still syncs). A committed transaction survives any crash
+of the master process, ``kill -9`` included; only a crash of the operating
+system or the power can roll back the last commits, and the database is never
+corrupted (SQLite's own advice for WAL). Build state is written a dozen times
+per step: the fake-kernel build of ``bench/step_floor_bench.py`` took 3.67 →
+3.50 s and 3.58 → 3.39 s push → done with it.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import sqlalchemy as sa
 from buildbot.config.errors import error
 from buildbot.util import service
 from sqlalchemy.engine import make_url
@@ -75,6 +86,7 @@ class SqliteKeeper(service.BuildbotService):
     def startService(self):
         yield super().startService()  # configures the service first
         self._open()
+        self._sync_normal()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -107,10 +119,25 @@ class SqliteKeeper(service.BuildbotService):
             return
         self._conn, self._path = conn, path
 
+    def _sync_normal(self) -> None:
+        """Have every new connection of the master's engine use synchronous=NORMAL."""
+        if self.held is None:
+            return  # not a SQLite file (or not openable): nothing to tune
+        engine = getattr(getattr(getattr(self.master, "db", None), "pool", None), "engine", None)
+        if engine is None or not engine.url.drivername.startswith("sqlite"):
+            return
+        if not sa.event.contains(engine.pool, "connect", sync_normal):
+            sa.event.listen(engine.pool, "connect", sync_normal)
+
     def _close(self) -> None:
         conn, self._conn, self._path = self._conn, None, None
         if conn is not None:
             conn.close()
+
+
+def sync_normal(dbapi_connection: Any, _record: Any) -> None:
+    """SQLAlchemy ``connect`` listener: WAL commits without an fsync (module docstring)."""
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def config_part(db_url: str) -> ConfigPart:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from buildbot.config.errors import ConfigErrors
 
-from master.sqlite_keeper import SqliteKeeper, config_part, sqlite_file
+from master.sqlite_keeper import SqliteKeeper, config_part, sqlite_file, sync_normal
 
 
 def wal_db(path: Path) -> Path:
@@ -148,3 +149,39 @@ def test_a_path_with_uri_characters_is_held(tmp_path: Path) -> None:
     write_and_close(db, "x")
     assert Path(f"{db}-wal").exists()
     stopped(svc)
+
+
+def synchronous(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("PRAGMA synchronous").scalar_one()
+
+
+def keeper_of(engine: sa.Engine, basedir: Path) -> SqliteKeeper:
+    """A keeper whose master's database engine is ``engine``, as Buildbot's DBConnector holds it."""
+    svc = keeper(str(engine.url), basedir)
+    svc.master.db = type("DB", (), {"pool": type("Pool", (), {"engine": engine})()})()
+    return svc
+
+
+def test_the_masters_connections_commit_without_fsync(tmp_path: Path) -> None:
+    db = wal_db(tmp_path / "state.sqlite")
+    engine = sa.create_engine(f"sqlite:///{db}", poolclass=sa.pool.NullPool)
+    assert synchronous(engine) == 2  # FULL: SQLite's default, an fsync per commit
+    svc = started(keeper_of(engine, tmp_path))
+    assert synchronous(engine) == 1  # NORMAL, on every new connection (NullPool)
+    assert synchronous(engine) == 1
+    stopped(started(keeper_of(engine, tmp_path)))  # a second keeper adds no second listener
+    sa.event.remove(engine.pool, "connect", sync_normal)
+    assert not sa.event.contains(engine.pool, "connect", sync_normal)
+    assert synchronous(engine) == 2
+    stopped(svc)
+    # The held connection never opened a transaction: a writer is not blocked.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO steps (state) VALUES ('x')")
+
+
+def test_an_in_memory_database_is_not_tuned(tmp_path: Path) -> None:
+    engine = sa.create_engine("sqlite://")
+    svc = started(keeper_of(engine, tmp_path))
+    assert svc.held is None
+    assert not sa.event.contains(engine.pool, "connect", sync_normal)
