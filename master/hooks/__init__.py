@@ -20,10 +20,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from master.hooks.spool import spool_dir
-from settings import REPO_ROOT, Repo, Settings
+
+if TYPE_CHECKING:  # the hooks import this package on every push: no settings loaded there
+    from settings import Repo, Settings
 
 CONFIG_NAME = "ktstr-ci-hook.json"
 HOOKS = {"pre-receive": "pre_receive", "post-receive": "post_receive"}
@@ -67,6 +69,8 @@ def ensure_bare_repo(path: Path) -> bool:
 
 def install(gitdir: Path, config: dict[str, Any], python: str | None = None) -> None:
     """Write the hook wrappers and their config into ``gitdir`` (idempotent)."""
+    from settings import REPO_ROOT
+
     python = python or sys.executable
     hooks = gitdir / "hooks"
     hooks.mkdir(parents=True, exist_ok=True)

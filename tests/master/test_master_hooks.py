@@ -8,6 +8,8 @@ real master.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,15 @@ def test_ensure_bare_repo_refuses_a_non_repo(tmp_path: Path) -> None:
     (d / "file").write_text("x")
     with pytest.raises(RuntimeError, match="is not a bare git repository"):
         hooks.ensure_bare_repo(d)
+
+
+@pytest.mark.parametrize("module", sorted(hooks.HOOKS.values()))
+def test_a_hook_loads_neither_the_settings_nor_buildbot(module: str) -> None:
+    # Every push waits for both hooks' interpreters: the settings alone cost ~70 ms to import.
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            f"import master.hooks.{module}; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'settings', 'buildbot', 'twisted', 'sqlalchemy', 'launcher'}))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(hooks.__file__).parents[2])],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
