@@ -126,6 +126,14 @@ def _git(
 run_git = _git
 
 
+def git_ok(args: list[str], cwd: Path, what: str, *, timeout: float = 3600.0) -> None:
+    """Run git in ``cwd``; a failure is a ``git-failed`` error naming ``what``, ``cwd`` and git's words."""
+    r = run_git(args, cwd=cwd, timeout=timeout)
+    if r.returncode != 0:
+        raise KtstrError(f"{what} in {cwd} failed: {r.stderr.strip()[-500:] or 'no message'}",
+                         kind="git-failed")
+
+
 def _tail(text: str, n: int = 5) -> str:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return "\n".join(lines[-n:])

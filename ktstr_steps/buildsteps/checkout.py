@@ -1,4 +1,4 @@
-"""Checkout: Buildbot's own Git step, pointed at the per-branch tree shared by the host's workers.
+"""Checkout: the per-branch tree shared by the host's workers, checked out by ``trees prepare``.
 
 The step runs ``ktstr-ci trees prepare`` on the worker (its output is the
 step's ``tree`` log): the branch is fetched into the host's shared git mirror,

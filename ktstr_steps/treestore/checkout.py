@@ -23,19 +23,10 @@ from typing import Any
 
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.messages import say
-from ktstr_steps.source import run_git
+from ktstr_steps.source import git_ok, run_git
 
 # Written by Buildbot's Git step when it applies a try patch to a tree.
 PATCHED_MARKER = ".buildbot-patched"
-# A fresh tree's checkout writes every file of the kernel (about 80k).
-CHECKOUT_WAIT = 3600.0
-
-
-def _git_ok(args: list[str], tree: Path, what: str) -> None:
-    r = run_git(args, cwd=tree, timeout=CHECKOUT_WAIT)
-    if r.returncode != 0:
-        raise KtstrError(f"{what} in {tree} failed: {r.stderr.strip()[-500:] or 'no message'}",
-                         kind="git-failed")
 
 
 def check_out(tree: Path, commit: str, branch: str | None) -> dict[str, Any]:
@@ -46,10 +37,10 @@ def check_out(tree: Path, commit: str, branch: str | None) -> dict[str, Any]:
     # -B moves the tree's own branch to the commit; detached when the build has no branch.
     argv = ["checkout", "--quiet", "--force", *(["-B", branch] if branch else ["--detach"]),
             commit, "--"]
-    _git_ok(argv, tree, f"git checkout {commit[:12]}")
+    git_ok(argv, tree, f"git checkout {commit[:12]}")
     if patched:
         # Files the patch added; ignored files (the build outputs) stay.
-        _git_ok(["clean", "-q", "-f", "-d"], tree, "git clean")
+        git_ok(["clean", "-q", "-f", "-d"], tree, "git clean")
         marker.unlink(missing_ok=True)  # clean removed it unless .gitignore covers it
         say(f"{tree} had a try patch applied: its changes and the files it added are gone, "
             "build outputs kept")

@@ -30,7 +30,7 @@ from typing import Any
 
 from ktstr_steps.errors import KtstrError
 from ktstr_steps.flock import FileLock
-from ktstr_steps.source import run_git
+from ktstr_steps.source import git_ok, run_git
 from ktstr_steps.treestore import inventory
 from ktstr_steps.treestore.inventory import Tree
 from ktstr_steps.treestore.mirror import adopt_commit, borrow_objects
@@ -156,12 +156,6 @@ def copy_worktree(seed: Path, dest: Path, *, share_sources: bool) -> str:
     return "linked-sources"
 
 
-def _git_ok(args: list[str], cwd: Path, what: str) -> None:
-    r = run_git(args, cwd=cwd, timeout=3600)
-    if r.returncode != 0:
-        raise KtstrError(f"{what} in {cwd} failed: {r.stderr.strip()[-500:]}", kind="git-failed")
-
-
 def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> tuple[str, int]:
     """Copy ``seed``'s files to ``dest`` with times kept; its git objects come from ``mirror``.
 
@@ -195,16 +189,16 @@ def copy_tree(seed: Path, commit: str, dest: Path, mirror: Path) -> tuple[str, i
         (git_dir / "HEAD").write_text(commit + "\n")
         borrow_objects(git_dir, mirror)
         for key, value in (("core.checkStat", "minimal"), ("core.trustCtime", "false")):
-            _git_ok(["config", key, value], tmp, f"git config {key}")
+            git_ok(["config", key, value], tmp, f"git config {key}")
         if patched or not (git_dir / "index").is_file():
-            _git_ok(["read-tree", commit], tmp, "git read-tree")
+            git_ok(["read-tree", commit], tmp, "git read-tree")
         # Exit status 1 only says some files differ from the commit: expected for a
         # seed whose tree was patched; the checkout overwrites those.
         run_git(["update-index", "-q", "--refresh"], cwd=tmp, timeout=3600)
         if patched:
             # Files a try patch added would make the next patch's `git apply` refuse;
             # ignored files (the build outputs) stay.
-            _git_ok(["clean", "-q", "-f", "-d"], tmp, "git clean")
+            git_ok(["clean", "-q", "-f", "-d"], tmp, "git clean")
         os.rename(tmp, dest)
         return mode, relocated
     except BaseException:
@@ -218,7 +212,7 @@ def fresh_tree(dest: Path, mirror: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        _git_ok(["init", "--quiet", "--", str(tmp)], tmp, "git init")
+        git_ok(["init", "--quiet", "--", str(tmp)], tmp, "git init")
         borrow_objects(tmp / ".git", mirror)
         os.rename(tmp, dest)
     except BaseException:

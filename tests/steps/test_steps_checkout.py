@@ -54,9 +54,15 @@ GIT_START = (
 
 
 class TestKernelCheckout(KtstrStepMixin, unittest.TestCase):
+    def branch_build(self, step: KernelCheckout | None = None, revision: str | None = REV,
+                     patch: tuple | None = None) -> None:
+        """The step in a build of branch main at ``revision``, with ``patch`` on top."""
+        self.setup_ktstr_step(step or KernelCheckout(repourl=REPO))
+        self.build.sources[""] = mock.Mock(branch="main", revision=revision, patch=patch,
+                                           changes=[])
+
     def test_one_worker_command_prepares_and_checks_out(self) -> None:
-        self.setup_ktstr_step(KernelCheckout(repourl=REPO))
-        self.build.sources[""] = mock.Mock(branch="main", revision=REV, patch=None, changes=[])
+        self.branch_build()
         # No git command of the step's own: trees prepare checked the revision out.
         self.expect_commands(prepare("--checkout").stdout(prepared()).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="update")
@@ -65,8 +71,7 @@ class TestKernelCheckout(KtstrStepMixin, unittest.TestCase):
 
     def test_got_revision_is_what_was_checked_out(self) -> None:
         # A forced build names no revision: the branch head the mirror fetched is built.
-        self.setup_ktstr_step(KernelCheckout(repourl=REPO))
-        self.build.sources[""] = mock.Mock(branch="main", revision=None, patch=None, changes=[])
+        self.branch_build(revision=None)
         head = "0123456789abcdef0123456789abcdef01234567"
         self.expect_commands(
             ExpectShell(workdir="build", log_environ=False, command=[
@@ -78,25 +83,22 @@ class TestKernelCheckout(KtstrStepMixin, unittest.TestCase):
         return self.run_step()
 
     def test_an_answer_without_a_checkout_fails(self) -> None:
-        self.setup_ktstr_step(KernelCheckout(repourl=REPO))
-        self.build.sources[""] = mock.Mock(branch="main", revision=REV, patch=None, changes=[])
+        self.branch_build()
         self.expect_commands(prepare("--checkout").stdout(prepared(checkout=None)).exit(0))
         self.expect_outcome(result=FAILURE,
                             state_string="ktstr-ci trees prepare checked nothing out (failure)")
         return self.run_step()
 
     def test_a_removed_try_patch_is_summarised(self) -> None:
-        self.setup_ktstr_step(KernelCheckout(repourl=REPO))
-        self.build.sources[""] = mock.Mock(branch="main", revision=REV, patch=None, changes=[])
+        self.branch_build()
         self.expect_commands(prepare("--checkout").stdout(
             prepared(checkout={**CHECKED_OUT, "cleaned_patch": True})).exit(0))
         self.expect_outcome(result=SUCCESS, state_string="update, try patch removed")
         return self.run_step()
 
     def test_a_try_patch_goes_through_buildbots_git_step(self) -> None:
-        self.setup_ktstr_step(TryCheckout(repourl=REPO))
         patch = (1, "--- a/Makefile\n+++ b/Makefile\n", None)
-        self.build.sources[""] = mock.Mock(branch="main", revision=REV, patch=patch, changes=[])
+        self.branch_build(TryCheckout(repourl=REPO), patch=patch)
         self.expect_commands(
             prepare().stdout(prepared(checkout=None)).exit(0),
             *GIT_START,
